@@ -1,0 +1,8 @@
+//! The device side of DPS: what a device holds (a registration ID and a key) and what it sends.
+//!
+//! The CLI, the integration tests and the load generator all provision through this crate.
+#![forbid(unsafe_code)]
+
+pub mod credential;
+
+pub use credential::{Credential, CredentialError};

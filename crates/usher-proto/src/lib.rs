@@ -1,0 +1,26 @@
+//! The pure protocol core of Usher, a self-hosted Device Provisioning Service.
+//!
+//! Nothing in this crate performs I/O, reads a clock or draws random bytes: the current time and
+//! any random material are parameters. Given the same inputs, every function gives the same output,
+//! which is what lets the server, the device library and the tests share one implementation.
+//!
+//! # Layout
+//! - [`sas`]: `SharedAccessSignature` tokens: parse, build, verify (device and service flavours).
+//! - [`keys`]: symmetric keys, group-key derivation, key generation from injected random bytes.
+//! - [`ids`]: registration IDs and ID scopes.
+//! - [`model`]: the device-API wire JSON (`DeviceRegistration`, `RegistrationOperationStatus`, …).
+//! - [`error_code`]: the one catalogue of six-digit DPS error codes and their HTTP statuses.
+//! - [`ttl`]: human durations (`90s`, `15m`, `1h`, `7d`) for token lifetimes.
+#![forbid(unsafe_code)]
+
+pub mod error_code;
+pub mod ids;
+pub mod keys;
+pub mod model;
+pub mod sas;
+pub mod ttl;
+
+pub use error_code::ErrorCode;
+pub use ids::{IdError, IdScope, RegistrationId};
+pub use keys::{KeyError, SymmetricKey};
+pub use sas::{SasError, SasToken};

@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod credential;
+pub mod http;
 
 pub use credential::{Credential, CredentialError};

@@ -10,14 +10,18 @@
 //! - [`ids`]: registration IDs and ID scopes.
 //! - [`model`]: the device-API wire JSON (`DeviceRegistration`, `RegistrationOperationStatus`, …).
 //! - [`error_code`]: the one catalogue of six-digit DPS error codes and their HTTP statuses.
+//! - [`service`]: the management-API wire model (enrollments, groups, attestation).
+//! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
 //! - [`ttl`]: human durations (`90s`, `15m`, `1h`, `7d`) for token lifetimes.
 #![forbid(unsafe_code)]
 
+pub mod allocation;
 pub mod error_code;
 pub mod ids;
 pub mod keys;
 pub mod model;
 pub mod sas;
+pub mod service;
 pub mod ttl;
 
 pub use error_code::ErrorCode;

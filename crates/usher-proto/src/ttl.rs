@@ -17,8 +17,16 @@ pub enum TtlError {
     TooLong(String),
 }
 
-/// Parses a duration into seconds.
+/// Parses a token lifetime into seconds: at least one second, at most a year.
 pub fn parse_ttl(text: &str) -> Result<u64, TtlError> {
+    match parse_duration(text)? {
+        0 => Err(TtlError::Zero),
+        secs => Ok(secs),
+    }
+}
+
+/// Parses a duration into seconds; zero is allowed, more than a year is not.
+pub fn parse_duration(text: &str) -> Result<u64, TtlError> {
     let text = text.trim();
     if text.is_empty() {
         return Err(TtlError::Empty);
@@ -44,9 +52,6 @@ pub fn parse_ttl(text: &str) -> Result<u64, TtlError> {
     let secs = value
         .checked_mul(multiplier)
         .ok_or_else(|| TtlError::TooLong(text.to_owned()))?;
-    if secs == 0 {
-        return Err(TtlError::Zero);
-    }
     if secs > MAX_TTL_SECS {
         return Err(TtlError::TooLong(text.to_owned()));
     }
@@ -70,6 +75,8 @@ mod tests {
     fn refusals() {
         assert_eq!(parse_ttl(""), Err(TtlError::Empty));
         assert_eq!(parse_ttl("0h"), Err(TtlError::Zero));
+        assert_eq!(parse_duration("0s"), Ok(0));
+        assert_eq!(parse_duration("0"), Ok(0));
         assert_eq!(parse_ttl("1y"), Err(TtlError::Malformed("1y".into())));
         assert_eq!(parse_ttl("h"), Err(TtlError::Malformed("h".into())));
         assert_eq!(parse_ttl("-1h"), Err(TtlError::Malformed("-1h".into())));

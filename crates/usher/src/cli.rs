@@ -1,6 +1,9 @@
 //! The command-line grammar, modelled on `az iot dps`.
 
-use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,12 +18,304 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run the provisioning service (HTTPS device and management APIs).
+    Serve(ServeArgs),
+    /// Show a provisioning instance's overview.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Manage individual enrollments.
+    #[command(subcommand)]
+    Enrollment(EnrollmentCommand),
+    /// Manage enrollment groups.
+    #[command(subcommand, name = "enrollment-group")]
+    EnrollmentGroup(GroupCommand),
+    /// Show and delete device registration records.
+    #[command(subcommand)]
+    Registration(RegistrationCommand),
+    /// Manage the IoT hubs devices are assigned to.
+    #[command(subcommand)]
+    Hub(HubCommand),
+    /// Provision a device over HTTPS, as a device would (the C SDK's prov_dev_client_sample).
+    Provision(ProvisionArgs),
     /// Generate and derive symmetric keys.
     #[command(subcommand)]
     Key(KeyCommand),
     /// Build SAS tokens for devices and service clients.
     #[command(subcommand, name = "sas-token")]
     SasToken(SasTokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where the database, the development PKI and the runtime file live.
+    #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Address for HTTPS (device API, management API).
+    #[arg(long, env = "USHER_HTTPS_ADDR", default_value = "0.0.0.0:443")]
+    pub(crate) https_addr: SocketAddr,
+    /// Extra host names (or IP addresses) for the server certificate. localhost, 127.0.0.1 and ::1
+    /// are always included; the first name given becomes the service host name on first run.
+    #[arg(long = "hostname", value_name = "NAME")]
+    pub(crate) hostnames: Vec<String>,
+    /// Use this certificate chain (PEM) instead of the development PKI. Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// How long past expiry a SAS token is still accepted (device clocks drift).
+    #[arg(long, default_value = "5m")]
+    pub(crate) clock_skew: String,
+    /// How register answers a completed assignment: `assigned` at once (200), or `assigning` (202 +
+    /// Retry-After) so the device polls the operation, as DPS does.
+    #[arg(long, value_enum, default_value_t = RegisterResponseArg::Assigned)]
+    pub(crate) register_response: RegisterResponseArg,
+    /// Retry-After, in seconds, with --register-response assigning.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) retry_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RegisterResponseArg {
+    Assigned,
+    Assigning,
+}
+
+/// How management commands find the service.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Login {
+    /// Service connection string (HostName=…;SharedAccessKeyName=…;SharedAccessKey=…).
+    #[arg(long, env = "USHER_CONNECTION_STRING", hide_env_values = true)]
+    pub(crate) login: Option<String>,
+    /// Data directory of a local instance: its connection string, CA and address are read from it
+    /// when no --login is given.
+    #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
+    pub(crate) data_dir: PathBuf,
+    /// CA certificate (PEM) to trust for the service's TLS certificate.
+    #[arg(long, env = "USHER_CA_CERT")]
+    pub(crate) ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum InstanceCommand {
+    /// Print the ID scope, device endpoint, service connection string, CA certificate and hubs.
+    Show {
+        #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AttestationArg {
+    #[value(name = "symmetrickey")]
+    SymmetricKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AllocationArg {
+    Static,
+    Hashed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusArg {
+    Enabled,
+    Disabled,
+}
+
+/// Settings enrollments and groups share.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct EnrollmentOptions {
+    /// Attestation mechanism.
+    #[arg(long, value_enum, default_value_t = AttestationArg::SymmetricKey)]
+    pub(crate) attestation_type: AttestationArg,
+    /// Primary key (base64, 16 to 64 bytes); generated when absent.
+    #[arg(long)]
+    pub(crate) primary_key: Option<String>,
+    /// Secondary key (base64, 16 to 64 bytes); generated when absent.
+    #[arg(long)]
+    pub(crate) secondary_key: Option<String>,
+    /// How a hub is chosen: static (the one hub in --iot-hubs) or hashed (evenly weighted).
+    #[arg(long, value_enum)]
+    pub(crate) allocation_policy: Option<AllocationArg>,
+    /// Host names of the hubs devices may be assigned to.
+    #[arg(long, num_args = 1..)]
+    pub(crate) iot_hubs: Vec<String>,
+    /// Whether devices may register.
+    #[arg(long, value_enum)]
+    pub(crate) provisioning_status: Option<StatusArg>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EnrollmentCommand {
+    /// Create an individual enrollment.
+    Create {
+        /// The device's registration ID.
+        #[arg(long)]
+        enrollment_id: String,
+        /// The device ID in the hub (default: the registration ID).
+        #[arg(long)]
+        device_id: Option<String>,
+        #[command(flatten)]
+        options: EnrollmentOptions,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Show an individual enrollment.
+    Show {
+        enrollment_id: String,
+        /// Include the symmetric keys.
+        #[arg(long)]
+        show_keys: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List individual enrollments.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Delete an individual enrollment.
+    Delete {
+        enrollment_id: String,
+        /// Delete only if the enrollment still has this etag.
+        #[arg(long)]
+        etag: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Create an enrollment group.
+    Create {
+        /// The enrollment group ID.
+        #[arg(long, visible_alias = "enrollment-id")]
+        group_id: String,
+        #[command(flatten)]
+        options: EnrollmentOptions,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Show an enrollment group.
+    Show {
+        group_id: String,
+        /// Include the symmetric keys.
+        #[arg(long)]
+        show_keys: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List enrollment groups.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Delete an enrollment group (its devices' registration records stay).
+    Delete {
+        group_id: String,
+        /// Delete only if the group still has this etag.
+        #[arg(long)]
+        etag: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RegistrationCommand {
+    /// Show a device's registration record.
+    Show {
+        registration_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Delete a device's registration record (the hub identity stays).
+    Delete {
+        registration_id: String,
+        #[arg(long)]
+        etag: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum HubCommand {
+    /// List the hubs.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Add a built-in hub.
+    Add {
+        /// A short name (letters, digits and -).
+        #[arg(long)]
+        name: String,
+        /// The host name devices are told to connect to.
+        #[arg(long)]
+        hostname: String,
+        /// Relative share of devices under hashed allocation (1 to 1000).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List the device identities of a built-in hub.
+    Devices {
+        hub: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProvisionArgs {
+    /// The instance's ID scope.
+    #[arg(long)]
+    pub(crate) id_scope: String,
+    /// The device's registration ID.
+    #[arg(long)]
+    pub(crate) registration_id: String,
+    /// The device's own key (base64).
+    #[arg(
+        long,
+        conflicts_with = "group_key",
+        required_unless_present = "group_key"
+    )]
+    pub(crate) key: Option<String>,
+    /// An enrollment group's key (base64); the device key is derived from it.
+    #[arg(long)]
+    pub(crate) group_key: Option<String>,
+    /// The service host, optionally with :port.
+    #[arg(long, default_value = "localhost")]
+    pub(crate) host: String,
+    /// A CA certificate (PEM) to trust instead of the system's roots.
+    #[arg(long, env = "USHER_CA_CERT")]
+    pub(crate) ca: Option<PathBuf>,
+    /// Custom allocation payload (JSON).
+    #[arg(long)]
+    pub(crate) payload: Option<String>,
+    /// Print the final registration result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

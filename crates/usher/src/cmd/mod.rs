@@ -1,19 +1,53 @@
 //! One function per command; each validates its input and calls the library crates.
 
+mod instance;
 mod key;
+mod manage;
+mod provision;
 mod sas_token;
+mod serve;
+mod service_client;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, InstanceCommand};
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Key(cmd) => key::run(cmd),
         Command::SasToken(cmd) => sas_token::run(cmd),
+        Command::Serve(args) => {
+            init_logging();
+            runtime()?.block_on(serve::run(args))
+        }
+        Command::Instance(InstanceCommand::Show { data_dir, json }) => {
+            runtime()?.block_on(instance::show(&data_dir, json))
+        }
+        Command::Enrollment(cmd) => runtime()?.block_on(manage::enrollment(cmd)),
+        Command::EnrollmentGroup(cmd) => runtime()?.block_on(manage::group(cmd)),
+        Command::Registration(cmd) => runtime()?.block_on(manage::registration(cmd)),
+        Command::Hub(cmd) => runtime()?.block_on(manage::hub(cmd)),
+        Command::Provision(args) => runtime()?.block_on(provision::run(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Seconds since the Unix epoch, read from the system clock.

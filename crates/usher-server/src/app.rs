@@ -1,0 +1,255 @@
+//! The application state every handler shares, and first-run set-up of a data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use usher_proto::{IdScope, SymmetricKey};
+
+use crate::error::ApiError;
+use crate::http::now_text;
+use crate::pki::{self, PkiError, PkiFiles};
+use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
+
+/// The owner policy every instance starts with.
+pub const OWNER_POLICY: &str = "provisioningserviceowner";
+/// The rights a DPS access policy can hold.
+pub const RIGHTS: &[&str] = &[
+    "ServiceConfig",
+    "EnrollmentRead",
+    "EnrollmentWrite",
+    "DeviceConnect",
+    "RegistrationStatusRead",
+    "RegistrationStatusWrite",
+];
+/// The name of the hub a new instance gets.
+pub const BUILTIN_HUB: &str = "usher-hub";
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "usher.db";
+/// Written once the server listens, so the CLI can find it.
+pub const RUNTIME_FILE: &str = "runtime.json";
+
+/// How the register response reports a completed assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterResponse {
+    /// `200` with status `assigned` at once; every SDK accepts it.
+    Assigned,
+    /// `202` with status `assigning` and `Retry-After`, as DPS does; the device then polls.
+    Assigning { retry_after_secs: u32 },
+}
+
+/// Settings that shape behaviour, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How far past expiry a token is still accepted.
+    pub clock_skew_secs: u64,
+    pub register_response: RegisterResponse,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            clock_skew_secs: 300,
+            register_response: RegisterResponse::Assigned,
+        }
+    }
+}
+
+/// Shared state: cheap to clone.
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+pub struct AppInner {
+    pub store: Store,
+    pub instance: Instance,
+    /// Host names this instance answers to; service tokens may name any of them.
+    pub hostnames: Vec<String>,
+    pub settings: Settings,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    pub fn new(
+        store: Store,
+        instance: Instance,
+        hostnames: Vec<String>,
+        settings: Settings,
+    ) -> Self {
+        Self(Arc::new(AppInner {
+            store,
+            instance,
+            hostnames,
+            settings,
+        }))
+    }
+}
+
+/// Why a data directory could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cannot draw random bytes: {0}")]
+    Random(String),
+    #[error("{0:?} holds no Usher instance; run `usher serve --data-dir {0:?}` once to create one")]
+    NoInstance(PathBuf),
+}
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], SetupError> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).map_err(|e| SetupError::Random(e.to_string()))?;
+    Ok(buf)
+}
+
+/// A new random key of `n` bytes (16 to 64), as base64.
+pub fn new_key(n: usize) -> Result<String, ApiError> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf)
+        .map_err(|e| StoreError::Database(format!("cannot draw random bytes: {e}")))?;
+    SymmetricKey::generate(&buf)
+        .map(|k| k.to_base64())
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// Opens (creating on first run) the data directory: database, instance identity, owner policy,
+/// built-in hub. `service_host` is used only on first run.
+pub async fn open_data_dir(
+    data_dir: &Path,
+    service_host: &str,
+) -> Result<(Store, Instance), SetupError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| SetupError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let store = Store::open_sqlite(&data_dir.join(DB_FILE))?;
+    if let Some(instance) = store.instance().await? {
+        return Ok((store, instance));
+    }
+    let created = now_text();
+    let key = |random: [u8; 32]| SymmetricKey::generate(&random).map(|k| k.to_base64());
+    let owner = Policy {
+        name: OWNER_POLICY.into(),
+        primary_key: key(random_bytes()?).map_err(|e| SetupError::Random(e.to_string()))?,
+        secondary_key: key(random_bytes()?).map_err(|e| SetupError::Random(e.to_string()))?,
+        rights: RIGHTS.iter().map(|r| (*r).to_owned()).collect(),
+    };
+    let hub = Hub {
+        name: BUILTIN_HUB.into(),
+        hostname: service_host.to_owned(),
+        weight: 1,
+        apply_allocation_policy: true,
+        builtin: true,
+        created: created.clone(),
+    };
+    let first = Bootstrap {
+        instance: Instance {
+            id_scope: IdScope::generate(random_bytes()?).to_string(),
+            service_host: service_host.to_owned(),
+            created,
+        },
+        policies: vec![owner],
+        hubs: vec![hub],
+    };
+    let instance = store.bootstrap(first).await?;
+    Ok((store, instance))
+}
+
+/// Opens an existing data directory without creating anything.
+pub async fn open_existing(data_dir: &Path) -> Result<(Store, Instance), SetupError> {
+    let db = data_dir.join(DB_FILE);
+    if !db.exists() {
+        return Err(SetupError::NoInstance(data_dir.to_owned()));
+    }
+    let store = Store::open_sqlite(&db)?;
+    let instance = store
+        .instance()
+        .await?
+        .ok_or_else(|| SetupError::NoInstance(data_dir.to_owned()))?;
+    Ok((store, instance))
+}
+
+/// The development PKI directory inside a data directory.
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+/// Makes sure the development PKI exists for `hostnames`.
+pub fn ensure_pki(data_dir: &Path, hostnames: &[String]) -> Result<PkiFiles, SetupError> {
+    Ok(pki::ensure(
+        &pki_dir(data_dir),
+        hostnames,
+        time::OffsetDateTime::now_utc(),
+    )?)
+}
+
+/// What `usher serve` prints at start and `usher instance show` prints for a data directory, like
+/// the portal's overview page.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    pub id_scope: String,
+    pub device_endpoint: String,
+    pub service_connection_string: String,
+    pub ca_certificate: Option<String>,
+    pub hubs: Vec<HubOverview>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubOverview {
+    pub name: String,
+    pub hostname: String,
+    pub weight: u32,
+    pub builtin: bool,
+}
+
+/// Builds the overview of an instance.
+pub async fn overview(
+    store: &Store,
+    instance: &Instance,
+    data_dir: &Path,
+) -> Result<Overview, SetupError> {
+    let owner = store.policy(OWNER_POLICY).await?;
+    let ca = pki_dir(data_dir).join("ca.pem");
+    let ca = ca
+        .exists()
+        .then(|| std::path::absolute(&ca).unwrap_or(ca).display().to_string());
+    Ok(Overview {
+        id_scope: instance.id_scope.clone(),
+        device_endpoint: instance.service_host.clone(),
+        service_connection_string: owner
+            .map(|p| {
+                format!(
+                    "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+                    instance.service_host, p.name, p.primary_key
+                )
+            })
+            .unwrap_or_default(),
+        ca_certificate: ca,
+        hubs: store
+            .hubs()
+            .await?
+            .into_iter()
+            .map(|h| HubOverview {
+                name: h.name,
+                hostname: h.hostname,
+                weight: h.weight,
+                builtin: h.builtin,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,142 @@
+//! `ApiError`: everything a request can fail with, and the one place that maps failures to DPS
+//! error codes and HTTP responses.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use usher_proto::model::ErrorBody;
+use usher_proto::{ErrorCode, IdError, SasError};
+
+use crate::http::{json_response, now};
+use crate::store::StoreError;
+
+/// Why a credential was refused. Every variant is answered with 401 and the bare message
+/// "Unauthorized", so a device cannot learn whether an enrollment exists; the detail goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the request has no Authorization header")]
+    MissingAuthorization,
+    #[error("the Authorization header is not text")]
+    AuthorizationNotText,
+    #[error(transparent)]
+    Token(#[from] SasError),
+    #[error("the ID scope {0:?} is not this instance's")]
+    UnknownIdScope(String),
+    #[error("no enrollment accepts this device's key")]
+    NoMatchingEnrollment,
+    #[error("the enrollment uses {0} attestation, which this transport does not support")]
+    UnsupportedAttestation(&'static str),
+    #[error("no access policy is named {0:?}")]
+    UnknownPolicy(String),
+}
+
+/// Everything a request can fail with. Variants name what happened; [`ApiError::code`] maps them.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unauthorized: {0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("the access policy {policy:?} lacks the {right} right")]
+    MissingRight { policy: String, right: &'static str },
+    #[error("the request body is not valid JSON for this operation: {0}")]
+    InvalidJson(String),
+    #[error("the request body is larger than 96 KB")]
+    BodyTooLarge,
+    #[error("invalid registration ID: {0}")]
+    InvalidRegistrationId(IdError),
+    #[error("invalid enrollment group ID: {0}")]
+    InvalidEnrollmentGroupId(IdError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("enrollment {0:?} not found")]
+    EnrollmentNotFound(String),
+    #[error("enrollment group {0:?} not found")]
+    EnrollmentGroupNotFound(String),
+    #[error("device registration {0:?} not found")]
+    RegistrationNotFound(String),
+    #[error("operation {0:?} not found")]
+    OperationNotFound(String),
+    #[error("hub {0:?} not found")]
+    HubNotFound(String),
+    #[error("enrollment {0:?} already exists; send If-Match to update it")]
+    EnrollmentExists(String),
+    #[error("enrollment group {0:?} already exists; send If-Match to update it")]
+    EnrollmentGroupExists(String),
+    #[error("a hub named {0:?} or with that host name already exists")]
+    HubExists(String),
+    #[error("the If-Match etag does not match the stored etag")]
+    EtagMismatch,
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("{0} is not allowed on this path")]
+    MethodNotAllowed(String),
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    /// The one mapping from failures to DPS error codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Unauthorized(_) => ErrorCode::IotHubUnauthorizedAccess,
+            Self::MissingRight { .. } => ErrorCode::InsufficientRights,
+            Self::InvalidJson(_) => ErrorCode::InvalidJson,
+            Self::BodyTooLarge => ErrorCode::RequestEntityTooLarge,
+            Self::InvalidRegistrationId(_) => ErrorCode::InvalidRegistrationId,
+            Self::InvalidEnrollmentGroupId(_) => ErrorCode::InvalidEnrollmentGroupId,
+            Self::InvalidArgument(_) => ErrorCode::ArgumentInvalid,
+            Self::EnrollmentNotFound(_) => ErrorCode::EnrollmentNotFound,
+            Self::EnrollmentGroupNotFound(_) => ErrorCode::EnrollmentGroupNotFound,
+            Self::RegistrationNotFound(_) => ErrorCode::DeviceRegistrationNotFound,
+            Self::OperationNotFound(_) => ErrorCode::AsyncOperationNotFound,
+            Self::HubNotFound(_) => ErrorCode::LinkedHubNotFound,
+            Self::EnrollmentExists(_) => ErrorCode::EnrollmentConflict,
+            Self::EnrollmentGroupExists(_) => ErrorCode::EnrollmentGroupConflict,
+            Self::HubExists(_) => ErrorCode::LinkedHubConflict,
+            Self::EtagMismatch => ErrorCode::PreconditionFailed,
+            Self::NoRoute(_) => ErrorCode::RouteNotFound,
+            Self::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Self::Store(_) => ErrorCode::InternalServerError,
+        }
+    }
+
+    /// What the client is told. Credential failures and server faults say no more than their code.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Unauthorized(_) | Self::Store(_) => self.code().message().to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The error body, with a fresh tracking ID.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(
+            self.code(),
+            Some(&self.public_message()),
+            uuid::Uuid::new_v4().to_string(),
+            now(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        match &self {
+            Self::Store(_) => tracing::error!(error = %self, "request failed"),
+            Self::Unauthorized(_) => tracing::info!(error = %self, "request refused"),
+            _ => tracing::debug!(error = %self, "request refused"),
+        }
+        let body = self.body();
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let tracking_id = body.tracking_id.clone();
+        let mut response = json_response(status, &body);
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&tracking_id) {
+            headers.insert("x-ms-request-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&code.name()) {
+            headers.insert("x-ms-error-code", v);
+        }
+        response
+    }
+}

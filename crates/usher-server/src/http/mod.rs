@@ -1,0 +1,140 @@
+//! HTTP: one dispatcher for the device API and the management API on the same port.
+//!
+//! DPS routes need things a path router does not give: literal segments match case-insensitively
+//! (`/enrollmentgroups` and `/enrollmentGroups`), a trailing slash is allowed, every segment is
+//! percent-decoded, and device paths start with a variable segment (the ID scope). So one
+//! handler splits the path and matches on the segments.
+
+mod device;
+mod service;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::error::ApiError;
+
+/// Largest request body accepted (the DPS message limit).
+pub const MAX_BODY: usize = 96 * 1024;
+
+/// The router for the HTTPS port.
+pub fn router(app: App) -> Router {
+    Router::new().fallback(dispatch).with_state(app)
+}
+
+async fn dispatch(State(app): State<App>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let segments = match split_path(parts.uri.path()) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let ctx = Ctx {
+        app: &app,
+        method: &parts.method,
+        headers: &parts.headers,
+        body: &body,
+    };
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    let result = match seg.as_slice() {
+        [scope, r, id, rest @ ..] if is(r, "registrations") && !is(scope, "registrations") => {
+            device::route(&ctx, scope, id, rest).await
+        }
+        _ => service::route(&ctx, &seg).await,
+    };
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if !response.headers().contains_key("x-ms-request-id")
+        && let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+    {
+        response.headers_mut().insert("x-ms-request-id", v);
+    }
+    response
+}
+
+/// What a route handler sees of the request.
+pub(crate) struct Ctx<'a> {
+    pub(crate) app: &'a App,
+    pub(crate) method: &'a Method,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: &'a Bytes,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub(crate) fn not_allowed(&self) -> ApiError {
+        ApiError::MethodNotAllowed(self.method.to_string())
+    }
+}
+
+/// Splits a path into percent-decoded segments, dropping the empty ones a leading or trailing
+/// slash leaves.
+fn split_path(path: &str) -> Result<Vec<String>, ApiError> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| {
+                    ApiError::InvalidArgument(format!("the path segment {s:?} is not valid UTF-8"))
+                })
+        })
+        .collect()
+}
+
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::BodyTooLarge)
+}
+
+/// A JSON response with the content type every SDK checks for.
+pub(crate) fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = (status, bytes).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The current UTC time.
+pub(crate) fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// The current time in DPS's timestamp format.
+pub(crate) fn now_text() -> String {
+    usher_proto::model::format_timestamp(now())
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    u64::try_from(now().unix_timestamp()).unwrap_or(0)
+}
+
+/// A new opaque etag, shaped like DPS's (base64 of a quoted identifier).
+pub(crate) fn new_etag() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
+}

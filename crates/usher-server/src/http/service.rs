@@ -1,0 +1,193 @@
+//! The management API (`service-api.md` §1.2), authenticated with service SAS tokens, plus Usher's
+//! own hub routes under `/usher/hubs`.
+
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use usher_proto::SymmetricKey;
+use usher_proto::sas::{Now, SasToken};
+
+use super::{Ctx, json_response, unix_now};
+use crate::error::{ApiError, AuthError};
+use crate::management::{self, DEFAULT_PAGE, Kind, MAX_PAGE, Precondition};
+
+pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiError> {
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    let method = ctx.method.clone();
+    let kind_of = |s: &str| {
+        if is(s, "enrollments") {
+            Some(Kind::Enrollment)
+        } else if is(s, "enrollmentGroups") {
+            Some(Kind::Group)
+        } else {
+            None
+        }
+    };
+    let app = ctx.app;
+    match seg {
+        [coll, q] if kind_of(coll).is_some() && is(q, "query") && method == Method::POST => {
+            let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
+            authorize(ctx, "EnrollmentRead").await?;
+            let (offset, page) = paging(ctx)?;
+            let (items, next) = management::query(app, kind, offset, page).await?;
+            let item_type = if kind == Kind::Enrollment {
+                "Enrollment"
+            } else {
+                "EnrollmentGroup"
+            };
+            Ok(query_response(&items, item_type, next))
+        }
+        [coll, id, a] if kind_of(coll).is_some() && is(a, "attestationmechanism") => {
+            let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
+            if method != Method::POST {
+                return Err(ctx.not_allowed());
+            }
+            authorize(ctx, "EnrollmentRead").await?;
+            ok_json(&management::attestation_mechanism(app, kind, id).await?)
+        }
+        [coll, id] if kind_of(coll).is_some() => {
+            let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
+            let pre = Precondition::from_header(ctx.header("if-match"));
+            match method {
+                Method::GET => {
+                    authorize(ctx, "EnrollmentRead").await?;
+                    ok_json(&management::get(app, kind, id).await?)
+                }
+                Method::PUT => {
+                    authorize(ctx, "EnrollmentWrite").await?;
+                    ok_json(&management::put(app, kind, id, ctx.body, pre).await?)
+                }
+                Method::DELETE => {
+                    authorize(ctx, "EnrollmentWrite").await?;
+                    management::delete(app, kind, id, pre).await?;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                _ => Err(ctx.not_allowed()),
+            }
+        }
+        [r, id] if is(r, "registrations") => {
+            let pre = Precondition::from_header(ctx.header("if-match"));
+            match method {
+                Method::GET => {
+                    authorize(ctx, "RegistrationStatusRead").await?;
+                    ok_json(&management::get_registration(app, id).await?)
+                }
+                Method::DELETE => {
+                    authorize(ctx, "RegistrationStatusWrite").await?;
+                    management::delete_registration(app, id, pre).await?;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                _ => Err(ctx.not_allowed()),
+            }
+        }
+        [r, group_id, q] if is(r, "registrations") && is(q, "query") && method == Method::POST => {
+            authorize(ctx, "RegistrationStatusRead").await?;
+            let items = management::group_registrations(app, group_id).await?;
+            Ok(query_response(&items, "DeviceRegistration", None))
+        }
+        [u, h] if is(u, "usher") && is(h, "hubs") && method == Method::GET => {
+            authorize(ctx, "ServiceConfig").await?;
+            ok_json(&management::hubs(app).await?)
+        }
+        [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PUT => {
+            authorize(ctx, "ServiceConfig").await?;
+            ok_json(&management::add_hub(app, name, ctx.body).await?)
+        }
+        [u, h, name, d]
+            if is(u, "usher") && is(h, "hubs") && is(d, "devices") && method == Method::GET =>
+        {
+            authorize(ctx, "ServiceConfig").await?;
+            ok_json(&management::hub_devices(app, name).await?)
+        }
+        _ => Err(ApiError::NoRoute(format!("{method} /{}", seg.join("/")))),
+    }
+}
+
+fn ok_json<T: serde::Serialize>(body: &T) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// A query page: always a JSON array; `x-ms-continuation` only when another page exists (an
+/// empty header would make the Node client loop forever).
+fn query_response(items: &[Value], item_type: &'static str, next: Option<u64>) -> Response {
+    let mut response = json_response(StatusCode::OK, items);
+    let headers = response.headers_mut();
+    headers.insert("x-ms-item-type", HeaderValue::from_static(item_type));
+    if let Some(next) = next {
+        headers.insert("x-ms-continuation", HeaderValue::from(next));
+    }
+    response
+}
+
+/// Reads `x-ms-max-item-count` (default 100, clamped to 1..=1000) and `x-ms-continuation` (the
+/// opaque offset a previous page returned).
+fn paging(ctx: &Ctx<'_>) -> Result<(u64, u64), ApiError> {
+    let page = match ctx.header("x-ms-max-item-count") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| {
+                ApiError::InvalidArgument(format!("x-ms-max-item-count {v:?} is not a number"))
+            })?
+            .clamp(1, MAX_PAGE as i64) as u64,
+    };
+    let offset = match ctx.header("x-ms-continuation").filter(|v| !v.is_empty()) {
+        None => 0,
+        Some(v) => v.trim().parse().map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "x-ms-continuation {v:?} is not a token this service issued"
+            ))
+        })?,
+    };
+    Ok((offset, page))
+}
+
+/// Checks the service SAS token: a known policy, signed with one of its keys, for one of this
+/// instance's host names, unexpired, and holding `right`.
+async fn authorize(ctx: &Ctx<'_>, right: &'static str) -> Result<String, ApiError> {
+    let app = ctx.app;
+    let text = match ctx.headers.get("authorization") {
+        None => return Err(AuthError::MissingAuthorization.into()),
+        Some(v) => v.to_str().map_err(|_| AuthError::AuthorizationNotText)?,
+    };
+    let token = SasToken::parse(text).map_err(AuthError::from)?;
+    let now = Now {
+        unix_secs: unix_now(),
+        skew_secs: app.settings.clock_skew_secs,
+    };
+    let mut last = None;
+    let mut policy_name = None;
+    for host in &app.hostnames {
+        match token.check_service_claims(host, now) {
+            Ok(p) => {
+                policy_name = Some(p.to_owned());
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let policy_name = match (policy_name, last) {
+        (Some(p), _) => p,
+        (None, Some(e)) => return Err(AuthError::Token(e).into()),
+        (None, None) => return Err(AuthError::UnknownPolicy(String::new()).into()),
+    };
+    let policy = app
+        .store
+        .policy(&policy_name)
+        .await?
+        .ok_or_else(|| AuthError::UnknownPolicy(policy_name.clone()))?;
+    let keys: Vec<SymmetricKey> = [&policy.primary_key, &policy.secondary_key]
+        .iter()
+        .filter_map(|k| SymmetricKey::from_base64(k).ok())
+        .collect();
+    let refs: Vec<&SymmetricKey> = keys.iter().collect();
+    token.check_signature(&refs).map_err(AuthError::from)?;
+    if !policy.rights.iter().any(|r| r == right) {
+        return Err(ApiError::MissingRight {
+            policy: policy.name,
+            right,
+        });
+    }
+    Ok(policy.name)
+}

@@ -1,0 +1,492 @@
+//! The management operations behind the service API: enrollments, enrollment groups,
+//! registration records and hubs. Transport-free: handlers pass parsed input in and get JSON out.
+
+use serde_json::Value;
+use usher_proto::ids::validate_id;
+use usher_proto::service::{
+    AllocationPolicy, AttestationMechanism, AttestationType, EnrollmentGroup, EnrollmentSettings,
+    IndividualEnrollment, SymmetricKeyAttestation,
+};
+use usher_proto::{RegistrationId, SymmetricKey};
+
+use crate::app::{App, new_key};
+use crate::error::ApiError;
+use crate::http::{new_etag, now_text};
+use crate::registration::registration_result;
+use crate::store::{Collection, Doc, Hub, HubDevice};
+
+/// Length of keys generated for enrollments that do not supply their own.
+pub const GENERATED_KEY_BYTES: usize = 32;
+/// Default and largest query page.
+pub const DEFAULT_PAGE: u64 = 100;
+pub const MAX_PAGE: u64 = 1000;
+
+/// What an `If-Match` header asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// No header: create only (PUT), unconditional (DELETE).
+    None,
+    /// `*`: any existing record.
+    Any,
+    /// A specific etag.
+    Etag(String),
+}
+
+impl Precondition {
+    /// Normalises a header value: trims, drops `W/` and one pair of quotes; `*` means any.
+    pub fn from_header(value: Option<&str>) -> Self {
+        let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Self::None;
+        };
+        let v = v.strip_prefix("W/").unwrap_or(v);
+        let v = v
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .unwrap_or(v);
+        if v == "*" {
+            Self::Any
+        } else {
+            Self::Etag(v.to_owned())
+        }
+    }
+
+    fn allows(&self, stored_etag: &str) -> bool {
+        match self {
+            Self::None | Self::Any => true,
+            Self::Etag(e) => e == stored_etag,
+        }
+    }
+}
+
+/// The two enrollment collections differ only in names and codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Enrollment,
+    Group,
+}
+
+impl Kind {
+    pub fn collection(self) -> Collection {
+        match self {
+            Self::Enrollment => Collection::Enrollments,
+            Self::Group => Collection::EnrollmentGroups,
+        }
+    }
+
+    fn id_field(self) -> &'static str {
+        match self {
+            Self::Enrollment => "registrationId",
+            Self::Group => "enrollmentGroupId",
+        }
+    }
+
+    fn not_found(self, id: &str) -> ApiError {
+        match self {
+            Self::Enrollment => ApiError::EnrollmentNotFound(id.to_owned()),
+            Self::Group => ApiError::EnrollmentGroupNotFound(id.to_owned()),
+        }
+    }
+
+    fn exists(self, id: &str) -> ApiError {
+        match self {
+            Self::Enrollment => ApiError::EnrollmentExists(id.to_owned()),
+            Self::Group => ApiError::EnrollmentGroupExists(id.to_owned()),
+        }
+    }
+
+    fn validate_id(self, id: &str) -> Result<(), ApiError> {
+        validate_id(id).map_err(|e| match self {
+            Self::Enrollment => ApiError::InvalidRegistrationId(e),
+            Self::Group => ApiError::InvalidEnrollmentGroupId(e),
+        })
+    }
+
+    /// Parses a request body into (id, attestation, settings), and the full typed value re-serialised.
+    fn parse(
+        self,
+        body: &[u8],
+    ) -> Result<(String, AttestationMechanism, EnrollmentSettings, Value), ApiError> {
+        let invalid = |e: serde_json::Error| ApiError::InvalidJson(e.to_string());
+        match self {
+            Self::Enrollment => {
+                let mut e: IndividualEnrollment = serde_json::from_slice(body).map_err(invalid)?;
+                e.registration_state = None;
+                if let Some(device_id) = &e.device_id {
+                    validate_device_id(device_id)?;
+                }
+                let json = serde_json::to_value(&e).map_err(invalid)?;
+                Ok((e.registration_id, e.attestation, e.settings, json))
+            }
+            Self::Group => {
+                let g: EnrollmentGroup = serde_json::from_slice(body).map_err(invalid)?;
+                if g.attestation.kind == AttestationType::Tpm {
+                    return Err(ApiError::InvalidArgument(
+                        "enrollment groups cannot use TPM attestation".into(),
+                    ));
+                }
+                let json = serde_json::to_value(&g).map_err(invalid)?;
+                Ok((g.enrollment_group_id, g.attestation, g.settings, json))
+            }
+        }
+    }
+}
+
+/// `PUT /enrollments/{id}` and `PUT /enrollmentGroups/{id}`: create, or replace under `If-Match`.
+/// Returns the stored document with its keys.
+pub async fn put(
+    app: &App,
+    kind: Kind,
+    path_id: &str,
+    body: &[u8],
+    pre: Precondition,
+) -> Result<Value, ApiError> {
+    kind.validate_id(path_id)?;
+    let (body_id, attestation, settings, mut json) = kind.parse(body)?;
+    if !body_id.eq_ignore_ascii_case(path_id) {
+        return Err(ApiError::InvalidArgument(format!(
+            "the body's {} {body_id:?} differs from the path's {path_id:?}",
+            kind.id_field()
+        )));
+    }
+    validate_attestation(&attestation)?;
+    validate_hubs(app, &settings).await?;
+    // Drawn before entering the writer; used only for keys the request and the stored record lack.
+    let fresh = [new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?];
+    let id = body_id;
+    app.store
+        .upsert_doc(kind.collection(), path_id, move |current: Option<Doc>| {
+            match (&current, &pre) {
+                (Some(_), Precondition::None) => return Err(kind.exists(&id)),
+                (Some(doc), pre) if !pre.allows(&doc.etag) => return Err(ApiError::EtagMismatch),
+                (None, Precondition::Etag(_)) => return Err(ApiError::EtagMismatch),
+                _ => {}
+            }
+            let stored_keys = current
+                .as_ref()
+                .and_then(|d| d.json.get("attestation").cloned())
+                .and_then(|a| serde_json::from_value::<AttestationMechanism>(a).ok())
+                .and_then(|a| a.symmetric_key);
+            if attestation.kind == AttestationType::SymmetricKey {
+                let given = attestation.symmetric_key.clone().unwrap_or_default();
+                let stored = stored_keys.unwrap_or_default();
+                let [p, s] = fresh;
+                let keys = SymmetricKeyAttestation {
+                    primary_key: given.primary_key.or(stored.primary_key).or(Some(p)),
+                    secondary_key: given.secondary_key.or(stored.secondary_key).or(Some(s)),
+                };
+                json["attestation"]["symmetricKey"] =
+                    serde_json::to_value(keys).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+            }
+            let now = now_text();
+            let etag = new_etag();
+            let created = current
+                .as_ref()
+                .and_then(|d| d.json.get("createdDateTimeUtc").cloned())
+                .unwrap_or_else(|| Value::String(now.clone()));
+            json[kind.id_field()] = Value::String(id.clone());
+            json["createdDateTimeUtc"] = created;
+            json["lastUpdatedDateTimeUtc"] = Value::String(now);
+            json["etag"] = Value::String(etag.clone());
+            Ok(Doc { id, json, etag })
+        })
+        .await
+        .map(|doc| doc.json)
+}
+
+/// `GET`: the document with keys removed; individual enrollments also show their registration state.
+pub async fn get(app: &App, kind: Kind, id: &str) -> Result<Value, ApiError> {
+    let doc = app
+        .store
+        .doc(kind.collection(), id)
+        .await?
+        .ok_or_else(|| kind.not_found(id))?;
+    let mut json = redacted(doc.json);
+    if kind == Kind::Enrollment {
+        let state = match app.store.registration(id).await? {
+            Some(r) => serde_json::to_value(registration_result(&r)),
+            None => Ok(serde_json::json!({"registrationId": doc.id, "status": "unassigned"})),
+        };
+        json["registrationState"] = state.map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    }
+    Ok(json)
+}
+
+/// `POST …/attestationmechanism`: the attestation with its keys.
+pub async fn attestation_mechanism(app: &App, kind: Kind, id: &str) -> Result<Value, ApiError> {
+    let doc = app
+        .store
+        .doc(kind.collection(), id)
+        .await?
+        .ok_or_else(|| kind.not_found(id))?;
+    Ok(doc.json.get("attestation").cloned().unwrap_or(Value::Null))
+}
+
+/// `DELETE`, honouring `If-Match`.
+pub async fn delete(app: &App, kind: Kind, id: &str, pre: Precondition) -> Result<(), ApiError> {
+    let deleted = app
+        .store
+        .delete_doc(kind.collection(), id, move |doc| {
+            if pre.allows(&doc.etag) {
+                Ok(())
+            } else {
+                Err(ApiError::EtagMismatch)
+            }
+        })
+        .await?;
+    deleted.map(|_| ()).ok_or_else(|| kind.not_found(id))
+}
+
+/// A page of a query: the redacted documents and the offset of the next page, if any.
+pub async fn query(
+    app: &App,
+    kind: Kind,
+    offset: u64,
+    page: u64,
+) -> Result<(Vec<Value>, Option<u64>), ApiError> {
+    // One extra row tells whether another page exists.
+    let mut docs = app.store.docs(kind.collection(), offset, page + 1).await?;
+    let more = docs.len() as u64 > page;
+    docs.truncate(usize::try_from(page).unwrap_or(usize::MAX));
+    let items = docs.into_iter().map(|d| redacted(d.json)).collect();
+    Ok((items, more.then_some(offset + page)))
+}
+
+/// `GET /registrations/{id}`.
+pub async fn get_registration(app: &App, id: &str) -> Result<Value, ApiError> {
+    let r = app
+        .store
+        .registration(id)
+        .await?
+        .ok_or_else(|| ApiError::RegistrationNotFound(id.to_owned()))?;
+    serde_json::to_value(registration_result(&r)).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// `DELETE /registrations/{id}`. The hub identity is left as it is, as in DPS.
+pub async fn delete_registration(app: &App, id: &str, pre: Precondition) -> Result<(), ApiError> {
+    let deleted = app
+        .store
+        .delete_registration(id, move |r| {
+            if pre.allows(&r.etag) {
+                Ok(())
+            } else {
+                Err(ApiError::EtagMismatch)
+            }
+        })
+        .await?;
+    deleted
+        .map(|_| ())
+        .ok_or_else(|| ApiError::RegistrationNotFound(id.to_owned()))
+}
+
+/// `POST /registrations/{groupId}/query`: the records of devices registered through a group.
+pub async fn group_registrations(app: &App, group_id: &str) -> Result<Vec<Value>, ApiError> {
+    app.store
+        .registrations_of_group(group_id)
+        .await?
+        .iter()
+        .map(|r| {
+            serde_json::to_value(registration_result(r))
+                .map_err(|e| ApiError::InvalidJson(e.to_string()))
+        })
+        .collect()
+}
+
+/// The hubs, as `usher hub list` shows them.
+pub async fn hubs(app: &App) -> Result<Vec<Value>, ApiError> {
+    Ok(app.store.hubs().await?.iter().map(hub_json).collect())
+}
+
+/// Adds a built-in hub.
+pub async fn add_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct NewHub {
+        hostname: String,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        apply_allocation_policy: Option<bool>,
+    }
+    let req: NewHub =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "invalid hub name {name:?}: use 1-64 letters, digits and -"
+        )));
+    }
+    validate_hostname(&req.hostname)?;
+    let weight = req.weight.unwrap_or(1);
+    if !(1..=1000).contains(&weight) {
+        return Err(ApiError::InvalidArgument(format!(
+            "invalid weight {weight}: use 1 to 1000"
+        )));
+    }
+    let hub = Hub {
+        name: name.to_owned(),
+        hostname: req.hostname,
+        weight,
+        apply_allocation_policy: req.apply_allocation_policy.unwrap_or(true),
+        builtin: true,
+        created: now_text(),
+    };
+    if !app.store.add_hub(hub.clone()).await? {
+        return Err(ApiError::HubExists(name.to_owned()));
+    }
+    Ok(hub_json(&hub))
+}
+
+/// The device identities of a built-in hub.
+pub async fn hub_devices(app: &App, name: &str) -> Result<Vec<Value>, ApiError> {
+    if !app.store.hubs().await?.iter().any(|h| h.name == name) {
+        return Err(ApiError::HubNotFound(name.to_owned()));
+    }
+    Ok(app
+        .store
+        .hub_devices(name)
+        .await?
+        .iter()
+        .map(device_json)
+        .collect())
+}
+
+fn hub_json(h: &Hub) -> Value {
+    serde_json::json!({
+        "name": h.name, "hostname": h.hostname, "weight": h.weight,
+        "applyAllocationPolicy": h.apply_allocation_policy, "builtin": h.builtin, "createdDateTimeUtc": h.created,
+    })
+}
+
+fn device_json(d: &HubDevice) -> Value {
+    serde_json::json!({
+        "deviceId": d.device_id, "status": d.status,
+        "createdDateTimeUtc": d.created, "lastUpdatedDateTimeUtc": d.updated,
+    })
+}
+
+fn redacted(mut json: Value) -> Value {
+    if let Some(att) = json.get_mut("attestation").and_then(Value::as_object_mut) {
+        att.remove("symmetricKey");
+    }
+    json
+}
+
+fn validate_attestation(att: &AttestationMechanism) -> Result<(), ApiError> {
+    match att.kind {
+        AttestationType::SymmetricKey => {
+            if let Some(sk) = &att.symmetric_key {
+                for (name, key) in [
+                    ("primaryKey", &sk.primary_key),
+                    ("secondaryKey", &sk.secondary_key),
+                ] {
+                    if let Some(key) = key {
+                        SymmetricKey::from_base64(key).map_err(|e| {
+                            ApiError::InvalidArgument(format!(
+                                "attestation.symmetricKey.{name}: {e}"
+                            ))
+                        })?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        AttestationType::Tpm => match att.tpm.as_ref().and_then(|t| t.get("endorsementKey")) {
+            Some(Value::String(k)) if !k.is_empty() => Ok(()),
+            _ => Err(ApiError::InvalidArgument(
+                "TPM attestation needs tpm.endorsementKey".into(),
+            )),
+        },
+        AttestationType::X509 => match &att.x509 {
+            Some(Value::Object(_)) => Ok(()),
+            _ => Err(ApiError::InvalidArgument(
+                "X.509 attestation needs an x509 object".into(),
+            )),
+        },
+        AttestationType::None => Ok(()),
+    }
+}
+
+async fn validate_hubs(app: &App, settings: &EnrollmentSettings) -> Result<(), ApiError> {
+    let named = settings.named_hubs();
+    if settings.allocation_policy == Some(AllocationPolicy::Static) && named.len() != 1 {
+        return Err(ApiError::InvalidArgument(format!(
+            "static allocation needs exactly one hub in iotHubs; {} given",
+            named.len()
+        )));
+    }
+    if named.is_empty() {
+        return Ok(());
+    }
+    let hubs = app.store.hubs().await?;
+    for host in &named {
+        if !hubs.iter().any(|h| h.hostname.eq_ignore_ascii_case(host)) {
+            return Err(ApiError::InvalidArgument(format!(
+                "the hub {host:?} is not linked to this instance"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_hostname(host: &str) -> Result<(), ApiError> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(format!(
+            "invalid host name {host:?}"
+        )))
+    }
+}
+
+/// IoT Hub device IDs: up to 128 ASCII letters, digits and `- . + % _ # * ? ! ( ) , : = @ $ '`.
+fn validate_device_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(format!(
+            "invalid deviceId {id:?}"
+        )))
+    }
+}
+
+/// Whether a registration ID is valid (used by routes that take one).
+pub fn check_registration_id(id: &str) -> Result<(), ApiError> {
+    RegistrationId::parse(id)
+        .map(|_| ())
+        .map_err(ApiError::InvalidRegistrationId)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_normalisation() {
+        assert_eq!(Precondition::from_header(None), Precondition::None);
+        assert_eq!(Precondition::from_header(Some("  ")), Precondition::None);
+        assert_eq!(Precondition::from_header(Some("*")), Precondition::Any);
+        assert_eq!(Precondition::from_header(Some("\"*\"")), Precondition::Any);
+        assert_eq!(
+            Precondition::from_header(Some("W/\"abc\"")),
+            Precondition::Etag("abc".into())
+        );
+        assert_eq!(
+            Precondition::from_header(Some("abc=")),
+            Precondition::Etag("abc=".into())
+        );
+    }
+}

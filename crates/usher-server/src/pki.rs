@@ -1,0 +1,198 @@
+//! The development PKI: a CA and a server certificate (ECDSA P-256), made on first run in the data
+//! directory and reused afterwards. The server certificate is re-issued from the same CA when the
+//! configured host names change or it nears expiry, so devices that trust the CA keep working.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Why the PKI could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path} holds no usable certificate or key: {reason}")]
+    Unusable { path: PathBuf, reason: String },
+}
+
+/// Where the PKI files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiFiles {
+    /// The CA certificate devices and clients must trust.
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+const CA_COMMON_NAME: &str = "Usher Development CA";
+/// Re-issue the server certificate when it has less than this left.
+const RENEW_BEFORE: Duration = Duration::days(30);
+
+/// Makes sure `dir` holds a CA and a server certificate for `hostnames` (DNS names or IP
+/// addresses), creating or re-issuing what is missing or stale.
+pub fn ensure(dir: &Path, hostnames: &[String], now: OffsetDateTime) -> Result<PkiFiles, PkiError> {
+    create_dir(dir)?;
+    let files = PkiFiles {
+        ca_cert: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+    };
+    let ca_key_path = dir.join("ca.key");
+    let names_path = dir.join("server.names");
+
+    let (ca_pem, ca_key) = if files.ca_cert.exists() && ca_key_path.exists() {
+        let key_pem = read(&ca_key_path)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| unusable(&ca_key_path, e))?;
+        (read(&files.ca_cert)?, key)
+    } else {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(CA_COMMON_NAME);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        write_private(&ca_key_path, &key.serialize_pem())?;
+        write(&files.ca_cert, &cert.pem())?;
+        // A new CA invalidates any old server certificate.
+        let _ = fs::remove_file(&names_path);
+        (cert.pem(), key)
+    };
+
+    let wanted = hostnames.join("\n");
+    let current = fs::read_to_string(&names_path).ok();
+    let fresh = files.server_cert.exists()
+        && files.server_key.exists()
+        && current.as_deref() == Some(wanted.as_str())
+        && read_not_after(&files.server_cert).is_some_and(|end| end - now > RENEW_BEFORE);
+    if !fresh {
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, &ca_key).map_err(|e| unusable(&files.ca_cert, e))?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(hostnames.to_vec())?;
+        params.distinguished_name = name(hostnames.first().map_or("usher", String::as_str));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(397);
+        let cert = params.signed_by(&key, &issuer)?;
+        write_private(&files.server_key, &key.serialize_pem())?;
+        write(&files.server_cert, &format!("{}{}", cert.pem(), ca_pem))?;
+        write(&names_path, &wanted)?;
+        write(
+            &dir.join("server.not_after"),
+            &params.not_after.unix_timestamp().to_string(),
+        )?;
+    }
+    Ok(files)
+}
+
+fn read_not_after(cert_path: &Path) -> Option<OffsetDateTime> {
+    let text = fs::read_to_string(cert_path.with_file_name("server.not_after")).ok()?;
+    OffsetDateTime::from_unix_timestamp(text.trim().parse().ok()?).ok()
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "Usher");
+    dn
+}
+
+fn unusable(path: &Path, reason: impl std::fmt::Display) -> PkiError {
+    PkiError::Unusable {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), PkiError> {
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
+    fs::write(path, contents).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a private key readable by the owner only.
+fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_then_reuses_then_reissues_for_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let files = ensure(dir.path(), &names, now).unwrap();
+        let ca = fs::read_to_string(&files.ca_cert).unwrap();
+        let server = fs::read_to_string(&files.server_cert).unwrap();
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        // The chain file holds the leaf then the CA.
+        assert_eq!(server.matches("BEGIN CERTIFICATE").count(), 2);
+
+        let again = ensure(dir.path(), &names, now).unwrap();
+        assert_eq!(again, files);
+        assert_eq!(
+            fs::read_to_string(&files.server_cert).unwrap(),
+            server,
+            "reused"
+        );
+
+        let more = vec!["localhost".to_owned(), "usher.test".to_owned()];
+        ensure(dir.path(), &more, now).unwrap();
+        assert_ne!(
+            fs::read_to_string(&files.server_cert).unwrap(),
+            server,
+            "re-issued"
+        );
+        assert_eq!(fs::read_to_string(&files.ca_cert).unwrap(), ca, "same CA");
+
+        // Close to expiry: re-issued.
+        let current = fs::read_to_string(&files.server_cert).unwrap();
+        ensure(dir.path(), &more, now + Duration::days(380)).unwrap();
+        assert_ne!(fs::read_to_string(&files.server_cert).unwrap(), current);
+    }
+}

@@ -1,0 +1,258 @@
+//! Durable state behind one interface.
+//!
+//! [`Store`] is a closed enum of backends (SQLite now, PostgreSQL later); each method is a match
+//! over the backends, so handlers see one concrete type. All writes go through each backend's single
+//! writer, which batches concurrent writes into one transaction (group commit); a write returns only
+//! once its transaction is durable.
+
+mod sqlite;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+pub use sqlite::SqliteStore;
+
+/// What went wrong in storage. These are server faults, never the client's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    #[error("the database schema is version {found}, newer than this Usher ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+/// The identity of this provisioning instance, made once on first run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id_scope: String,
+    /// The host name service tokens are signed for, and the device endpoint.
+    pub service_host: String,
+    pub created: String,
+}
+
+/// A shared access policy: a name, two keys and the rights it grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub primary_key: String,
+    pub secondary_key: String,
+    pub rights: Vec<String>,
+}
+
+/// A linked IoT hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hub {
+    pub name: String,
+    pub hostname: String,
+    pub weight: u32,
+    /// Whether the hub takes part in `hashed` allocation (it can still be named by an enrollment).
+    pub apply_allocation_policy: bool,
+    /// Whether Usher's own registry holds the hub's device identities.
+    pub builtin: bool,
+    pub created: String,
+}
+
+/// A device identity in a built-in hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubDevice {
+    pub hub: String,
+    pub device_id: String,
+    pub status: String,
+    pub primary_key: String,
+    pub secondary_key: String,
+    pub created: String,
+    pub updated: String,
+}
+
+/// Which document collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Enrollments,
+    EnrollmentGroups,
+}
+
+/// A stored enrollment or enrollment group: the full JSON document (keys included), keyed on the
+/// lower-cased ID.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    /// The ID as the client spelled it.
+    pub id: String,
+    pub json: Value,
+    pub etag: String,
+}
+
+/// A device's registration record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// As the device spelled it on its latest registration.
+    pub registration_id: String,
+    pub enrollment_group_id: Option<String>,
+    pub status: String,
+    pub substatus: Option<String>,
+    pub assigned_hub: Option<String>,
+    pub device_id: Option<String>,
+    pub error_code: Option<u32>,
+    pub error_message: Option<String>,
+    pub created: String,
+    pub updated: String,
+    pub etag: String,
+    /// The latest operation; operation-status requests must name it.
+    pub operation_id: String,
+    pub payload: Option<Value>,
+}
+
+/// One registration's durable effects, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub registration: Registration,
+    /// The identity to create or update in a built-in hub.
+    pub device: Option<HubDevice>,
+    /// An identity to remove from a built-in hub (the device moved away from it).
+    pub remove_device: Option<(String, String)>,
+}
+
+/// Everything a first run creates, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub instance: Instance,
+    pub policies: Vec<Policy>,
+    pub hubs: Vec<Hub>,
+}
+
+/// The store. See the module docs.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+/// Dispatches a method to the backend.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($store) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to date.
+    pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self::Sqlite(SqliteStore::open(path)?))
+    }
+
+    pub async fn instance(&self) -> Result<Option<Instance>, StoreError> {
+        dispatch!(self, s => s.instance().await)
+    }
+
+    /// Writes the first-run state unless an instance exists already; returns the instance in force.
+    pub async fn bootstrap(&self, first_run: Bootstrap) -> Result<Instance, StoreError> {
+        dispatch!(self, s => s.bootstrap(first_run).await)
+    }
+
+    pub async fn policy(&self, name: &str) -> Result<Option<Policy>, StoreError> {
+        dispatch!(self, s => s.policy(name).await)
+    }
+
+    pub async fn policies(&self) -> Result<Vec<Policy>, StoreError> {
+        dispatch!(self, s => s.policies().await)
+    }
+
+    pub async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
+        dispatch!(self, s => s.hubs().await)
+    }
+
+    /// Adds a hub; `Ok(false)` if a hub of that name or host name exists.
+    pub async fn add_hub(&self, hub: Hub) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.add_hub(hub).await)
+    }
+
+    pub async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
+        dispatch!(self, s => s.hub_devices(hub).await)
+    }
+
+    pub async fn doc(&self, coll: Collection, id: &str) -> Result<Option<Doc>, StoreError> {
+        dispatch!(self, s => s.doc(coll, id).await)
+    }
+
+    /// Documents in storage order, `limit` of them after the first `offset`.
+    pub async fn docs(
+        &self,
+        coll: Collection,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<Doc>, StoreError> {
+        dispatch!(self, s => s.docs(coll, offset, limit).await)
+    }
+
+    /// Read-modify-write of one document inside the writer's transaction: `decide` sees the stored
+    /// document (if any) and returns the one to store, or refuses and nothing is written.
+    pub async fn upsert_doc<E>(
+        &self,
+        coll: Collection,
+        id: &str,
+        decide: impl FnOnce(Option<Doc>) -> Result<Doc, E> + Send + 'static,
+    ) -> Result<Doc, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.upsert_doc(coll, id, decide).await)
+    }
+
+    /// Deletes one document if `allow` agrees; `Ok(None)` if there was none.
+    pub async fn delete_doc<E>(
+        &self,
+        coll: Collection,
+        id: &str,
+        allow: impl FnOnce(&Doc) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<Doc>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.delete_doc(coll, id, allow).await)
+    }
+
+    pub async fn registration(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        dispatch!(self, s => s.registration(registration_id).await)
+    }
+
+    pub async fn registrations_of_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<Registration>, StoreError> {
+        dispatch!(self, s => s.registrations_of_group(group_id).await)
+    }
+
+    /// Writes a registration's effects durably, in one transaction.
+    pub async fn record_assignment(&self, assignment: Assignment) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_assignment(assignment).await)
+    }
+
+    /// Deletes a registration record if `allow` agrees; `Ok(None)` if there was none.
+    pub async fn delete_registration<E>(
+        &self,
+        registration_id: &str,
+        allow: impl FnOnce(&Registration) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<Registration>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.delete_registration(registration_id, allow).await)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,610 @@
+//! The embedded SQLite backend.
+//!
+//! One writer thread owns the only write connection. Writes arrive as jobs on a channel; the writer
+//! takes the first, drains whatever else is queued (up to [`MAX_BATCH`]), runs each inside its own
+//! `SAVEPOINT` in one transaction so a refused job writes nothing while the others commit, commits
+//! once (one fsync), and only then answers every job. Reads use a small pool of read connections,
+//! which WAL mode lets run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Assignment, Bootstrap, Collection, Doc, Hub, HubDevice, Instance, Policy, Registration,
+    StoreError,
+};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Queued jobs beyond which writers wait (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+/// Read connections kept open for reuse.
+const READ_POOL: usize = 8;
+
+/// Schema migrations, applied in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
+/// the completion it returns is called with the outcome of the commit. `abandon` is called instead
+/// of `run` when the transaction could not even start.
+trait Job: Send {
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
+    fn abandon(self: Box<Self>, error: StoreError);
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+struct WriteJob<F, T, E> {
+    work: F,
+    reply: oneshot::Sender<Result<T, E>>,
+}
+
+impl<F, T, E> Job for WriteJob<F, T, E>
+where
+    F: FnOnce(&Connection) -> Result<T, E> + Send,
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
+        let Self { work, reply } = *self;
+        let result = work(conn);
+        let keep = result.is_ok();
+        let completion: Completion = Box::new(move |commit| {
+            // A refused job reports its own error; a kept one reports the commit's.
+            let outcome = match commit {
+                Ok(()) => result,
+                Err(e) => result.and_then(|_| Err(E::from(e))),
+            };
+            let _ = reply.send(outcome);
+        });
+        (keep, completion)
+    }
+
+    fn abandon(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(E::from(error)));
+    }
+}
+
+/// The SQLite store. Cloning shares the writer and the read pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<PathBuf>,
+}
+
+impl SqliteStore {
+    /// Opens the database, applies migrations and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = open_connection(path)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL;")?;
+        migrate(&conn)?;
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("usher-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            jobs,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// Runs `work` in the writer's next transaction and waits until it is durable.
+    async fn write<T, E>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(WriteJob { work, reply });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| E::from(StoreError::WriterGone))?;
+        rx.await.map_err(|_| E::from(StoreError::WriterGone))?
+    }
+
+    /// Runs `work` on a read connection off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        let path = Arc::clone(&self.path);
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers
+                .lock()
+                .map_err(|_| StoreError::Database("read pool poisoned".into()))?
+                .pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&path)?,
+            };
+            let result = work(&conn);
+            if let Ok(mut pool) = readers.lock()
+                && pool.len() < READ_POOL
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+
+    pub(super) async fn instance(&self) -> Result<Option<Instance>, StoreError> {
+        self.read(|c| Ok(load_instance(c)?)).await
+    }
+
+    pub(super) async fn bootstrap(&self, first: Bootstrap) -> Result<Instance, StoreError> {
+        self.write(move |c| {
+            if let Some(existing) = load_instance(c)? {
+                return Ok(existing);
+            }
+            let i = &first.instance;
+            c.execute(
+                "INSERT INTO instance (id, id_scope, service_host, created) VALUES (1, ?1, ?2, ?3)",
+                params![i.id_scope, i.service_host, i.created],
+            )?;
+            for p in &first.policies {
+                c.execute(
+                    "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)",
+                    params![p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                )?;
+            }
+            for h in &first.hubs {
+                insert_hub(c, h)?;
+            }
+            Ok(first.instance)
+        })
+        .await
+    }
+
+    pub(super) async fn policy(&self, name: &str) -> Result<Option<Policy>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
+                [name],
+                policy_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn policies(&self) -> Result<Vec<Policy>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, primary_key, secondary_key, rights FROM policies ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], policy_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(super) async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, hostname, weight, apply_allocation_policy, builtin, created FROM hubs ORDER BY rowid",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Hub {
+                        name: r.get(0)?,
+                        hostname: r.get(1)?,
+                        weight: r.get(2)?,
+                        apply_allocation_policy: r.get(3)?,
+                        builtin: r.get(4)?,
+                        created: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(super) async fn add_hub(&self, hub: Hub) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let taken: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM hubs WHERE name = ?1 OR hostname = ?2)",
+                params![hub.name, hub.hostname],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Ok(false);
+            }
+            insert_hub(c, &hub)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
+        let hub = hub.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT hub, device_id, status, primary_key, secondary_key, created, updated
+                 FROM hub_devices WHERE hub = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt
+                .query_map([hub], |r| {
+                    Ok(HubDevice {
+                        hub: r.get(0)?,
+                        device_id: r.get(1)?,
+                        status: r.get(2)?,
+                        primary_key: r.get(3)?,
+                        secondary_key: r.get(4)?,
+                        created: r.get(5)?,
+                        updated: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(super) async fn doc(&self, coll: Collection, id: &str) -> Result<Option<Doc>, StoreError> {
+        let key = id.to_ascii_lowercase();
+        self.read(move |c| load_doc(c, coll, &key)).await
+    }
+
+    pub(super) async fn docs(
+        &self,
+        coll: Collection,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<Doc>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT id, doc, etag FROM {} ORDER BY rowid LIMIT ?1 OFFSET ?2",
+                table(coll)
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt
+                .query_map(params![clamp(limit), clamp(offset)], raw_doc)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(parse_doc).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn upsert_doc<E>(
+        &self,
+        coll: Collection,
+        id: &str,
+        decide: impl FnOnce(Option<Doc>) -> Result<Doc, E> + Send + 'static,
+    ) -> Result<Doc, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = id.to_ascii_lowercase();
+        self.write(move |c| {
+            let current = load_doc(c, coll, &key)?;
+            let doc = decide(current)?;
+            let json = serde_json::to_string(&doc.json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let sql = format!(
+                "INSERT INTO {} (key, id, doc, etag) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET id = excluded.id, doc = excluded.doc, etag = excluded.etag",
+                table(coll)
+            );
+            c.execute(&sql, params![key, doc.id, json, doc.etag]).map_err(StoreError::from)?;
+            Ok(doc)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_doc<E>(
+        &self,
+        coll: Collection,
+        id: &str,
+        allow: impl FnOnce(&Doc) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<Doc>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = id.to_ascii_lowercase();
+        self.write(move |c| {
+            let Some(doc) = load_doc(c, coll, &key)? else {
+                return Ok(None);
+            };
+            allow(&doc)?;
+            c.execute(
+                &format!("DELETE FROM {} WHERE key = ?1", table(coll)),
+                [&key],
+            )
+            .map_err(StoreError::from)?;
+            Ok(Some(doc))
+        })
+        .await
+    }
+
+    pub(super) async fn registration(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        let key = registration_id.to_ascii_lowercase();
+        self.read(move |c| load_registration(c, &key)).await
+    }
+
+    pub(super) async fn registrations_of_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let key = group_id.to_ascii_lowercase();
+        self.read(move |c| {
+            let sql = format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE enrollment_group_key = ?1 ORDER BY rowid");
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map([key], raw_registration)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(parse_registration).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn record_assignment(&self, a: Assignment) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let r = &a.registration;
+            let payload = r.payload.as_ref().map(Value::to_string);
+            c.execute(
+                &format!(
+                    "INSERT INTO registrations ({REGISTRATION_COLUMNS}, key, enrollment_group_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT (key) DO UPDATE SET
+                       registration_id = excluded.registration_id, enrollment_group_id = excluded.enrollment_group_id,
+                       enrollment_group_key = excluded.enrollment_group_key, status = excluded.status,
+                       substatus = excluded.substatus, assigned_hub = excluded.assigned_hub,
+                       device_id = excluded.device_id, error_code = excluded.error_code,
+                       error_message = excluded.error_message, updated = excluded.updated, etag = excluded.etag,
+                       operation_id = excluded.operation_id, payload = excluded.payload"
+                ),
+                params![
+                    r.registration_id,
+                    r.enrollment_group_id,
+                    r.status,
+                    r.substatus,
+                    r.assigned_hub,
+                    r.device_id,
+                    r.error_code,
+                    r.error_message,
+                    r.created,
+                    r.updated,
+                    r.etag,
+                    r.operation_id,
+                    payload,
+                    r.registration_id.to_ascii_lowercase(),
+                    r.enrollment_group_id.as_deref().map(str::to_ascii_lowercase),
+                ],
+            )?;
+            if let Some((hub, device_id)) = &a.remove_device {
+                c.execute("DELETE FROM hub_devices WHERE hub = ?1 AND device_id = ?2", params![hub, device_id])?;
+            }
+            if let Some(d) = &a.device {
+                c.execute(
+                    "INSERT INTO hub_devices (hub, device_id, status, primary_key, secondary_key, created, updated)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (hub, device_id) DO UPDATE SET status = excluded.status,
+                       primary_key = excluded.primary_key, secondary_key = excluded.secondary_key,
+                       updated = excluded.updated",
+                    params![d.hub, d.device_id, d.status, d.primary_key, d.secondary_key, d.created, d.updated],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn delete_registration<E>(
+        &self,
+        registration_id: &str,
+        allow: impl FnOnce(&Registration) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<Registration>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = registration_id.to_ascii_lowercase();
+        self.write(move |c| {
+            let Some(reg) = load_registration(c, &key)? else {
+                return Ok(None);
+            };
+            allow(&reg)?;
+            c.execute("DELETE FROM registrations WHERE key = ?1", [&key])
+                .map_err(StoreError::from)?;
+            Ok(Some(reg))
+        })
+        .await
+    }
+}
+
+use serde_json::Value;
+
+const REGISTRATION_COLUMNS: &str = "registration_id, enrollment_group_id, status, substatus, assigned_hub, device_id, \
+     error_code, error_message, created, updated, etag, operation_id, payload";
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: Option<i64> =
+        conn.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))?;
+    let current = current.unwrap_or(0);
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; INSERT INTO schema_version (version) VALUES ({version}); COMMIT;"))
+            .inspect_err(|_| {
+                let _ = conn.execute_batch("ROLLBACK");
+            })?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let error = StoreError::from(e);
+            for job in batch {
+                job.abandon(error.clone());
+            }
+            continue;
+        }
+        let mut completions = Vec::with_capacity(batch.len());
+        for job in batch {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                job.abandon(StoreError::from(e));
+                continue;
+            }
+            let (keep, completion) = job.run(&conn);
+            let end = if keep {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            match conn.execute_batch(end) {
+                Ok(()) => completions.push(completion),
+                Err(e) => completion(Err(StoreError::from(e))),
+            }
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for completion in completions {
+            completion(commit.clone());
+        }
+    }
+}
+
+fn load_instance(c: &Connection) -> rusqlite::Result<Option<Instance>> {
+    c.query_row(
+        "SELECT id_scope, service_host, created FROM instance WHERE id = 1",
+        [],
+        |r| {
+            Ok(Instance {
+                id_scope: r.get(0)?,
+                service_host: r.get(1)?,
+                created: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+fn insert_hub(c: &Connection, h: &Hub) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO hubs (name, hostname, weight, apply_allocation_policy, builtin, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![h.name, h.hostname, h.weight, h.apply_allocation_policy, h.builtin, h.created],
+    )?;
+    Ok(())
+}
+
+fn policy_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
+    let rights: String = r.get(3)?;
+    Ok(Policy {
+        name: r.get(0)?,
+        primary_key: r.get(1)?,
+        secondary_key: r.get(2)?,
+        rights: rights
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+fn table(coll: Collection) -> &'static str {
+    match coll {
+        Collection::Enrollments => "enrollments",
+        Collection::EnrollmentGroups => "enrollment_groups",
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn raw_doc(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn parse_doc((id, json, etag): (String, String, String)) -> Result<Doc, StoreError> {
+    let json = serde_json::from_str(&json)
+        .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
+    Ok(Doc { id, json, etag })
+}
+
+fn load_doc(c: &Connection, coll: Collection, key: &str) -> Result<Option<Doc>, StoreError> {
+    let sql = format!("SELECT id, doc, etag FROM {} WHERE key = ?1", table(coll));
+    c.query_row(&sql, [key], raw_doc)
+        .optional()?
+        .map(parse_doc)
+        .transpose()
+}
+
+type RawRegistration = (Registration, Option<String>);
+
+fn raw_registration(r: &Row<'_>) -> rusqlite::Result<RawRegistration> {
+    Ok((
+        Registration {
+            registration_id: r.get(0)?,
+            enrollment_group_id: r.get(1)?,
+            status: r.get(2)?,
+            substatus: r.get(3)?,
+            assigned_hub: r.get(4)?,
+            device_id: r.get(5)?,
+            error_code: r.get(6)?,
+            error_message: r.get(7)?,
+            created: r.get(8)?,
+            updated: r.get(9)?,
+            etag: r.get(10)?,
+            operation_id: r.get(11)?,
+            payload: None,
+        },
+        r.get(12)?,
+    ))
+}
+
+fn parse_registration((mut reg, payload): RawRegistration) -> Result<Registration, StoreError> {
+    reg.payload = payload
+        .map(|p| serde_json::from_str(&p))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("registration {}: {e}", reg.registration_id)))?;
+    Ok(reg)
+}
+
+fn load_registration(c: &Connection, key: &str) -> Result<Option<Registration>, StoreError> {
+    let sql = format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE key = ?1");
+    c.query_row(&sql, [key], raw_registration)
+        .optional()?
+        .map(parse_registration)
+        .transpose()
+}

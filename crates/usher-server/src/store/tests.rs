@@ -1,0 +1,296 @@
+//! Store contract tests: every backend must pass these.
+
+use super::*;
+use serde_json::json;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("usher.db")).unwrap();
+    (dir, store)
+}
+
+fn doc(id: &str, etag: &str) -> Doc {
+    Doc {
+        id: id.into(),
+        json: json!({"registrationId": id}),
+        etag: etag.into(),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Refused {
+    No,
+    Store,
+}
+
+impl From<StoreError> for Refused {
+    fn from(_: StoreError) -> Self {
+        Self::Store
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_happens_once() {
+    let (_dir, store) = open();
+    assert_eq!(store.instance().await.unwrap(), None);
+    let first = Bootstrap {
+        instance: Instance {
+            id_scope: "0ne00000001".into(),
+            service_host: "localhost".into(),
+            created: "t".into(),
+        },
+        policies: vec![Policy {
+            name: "p".into(),
+            primary_key: "a".into(),
+            secondary_key: "b".into(),
+            rights: vec!["R1".into(), "R2".into()],
+        }],
+        hubs: vec![Hub {
+            name: "h".into(),
+            hostname: "h.example".into(),
+            weight: 1,
+            apply_allocation_policy: true,
+            builtin: true,
+            created: "t".into(),
+        }],
+    };
+    let instance = store.bootstrap(first.clone()).await.unwrap();
+    let mut second = first;
+    second.instance.id_scope = "0ne00000002".into();
+    assert_eq!(
+        store.bootstrap(second).await.unwrap(),
+        instance,
+        "the first instance stays"
+    );
+    assert_eq!(
+        store.policy("p").await.unwrap().unwrap().rights,
+        vec!["R1", "R2"]
+    );
+    assert_eq!(store.hubs().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn documents_are_case_insensitive_and_read_modify_write() {
+    let (_dir, store) = open();
+    let created = store
+        .upsert_doc(Collection::Enrollments, "Dev-1", |cur| {
+            assert!(cur.is_none());
+            Ok::<_, Refused>(doc("Dev-1", "e1"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.etag, "e1");
+    let got = store
+        .doc(Collection::Enrollments, "DEV-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.id, "Dev-1");
+    // A refusal writes nothing.
+    let refused = store
+        .upsert_doc(Collection::Enrollments, "dev-1", |_| {
+            Err::<Doc, _>(Refused::No)
+        })
+        .await;
+    assert_eq!(refused, Err(Refused::No));
+    assert_eq!(
+        store
+            .doc(Collection::Enrollments, "dev-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .etag,
+        "e1"
+    );
+    // Groups are a separate collection.
+    assert!(
+        store
+            .doc(Collection::EnrollmentGroups, "dev-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Delete, guarded.
+    assert_eq!(
+        store
+            .delete_doc(Collection::Enrollments, "dev-1", |_| Err(Refused::No))
+            .await,
+        Err(Refused::No)
+    );
+    let gone = store
+        .delete_doc(Collection::Enrollments, "dev-1", |_| Ok::<_, Refused>(()))
+        .await
+        .unwrap();
+    assert_eq!(gone.unwrap().id, "Dev-1");
+    assert!(
+        store
+            .delete_doc(Collection::Enrollments, "dev-1", |_| Ok::<_, Refused>(()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch() {
+    let (_dir, store) = open();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .upsert_doc(Collection::Enrollments, &format!("d{i}"), move |_| {
+                    if i % 10 == 0 {
+                        Err(Refused::No)
+                    } else {
+                        Ok(doc(&format!("d{i}"), "e"))
+                    }
+                })
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 180);
+    let all = store.docs(Collection::Enrollments, 0, 1000).await.unwrap();
+    assert_eq!(all.len(), 180);
+    assert!(
+        store
+            .doc(Collection::Enrollments, "d10")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Paging in storage order.
+    let page = store.docs(Collection::Enrollments, 170, 50).await.unwrap();
+    assert_eq!(page.len(), 10);
+}
+
+#[tokio::test]
+async fn assignment_writes_registration_and_hub_device_together_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usher.db");
+    {
+        let store = Store::open_sqlite(&path).unwrap();
+        store
+            .add_hub(Hub {
+                name: "h".into(),
+                hostname: "h.example".into(),
+                weight: 1,
+                apply_allocation_policy: true,
+                builtin: true,
+                created: "t".into(),
+            })
+            .await
+            .unwrap();
+        let registration = Registration {
+            registration_id: "Dev-1".into(),
+            enrollment_group_id: Some("G1".into()),
+            status: "assigned".into(),
+            substatus: Some("initialAssignment".into()),
+            assigned_hub: Some("h.example".into()),
+            device_id: Some("Dev-1".into()),
+            error_code: None,
+            error_message: None,
+            created: "t1".into(),
+            updated: "t1".into(),
+            etag: "e".into(),
+            operation_id: "op".into(),
+            payload: Some(json!({"a": 1})),
+        };
+        let device = HubDevice {
+            hub: "h".into(),
+            device_id: "Dev-1".into(),
+            status: "enabled".into(),
+            primary_key: "k1".into(),
+            secondary_key: "k2".into(),
+            created: "t1".into(),
+            updated: "t1".into(),
+        };
+        store
+            .record_assignment(Assignment {
+                registration,
+                device: Some(device),
+                remove_device: None,
+            })
+            .await
+            .unwrap();
+        // A hub that does not exist violates the foreign key: the whole assignment is refused.
+        let bad = Assignment {
+            registration: Registration {
+                registration_id: "dev-2".into(),
+                ..store.registration("dev-1").await.unwrap().unwrap()
+            },
+            device: Some(HubDevice {
+                hub: "nope".into(),
+                device_id: "dev-2".into(),
+                status: "enabled".into(),
+                primary_key: "k".into(),
+                secondary_key: "k".into(),
+                created: "t".into(),
+                updated: "t".into(),
+            }),
+            remove_device: None,
+        };
+        assert!(store.record_assignment(bad).await.is_err());
+        assert!(
+            store.registration("dev-2").await.unwrap().is_none(),
+            "no half-written record"
+        );
+    }
+    let store = Store::open_sqlite(&path).unwrap();
+    let reg = store.registration("DEV-1").await.unwrap().unwrap();
+    assert_eq!(reg.payload, Some(json!({"a": 1})));
+    assert_eq!(store.registrations_of_group("g1").await.unwrap().len(), 1);
+    assert_eq!(store.hub_devices("h").await.unwrap()[0].primary_key, "k1");
+    let deleted = store
+        .delete_registration("dev-1", |_| Ok::<_, Refused>(()))
+        .await
+        .unwrap();
+    assert!(deleted.is_some());
+    assert!(store.registration("dev-1").await.unwrap().is_none());
+    assert_eq!(
+        store.hub_devices("h").await.unwrap().len(),
+        1,
+        "deleting a registration leaves the hub identity"
+    );
+}
+
+#[tokio::test]
+async fn hubs_are_unique_by_name_and_hostname() {
+    let (_dir, store) = open();
+    let hub = Hub {
+        name: "a".into(),
+        hostname: "A.example".into(),
+        weight: 1,
+        apply_allocation_policy: true,
+        builtin: true,
+        created: "t".into(),
+    };
+    assert!(store.add_hub(hub.clone()).await.unwrap());
+    assert!(!store.add_hub(hub.clone()).await.unwrap());
+    assert!(
+        !store
+            .add_hub(Hub {
+                name: "b".into(),
+                hostname: "a.EXAMPLE".into(),
+                ..hub.clone()
+            })
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .add_hub(Hub {
+                name: "b".into(),
+                hostname: "b.example".into(),
+                ..hub
+            })
+            .await
+            .unwrap()
+    );
+}

@@ -1,0 +1,87 @@
+use anyhow::Context as _;
+use usher_device::Credential;
+use usher_device::http::{Client, Endpoint, Progress, ProvisionError};
+
+use crate::cli::ProvisionArgs;
+
+pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
+    let credential = match (&args.key, &args.group_key) {
+        (Some(key), _) => Credential::individual(&args.registration_id, key),
+        (None, Some(group)) => Credential::from_group_key(&args.registration_id, group),
+        (None, None) => anyhow::bail!("give --key or --group-key"),
+    }
+    .context("invalid device credential")?;
+    let ca_pem = match &args.ca {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("cannot read --ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let payload = match &args.payload {
+        Some(p) => Some(serde_json::from_str(p).context("invalid --payload: not JSON")?),
+        None => None,
+    };
+    let endpoint = Endpoint {
+        host: args.host.clone(),
+        ca_pem,
+        connect_to: None,
+    };
+    let client = Client::new(&endpoint, &args.id_scope)?;
+    println!(
+        "Provisioning API version: {}",
+        usher_device::http::API_VERSION
+    );
+    println!(
+        "Registering device {} with ID scope {} at {}",
+        args.registration_id, args.id_scope, args.host
+    );
+    let result = client
+        .provision(&credential, payload, |p| match p {
+            Progress::Registering => println!("Provisioning status: registering"),
+            Progress::Assigning { retry_after } => {
+                println!(
+                    "Provisioning status: assigning (polling again in {} s)",
+                    retry_after.as_secs()
+                );
+            }
+        })
+        .await;
+    match result {
+        Ok(status) => {
+            let state = status.registration_state.unwrap_or_else(|| {
+                usher_proto::model::DeviceRegistrationResult::bare(
+                    args.registration_id.clone(),
+                    status.status,
+                )
+            });
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&state)?);
+            }
+            println!(
+                "Registration information received from service: hub {}, deviceId {}, status {}",
+                state.assigned_hub.as_deref().unwrap_or("-"),
+                state.device_id.as_deref().unwrap_or("-"),
+                state.status.as_str()
+            );
+            Ok(())
+        }
+        Err(ProvisionError::NotAssigned(status)) => {
+            let detail = status
+                .registration_state
+                .as_ref()
+                .and_then(|s| {
+                    Some(format!(
+                        " (errorCode {}: {})",
+                        s.error_code?,
+                        s.error_message.clone().unwrap_or_default()
+                    ))
+                })
+                .unwrap_or_default();
+            anyhow::bail!(
+                "registration ended with status {}{detail}",
+                status.status.as_str()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,104 @@
+use std::io::ErrorKind;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use usher_proto::ttl::parse_duration;
+use usher_server::{RegisterResponse, ServeConfig, Settings};
+
+use crate::cli::{RegisterResponseArg, ServeArgs};
+
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let clock_skew_secs = parse_duration(&args.clock_skew).context("invalid --clock-skew")?;
+    let register_response = match args.register_response {
+        RegisterResponseArg::Assigned => RegisterResponse::Assigned,
+        RegisterResponseArg::Assigning => RegisterResponse::Assigning {
+            retry_after_secs: args.retry_after.clamp(1, 300),
+        },
+    };
+    let mut hostnames = args.hostnames.clone();
+    for default in ["localhost", "127.0.0.1", "::1"] {
+        if !hostnames.iter().any(|h| h.eq_ignore_ascii_case(default)) {
+            hostnames.push(default.to_owned());
+        }
+    }
+    let config = ServeConfig {
+        data_dir: args.data_dir.clone(),
+        hostnames,
+        tls_cert: args.tls_cert.clone().zip(args.tls_key.clone()),
+        settings: Settings {
+            clock_skew_secs,
+            register_response,
+        },
+    };
+    let prepared = usher_server::prepare(config).await?;
+    let listener = bind(args.https_addr).await?;
+    let o = &prepared.overview;
+    println!("Usher is serving {}", args.data_dir.display());
+    println!("  ID scope:                   {}", o.id_scope);
+    println!(
+        "  Device endpoint:            {} (HTTPS on {})",
+        o.device_endpoint,
+        listener.local_addr()?
+    );
+    println!(
+        "  Service connection string:  {}",
+        o.service_connection_string
+    );
+    if let Some(ca) = &o.ca_certificate {
+        println!("  CA certificate:             {ca}");
+    }
+    for hub in &o.hubs {
+        println!(
+            "  Hub:                        {} ({}, weight {})",
+            hub.name, hub.hostname, hub.weight
+        );
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        signal::wait_for_signal().await;
+        signal.cancel();
+    });
+    prepared.run(listener, shutdown).await?;
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => anyhow::bail!(
+            "cannot listen on {addr}: permission denied. Ports below 1024 need privilege: run as root, or grant \
+             the binary the capability with `sudo setcap cap_net_bind_service=+ep $(command -v usher)`, or choose \
+             another port with --https-addr 127.0.0.1:8443 (the official SDKs need 443, see README)"
+        ),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            anyhow::bail!(
+                "cannot listen on {addr}: the address is in use by another program; choose another with --https-addr"
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+mod signal {
+    /// Resolves on Ctrl-C or SIGTERM.
+    pub(super) async fn wait_for_signal() {
+        #[cfg(unix)]
+        {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! A small client for the management API, signing a fresh service token for every request.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use usher_proto::model::ErrorBody;
+use usher_proto::{SymmetricKey, sas};
+
+use crate::cli::Login;
+
+/// A connection to the management API.
+pub(crate) struct ServiceClient {
+    http: reqwest::Client,
+    base: String,
+    host: String,
+    policy: String,
+    key: SymmetricKey,
+}
+
+/// A successful answer: status, headers, JSON body (Null when empty).
+pub(crate) struct Answer {
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl ServiceClient {
+    /// Connects with `--login`/`USHER_CONNECTION_STRING`, or else with what the data directory says.
+    pub(crate) async fn connect(login: &Login) -> anyhow::Result<Self> {
+        let (connection_string, mut ca, address) = match &login.login {
+            Some(cs) => (cs.clone(), None, None),
+            None => from_data_dir(&login.data_dir).await?,
+        };
+        if let Some(path) = &login.ca {
+            ca = Some(path.clone());
+        }
+        let fields = parse_connection_string(&connection_string)?;
+        let host_port = fields.host.clone();
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port.as_str(), |(h, _)| h)
+            .to_owned();
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .https_only(true);
+        if let Some(path) = &ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).context("invalid CA certificate")?;
+            builder = builder.tls_certs_only([cert]);
+        }
+        let base = match address {
+            Some(addr) => {
+                builder = builder.resolve(&host, addr);
+                format!("https://{host}:{}", addr.port())
+            }
+            None => format!("https://{host_port}"),
+        };
+        Ok(Self {
+            http: builder.build()?,
+            base,
+            host,
+            policy: fields.policy,
+            key: fields.key,
+        })
+    }
+
+    /// Sends a request and returns the answer, or an error naming the DPS code and message.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Answer> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let token = sas::service_token(&self.host, &self.policy, &self.key, now + 3600);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{sep}api-version=2021-10-01", self.base);
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .header("Authorization", token);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.base, chain(&e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await?;
+        if !status.is_success() {
+            match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(e) => bail!(
+                    "{} ({} {}): {}",
+                    status.as_u16(),
+                    e.error_code,
+                    status.canonical_reason().unwrap_or(""),
+                    e.message
+                ),
+                Err(_) => bail!("{method} {path} failed with HTTP {status}: {text}"),
+            }
+        }
+        let body = if text.is_empty() || status == StatusCode::NO_CONTENT {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        };
+        Ok(Answer { headers, body })
+    }
+}
+
+struct ConnectionString {
+    host: String,
+    policy: String,
+    key: SymmetricKey,
+}
+
+fn parse_connection_string(text: &str) -> anyhow::Result<ConnectionString> {
+    let (mut host, mut policy, mut key) = (None, None, None);
+    for part in text.split(';').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("invalid connection string part {part:?}"))?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "hostname" => host = Some(v.trim().to_owned()),
+            "sharedaccesskeyname" => policy = Some(v.trim().to_owned()),
+            "sharedaccesskey" => key = Some(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let missing = |f| anyhow::anyhow!("the connection string has no {f}");
+    Ok(ConnectionString {
+        host: host.ok_or_else(|| missing("HostName"))?,
+        policy: policy.ok_or_else(|| missing("SharedAccessKeyName"))?,
+        key: SymmetricKey::from_base64(&key.ok_or_else(|| missing("SharedAccessKey"))?)
+            .context("invalid SharedAccessKey in the connection string")?,
+    })
+}
+
+/// Reads a local instance's connection string, CA and listening address.
+async fn from_data_dir(
+    dir: &Path,
+) -> anyhow::Result<(String, Option<std::path::PathBuf>, Option<SocketAddr>)> {
+    let (store, instance) = usher_server::app::open_existing(dir)
+        .await
+        .with_context(|| {
+            format!(
+                "no --login or USHER_CONNECTION_STRING given, and no Usher data directory at {}",
+                dir.display()
+            )
+        })?;
+    let overview = usher_server::app::overview(&store, &instance, dir).await?;
+    let runtime = dir.join(usher_server::app::RUNTIME_FILE);
+    let text = std::fs::read_to_string(&runtime).with_context(|| {
+        format!(
+            "the server for {} is not running (no {})",
+            dir.display(),
+            runtime.display()
+        )
+    })?;
+    let runtime: Value =
+        serde_json::from_str(&text).with_context(|| format!("invalid {}", runtime.display()))?;
+    let mut addr: SocketAddr = runtime["httpsAddr"]
+        .as_str()
+        .context("runtime file without httpsAddr")?
+        .parse()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok((
+        overview.service_connection_string,
+        overview.ca_certificate.map(Into::into),
+        Some(addr),
+    ))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

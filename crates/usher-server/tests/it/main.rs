@@ -1,0 +1,7 @@
+//! Integration tests: one binary; every test starts a real server on a loopback port with its own
+//! data directory and talks to it over TLS.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod device;
+mod management;
+mod support;

@@ -1,0 +1,393 @@
+//! The management API: enrollment and group lifecycles, etags, paging, auth.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use usher_device::Credential;
+use usher_proto::SymmetricKey;
+use usher_proto::sas;
+
+use crate::support::{TestServer, assert_error, keys, unix_now};
+
+#[tokio::test]
+async fn enrollment_lifecycle_with_generated_keys_and_etags() {
+    let s = TestServer::start().await;
+    let body = json!({"registrationId": "life-1", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": null, "secondaryKey": null}}, "capabilities": null, "initialTwin": {"tags": {"t": 1}}});
+    let (status, _, created) = s
+        .call(Method::PUT, "/enrollments/life-1", Some(body.clone()), &[])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let (p, sk) = keys(&created);
+    assert_eq!(SymmetricKey::from_base64(&p).unwrap().as_bytes().len(), 32);
+    assert_ne!(p, sk);
+    assert_eq!(
+        created["initialTwin"]["tags"]["t"], 1,
+        "unused fields round-trip"
+    );
+    assert!(created.get("capabilities").is_none());
+    let etag = created["etag"].as_str().unwrap().to_owned();
+
+    // GET hides the keys and shows the registration state.
+    let (status, _, got) = s.call(Method::GET, "/enrollments/LIFE-1", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["attestation"], json!({"type": "symmetricKey"}));
+    assert_eq!(
+        got["registrationState"],
+        json!({"registrationId": "life-1", "status": "unassigned"})
+    );
+    // The attestation mechanism shows them.
+    let (status, _, att) = s
+        .call(
+            Method::POST,
+            "/enrollments/life-1/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(att["symmetricKey"]["primaryKey"], p.as_str());
+
+    // Create over an existing record without If-Match: 409.
+    let (status, headers, err) = s
+        .call(Method::PUT, "/enrollments/life-1", Some(body.clone()), &[])
+        .await;
+    assert_error(status, &headers, &err, 409, 409_201);
+    // A stale etag: 412.
+    let (status, headers, err) = s
+        .call(
+            Method::PUT,
+            "/enrollments/life-1",
+            Some(body.clone()),
+            &[("If-Match", "\"stale\"")],
+        )
+        .await;
+    assert_error(status, &headers, &err, 412, 412_001);
+    // The current etag (quoted, as C# sends it): update; omitted keys are kept.
+    let update = json!({"registrationId": "life-1", "attestation": {"type": "symmetricKey"}, "provisioningStatus": "disabled"});
+    let (status, _, updated) = s
+        .call(
+            Method::PUT,
+            "/enrollments/life-1",
+            Some(update.clone()),
+            &[("If-Match", &format!("\"{etag}\""))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(keys(&updated), (p.clone(), sk.clone()));
+    assert_eq!(updated["createdDateTimeUtc"], created["createdDateTimeUtc"]);
+    assert_ne!(updated["etag"], created["etag"]);
+    assert_eq!(updated["provisioningStatus"], "disabled");
+    // `*` updates whatever is there.
+    let (status, _, _) = s
+        .call(
+            Method::PUT,
+            "/enrollments/life-1",
+            Some(update),
+            &[("If-Match", "*")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Delete with a stale etag: 412; without: 204; again: 404.
+    let (status, headers, err) = s
+        .call(
+            Method::DELETE,
+            "/enrollments/life-1",
+            None,
+            &[("If-Match", "nope")],
+        )
+        .await;
+    assert_error(status, &headers, &err, 412, 412_001);
+    let (status, _, _) = s
+        .call(Method::DELETE, "/enrollments/life-1", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, headers, err) = s
+        .call(Method::DELETE, "/enrollments/life-1", None, &[])
+        .await;
+    assert_error(status, &headers, &err, 404, 404_201);
+    let (status, headers, err) = s.call(Method::GET, "/enrollments/life-1", None, &[]).await;
+    assert_error(status, &headers, &err, 404, 404_201);
+}
+
+#[tokio::test]
+async fn group_lifecycle_with_supplied_keys() {
+    let s = TestServer::start().await;
+    let primary = SymmetricKey::generate(&[1; 16]).unwrap().to_base64();
+    let secondary = SymmetricKey::generate(&[2; 64]).unwrap().to_base64();
+    let body = json!({"enrollmentGroupId": "grp-1", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": primary, "secondaryKey": secondary}}});
+    // Node's casing and trailing slash.
+    let (status, _, created) = s
+        .call(
+            Method::PUT,
+            "/enrollmentgroups/grp-1/",
+            Some(body.clone()),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(keys(&created), (primary.clone(), secondary));
+    let (status, headers, err) = s
+        .call(Method::PUT, "/enrollmentGroups/grp-1", Some(body), &[])
+        .await;
+    assert_error(status, &headers, &err, 409, 409_202);
+    let (status, _, got) = s
+        .call(Method::GET, "/enrollmentGroups/grp-1", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(got["attestation"].get("symmetricKey").is_none());
+    assert!(got.get("registrationState").is_none());
+
+    // A member registers; deleting the group keeps its registration record.
+    let cred = Credential::from_group_key("member-1", &primary).unwrap();
+    s.device_client()
+        .provision(&cred, None, |_| {})
+        .await
+        .unwrap();
+    let (status, _, _) = s
+        .call(Method::DELETE, "/enrollmentGroups/grp-1", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, headers, err) = s
+        .call(Method::DELETE, "/enrollmentGroups/grp-1", None, &[])
+        .await;
+    assert_error(status, &headers, &err, 404, 404_204);
+    assert_eq!(s.registration("member-1").await.0, StatusCode::OK);
+    // The device can no longer register.
+    assert!(
+        s.device_client()
+            .provision(&cred, None, |_| {})
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn registration_records_get_and_delete() {
+    let s = TestServer::start().await;
+    let (key, _) = s.enroll("rec-1", json!({})).await;
+    s.device_client()
+        .provision(
+            &Credential::individual("rec-1", &key).unwrap(),
+            None,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let (status, reg) = s.registration("rec-1").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, enrollment) = s.call(Method::GET, "/enrollments/rec-1", None, &[]).await;
+    assert_eq!(enrollment["registrationState"]["status"], "assigned");
+    let (status, headers, err) = s
+        .call(
+            Method::DELETE,
+            "/registrations/rec-1",
+            None,
+            &[("If-Match", "old")],
+        )
+        .await;
+    assert_error(status, &headers, &err, 412, 412_001);
+    let etag = reg["etag"].as_str().unwrap();
+    let (status, _, _) = s
+        .call(
+            Method::DELETE,
+            "/registrations/rec-1",
+            None,
+            &[("If-Match", etag)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, headers, err) = s.call(Method::GET, "/registrations/rec-1", None, &[]).await;
+    assert_error(status, &headers, &err, 404, 404_202);
+    assert_eq!(
+        s.hub_devices("usher-hub").await.len(),
+        1,
+        "the hub identity stays"
+    );
+}
+
+#[tokio::test]
+async fn query_pages_end_without_a_continuation() {
+    let s = TestServer::start().await;
+    for i in 0..7 {
+        s.enroll(&format!("page-{i}"), json!({})).await;
+    }
+    let mut seen = Vec::new();
+    let mut continuation: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut headers = vec![("x-ms-max-item-count", "3".to_owned())];
+        if let Some(c) = &continuation {
+            headers.push(("x-ms-continuation", c.clone()));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, h, body) = s
+            .call(
+                Method::POST,
+                "/enrollments/query",
+                Some(json!({"query": "SELECT *"})),
+                &headers,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h["x-ms-item-type"], "Enrollment");
+        pages += 1;
+        for item in body.as_array().unwrap() {
+            assert!(
+                item["attestation"].get("symmetricKey").is_none(),
+                "keys are redacted"
+            );
+            seen.push(item["registrationId"].as_str().unwrap().to_owned());
+        }
+        continuation = h
+            .get("x-ms-continuation")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if continuation.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        (0..7).map(|i| format!("page-{i}")).collect::<Vec<_>>()
+    );
+    let (status, h, body) = s
+        .call(
+            Method::POST,
+            "/enrollmentGroups/query",
+            Some(json!({"query": "*"})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!([]));
+    assert_eq!(h["x-ms-item-type"], "EnrollmentGroup");
+    assert!(h.get("x-ms-continuation").is_none());
+}
+
+#[tokio::test]
+async fn invalid_enrollments_are_refused_and_not_stored() {
+    let s = TestServer::start().await;
+    let cases = [
+        (
+            "/enrollments/bad-key",
+            json!({"registrationId": "bad-key", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "AAAA"}}}),
+            400,
+            400_004,
+        ),
+        (
+            "/enrollments/static-none",
+            json!({"registrationId": "static-none", "attestation": {"type": "symmetricKey"}, "allocationPolicy": "static"}),
+            400,
+            400_004,
+        ),
+        (
+            "/enrollments/unknown-hub",
+            json!({"registrationId": "unknown-hub", "attestation": {"type": "symmetricKey"}, "iotHubs": ["nowhere.test"]}),
+            400,
+            400_004,
+        ),
+        (
+            "/enrollments/mismatch",
+            json!({"registrationId": "other", "attestation": {"type": "symmetricKey"}}),
+            400,
+            400_004,
+        ),
+        (
+            "/enrollments/no-attestation",
+            json!({"registrationId": "no-attestation"}),
+            400,
+            400_006,
+        ),
+        (
+            "/enrollments/bad-type",
+            json!({"registrationId": "bad-type", "attestation": {"type": "password"}}),
+            400,
+            400_006,
+        ),
+        (
+            "/enrollments/bad!id",
+            json!({"registrationId": "bad!id", "attestation": {"type": "symmetricKey"}}),
+            400,
+            400_202,
+        ),
+        (
+            "/enrollmentGroups/bad!group",
+            json!({"enrollmentGroupId": "bad!group", "attestation": {"type": "symmetricKey"}}),
+            400,
+            400_204,
+        ),
+        (
+            "/enrollmentGroups/tpm-group",
+            json!({"enrollmentGroupId": "tpm-group", "attestation": {"type": "tpm", "tpm": {"endorsementKey": "AAAA"}}}),
+            400,
+            400_004,
+        ),
+    ];
+    for (path, body, want_status, want_code) in cases {
+        let (status, headers, err) = s.call(Method::PUT, path, Some(body), &[]).await;
+        assert_error(status, &headers, &err, want_status, want_code);
+        let (status, _, _) = s.call(Method::GET, path, None, &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} left a record");
+    }
+    let (status, headers, err) = s.call(Method::PUT, "/enrollments/raw", None, &[]).await;
+    assert_error(status, &headers, &err, 400, 400_006);
+}
+
+#[tokio::test]
+async fn service_tokens_are_checked() {
+    let s = TestServer::start().await;
+    let wrong_key = SymmetricKey::generate(&[9; 32]).unwrap();
+    let tokens = [
+        sas::service_token(
+            "localhost",
+            "provisioningserviceowner",
+            &wrong_key,
+            unix_now() + 60,
+        ),
+        sas::service_token(
+            "elsewhere.test",
+            "provisioningserviceowner",
+            &s.owner_key,
+            unix_now() + 60,
+        ),
+        sas::service_token("localhost", "nosuchpolicy", &s.owner_key, unix_now() + 60),
+        sas::service_token(
+            "localhost",
+            "provisioningserviceowner",
+            &s.owner_key,
+            unix_now() - 3600,
+        ),
+        "SharedAccessSignature garbage".to_owned(),
+    ];
+    for token in tokens {
+        let response = s
+            .http
+            .get(s.url("/enrollments/x"))
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = response.json().await.unwrap();
+        assert_error(status, &headers, &body, 401, 401_002);
+    }
+    let response = s.http.get(s.url("/enrollments/x")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // The IP host name is one of the instance's names too.
+    let token = sas::service_token(
+        "127.0.0.1",
+        "provisioningserviceowner",
+        &s.owner_key,
+        unix_now() + 60,
+    );
+    let response = s
+        .http
+        .get(s.url("/enrollments/x"))
+        .header("Authorization", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let (status, headers, err) = s.call(Method::GET, "/no/such/route/here", None, &[]).await;
+    assert_error(status, &headers, &err, 404, 404_000);
+}

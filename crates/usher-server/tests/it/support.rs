@@ -1,0 +1,262 @@
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use usher_device::Credential;
+use usher_device::http::{Client, Endpoint};
+use usher_proto::{SymmetricKey, sas};
+use usher_server::{ServeConfig, Settings};
+
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) scope: String,
+    pub(crate) ca_pem: Vec<u8>,
+    pub(crate) owner_key: SymmetricKey,
+    pub(crate) http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(Settings::default()).await
+    }
+
+    pub(crate) async fn start_with(settings: Settings) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), settings).await
+    }
+
+    /// Starts a server on an existing data directory (to test restarts).
+    pub(crate) async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Self {
+        let config = ServeConfig {
+            data_dir: dir.path().to_owned(),
+            hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+            tls_cert: None,
+            settings,
+        };
+        let prepared = usher_server::prepare(config).await.unwrap();
+        let overview = prepared.overview.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { prepared.run(listener, stop).await.unwrap() });
+        let ca_pem = std::fs::read(overview.ca_certificate.unwrap()).unwrap();
+        let key = overview
+            .service_connection_string
+            .split("SharedAccessKey=")
+            .nth(1)
+            .unwrap();
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca_pem).unwrap()])
+            .build()
+            .unwrap();
+        Self {
+            addr,
+            scope: overview.id_scope,
+            owner_key: SymmetricKey::from_base64(key).unwrap(),
+            ca_pem,
+            http,
+            dir,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and hands back its data directory.
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    pub(crate) fn device_client(&self) -> Client {
+        let endpoint = Endpoint {
+            host: format!("localhost:{}", self.addr.port()),
+            ca_pem: Some(self.ca_pem.clone()),
+            connect_to: None,
+        };
+        Client::new(&endpoint, &self.scope).unwrap()
+    }
+
+    pub(crate) fn service_token(&self) -> String {
+        sas::service_token(
+            "localhost",
+            "provisioningserviceowner",
+            &self.owner_key,
+            unix_now() + 600,
+        )
+    }
+
+    /// A management API call with the owner policy's token.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .header("Authorization", self.service_token());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, headers, body)
+    }
+
+    /// Creates an individual enrollment and returns (primary, secondary) keys.
+    pub(crate) async fn enroll(&self, id: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"registrationId": id, "attestation": {"type": "symmetricKey"}});
+        merge(&mut body, extra);
+        let (status, _, doc) = self
+            .call(Method::PUT, &format!("/enrollments/{id}"), Some(body), &[])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        keys(&doc)
+    }
+
+    /// Creates an enrollment group and returns its (primary, secondary) keys.
+    pub(crate) async fn enroll_group(&self, id: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"enrollmentGroupId": id, "attestation": {"type": "symmetricKey"}});
+        merge(&mut body, extra);
+        let (status, _, doc) = self
+            .call(
+                Method::PUT,
+                &format!("/enrollmentGroups/{id}"),
+                Some(body),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        keys(&doc)
+    }
+
+    pub(crate) async fn hub_devices(&self, hub: &str) -> Vec<Value> {
+        let (status, _, body) = self
+            .call(
+                Method::GET,
+                &format!("/usher/hubs/{hub}/devices"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        body.as_array().unwrap().clone()
+    }
+
+    pub(crate) async fn registration(&self, id: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .call(Method::GET, &format!("/registrations/{id}"), None, &[])
+            .await;
+        (status, body)
+    }
+
+    /// A raw device request: method, path under the scope, token, body.
+    pub(crate) async fn device_request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .header("Content-Type", "application/json; charset=utf-8");
+        if let Some(t) = token {
+            req = req.header("Authorization", t);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let response = req.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub(crate) fn token(&self, id: &str, key: &str) -> String {
+        Credential::individual(id, key)
+            .unwrap()
+            .token(&self.scope, unix_now() + 600)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub(crate) fn keys(doc: &Value) -> (String, String) {
+    let k = &doc["attestation"]["symmetricKey"];
+    (
+        k["primaryKey"].as_str().unwrap().to_owned(),
+        k["secondaryKey"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+}
+
+/// Asserts a DPS error response: status, code, JSON body, and the tracking headers.
+pub(crate) fn assert_error(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    want_status: u16,
+    want_code: u32,
+) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    assert_eq!(body["errorCode"], want_code, "{body}");
+    let tracking = body["trackingId"].as_str().unwrap();
+    assert_eq!(headers["x-ms-request-id"].to_str().unwrap(), tracking);
+    assert!(headers.contains_key("x-ms-error-code"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert!(body["timestampUtc"].as_str().unwrap().ends_with('Z'));
+}

@@ -1,0 +1,387 @@
+//! `usher serve` and the management and device commands, run as a user would: the real binary,
+//! a real server on a loopback port, the CLI finding it through the data directory.
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn usher(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args(args)
+        .env("USHER_DATA_DIR", dir.join("usher-data"))
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args(["serve", "--https-addr", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = dir.join("usher-data/runtime.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runtime.exists() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child }
+}
+
+#[test]
+fn serve_enroll_derive_provision_and_list_hub_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap();
+    assert!(scope.starts_with("0ne") && scope.len() == 11, "{scope}");
+    assert!(
+        instance["serviceConnectionString"]
+            .as_str()
+            .unwrap()
+            .starts_with(
+                "HostName=localhost;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey="
+            )
+    );
+    assert_eq!(instance["deviceEndpoint"], "localhost");
+    assert_eq!(instance["hubs"][0]["name"], "usher-hub");
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    assert!(ok(&usher(dir, &["instance", "show"])).contains(scope));
+
+    let port = serde_json::from_str::<Value>(
+        &std::fs::read_to_string(dir.join("usher-data/runtime.json")).unwrap(),
+    )
+    .unwrap()["httpsAddr"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let host = format!("localhost:{port}");
+
+    // Group: create, derive, provision.
+    let group = json(&usher(
+        dir,
+        &[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "floor-1",
+            "--attestation-type",
+            "symmetrickey",
+        ],
+    ));
+    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let device_key = ok(&usher(
+        dir,
+        &[
+            "key",
+            "derive",
+            "--group-key",
+            group_key,
+            "--registration-id",
+            "sensor-001",
+        ],
+    ));
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            scope,
+            "--registration-id",
+            "sensor-001",
+            "--key",
+            device_key.trim(),
+            "--host",
+            &host,
+            "--ca",
+            &ca,
+        ],
+    ));
+    assert!(
+        out.contains("hub localhost, deviceId sensor-001, status assigned"),
+        "{out}"
+    );
+    // Or straight from the group key.
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            scope,
+            "--registration-id",
+            "sensor-002",
+            "--group-key",
+            group_key,
+            "--host",
+            &host,
+            "--ca",
+            &ca,
+        ],
+    ));
+    assert!(out.contains("deviceId sensor-002"), "{out}");
+
+    let devices = json(&usher(dir, &["hub", "devices", "usher-hub", "--json"]));
+    let ids: Vec<&str> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["sensor-001", "sensor-002"]);
+    assert!(
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "enabled")
+    );
+    assert!(ok(&usher(dir, &["hub", "devices", "usher-hub"])).contains("sensor-001"));
+
+    // Individual enrollment with a supplied key; show hides keys unless asked.
+    let key = ok(&usher(dir, &["key", "generate"]));
+    let key = key.trim();
+    ok(&usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "dev-1",
+            "--attestation-type",
+            "symmetrickey",
+            "--primary-key",
+            key,
+        ],
+    ));
+    let shown = json(&usher(dir, &["enrollment", "show", "dev-1", "--json"]));
+    assert!(shown["attestation"].get("symmetricKey").is_none());
+    let shown = json(&usher(
+        dir,
+        &["enrollment", "show", "dev-1", "--show-keys", "--json"],
+    ));
+    assert_eq!(shown["attestation"]["symmetricKey"]["primaryKey"], key);
+    ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            scope,
+            "--registration-id",
+            "dev-1",
+            "--key",
+            key,
+            "--host",
+            &host,
+            "--ca",
+            &ca,
+        ],
+    ));
+    let reg = json(&usher(dir, &["registration", "show", "dev-1", "--json"]));
+    assert_eq!(reg["status"], "assigned");
+    let listed = json(&usher(dir, &["enrollment", "list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&usher(dir, &["enrollment-group", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A disabled enrollment: provisioning fails with a clear status.
+    ok(&usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "dev-off",
+            "--provisioning-status",
+            "disabled",
+            "--primary-key",
+            key,
+        ],
+    ));
+    let out = usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            scope,
+            "--registration-id",
+            "dev-off",
+            "--key",
+            key,
+            "--host",
+            &host,
+            "--ca",
+            &ca,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("status disabled"));
+    // A wrong key: the service's 401 is shown.
+    let out = usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            scope,
+            "--registration-id",
+            "dev-1",
+            "--key",
+            device_key.trim(),
+            "--host",
+            &host,
+            "--ca",
+            &ca,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 401: errorCode 401002"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Hubs: add one, static allocation to it.
+    ok(&usher(
+        dir,
+        &[
+            "hub",
+            "add",
+            "--name",
+            "hub-2",
+            "--hostname",
+            "hub2.example.test",
+            "--weight",
+            "3",
+        ],
+    ));
+    assert!(ok(&usher(dir, &["hub", "list"])).contains("hub2.example.test"));
+    ok(&usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "dev-2",
+            "--allocation-policy",
+            "static",
+            "--iot-hubs",
+            "hub2.example.test",
+            "--primary-key",
+            key,
+        ],
+    ));
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            scope,
+            "--registration-id",
+            "dev-2",
+            "--key",
+            key,
+            "--host",
+            &host,
+            "--ca",
+            &ca,
+        ],
+    ));
+    assert!(out.contains("hub hub2.example.test"), "{out}");
+
+    // Deletes.
+    ok(&usher(dir, &["registration", "delete", "dev-1"]));
+    assert!(
+        !usher(dir, &["registration", "show", "dev-1"])
+            .status
+            .success()
+    );
+    ok(&usher(dir, &["enrollment", "delete", "dev-1"]));
+    let out = usher(dir, &["enrollment", "delete", "dev-1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404201"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&usher(dir, &["enrollment-group", "delete", "floor-1"]));
+}
+
+#[test]
+fn management_commands_explain_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = usher(tmp.path(), &["enrollment", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no Usher data directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = usher(tmp.path(), &["instance", "show"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no Usher instance"));
+    let out = usher(
+        tmp.path(),
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "bad!",
+            "--login",
+            "HostName=h;SharedAccessKeyName=p;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --enrollment-id"));
+}
+
+#[test]
+fn serve_reports_a_port_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = usher(tmp.path(), &["serve", "--https-addr", &addr]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

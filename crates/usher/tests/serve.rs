@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -52,12 +52,14 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
         .spawn()
         .unwrap();
     let runtime = dir.join("usher-data/runtime.json");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !runtime.exists() {
-        assert!(Instant::now() < deadline, "the server did not start");
+    // Up to 30 s for the server to create its PKI and start listening.
+    for _ in 0..600 {
+        if runtime.exists() {
+            return Server { child };
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child }
+    panic!("the server did not start");
 }
 
 #[test]

@@ -20,6 +20,8 @@ import {
 } from './lib/usher.mjs';
 
 const TIMEOUT = { timeout: 60_000 };
+/** How the server was told to answer register (tests/sdk/run sets it): assigned | assigning. */
+const registerResponse = process.env.USHER_REGISTER_RESPONSE;
 const API = 'api-version=2021-06-01';
 
 const registerPath = (scope, id) => `/${scope}/registrations/${id}/register?${API}`;
@@ -60,6 +62,16 @@ async function walkThrough(scope, id, token) {
   assert.equal(typeof put.json.operationId, 'string', `operationId in ${show(put)}`);
   assert.match(put.json.operationId, /^[A-Za-z0-9._-]+$/, `operationId uses unreserved characters only: ${show(put)}`);
   assert.ok(['assigning', 'assigned'].includes(put.json.status), `status in ${show(put)}`);
+  if (registerResponse === 'assigned') {
+    // usher serve's default: the assignment is answered at once.
+    assert.equal(put.status, 200, `register (default --register-response assigned): ${show(put)}`);
+    assert.equal(put.json.status, 'assigned', `register: ${show(put)}`);
+  } else if (registerResponse === 'assigning') {
+    // --register-response assigning --retry-after 1: the DPS flow, 202 + Retry-After, then poll.
+    assert.equal(put.status, 202, `register (--register-response assigning): ${show(put)}`);
+    assert.equal(put.json.status, 'assigning', `register: ${show(put)}`);
+    assert.equal(put.headers['retry-after'], '1', `Retry-After of ${show(put)}`);
+  }
 
   const opId = put.json.operationId;
   let get;

@@ -43,19 +43,22 @@ fn json(out: &Output) -> Value {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_usher"))
-        .args(["serve", "--https-addr", "127.0.0.1:0"])
-        .args(extra)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Wrapped at once so the child is killed and reaped on every path.
+    let server = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args(["serve", "--https-addr", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
     let runtime = dir.join("usher-data/runtime.json");
     // Up to 30 s for the server to create its PKI and start listening.
     for _ in 0..600 {
         if runtime.exists() {
-            return Server { child };
+            return server;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -9,6 +9,7 @@
 //   USHER_DATA_DIR       data directory of the running server (the CLI finds the server from it)
 //   USHER_SDK_NODE_DIR   folder holding node_modules with the SDK clients (default <repo>/.sdk/node)
 //   NODE_EXTRA_CA_CERTS  the server's CA certificate, so Node's TLS trusts the dev CA
+//   USHER_REGISTER_RESPONSE  how the server answers register: assigned (200) or assigning (202 + poll)
 
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

@@ -12,6 +12,7 @@
 //! - [`error_code`]: the one catalogue of six-digit DPS error codes and their HTTP statuses.
 //! - [`service`]: the management-API wire model (enrollments, groups, attestation).
 //! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
+//! - [`mqtt`]: a sans-IO MQTT 3.1.1 codec for the subset DPS uses, and the DPS topic grammar.
 //! - [`ttl`]: human durations (`90s`, `15m`, `1h`, `7d`) for token lifetimes.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod error_code;
 pub mod ids;
 pub mod keys;
 pub mod model;
+pub mod mqtt;
 pub mod sas;
 pub mod service;
 pub mod ttl;

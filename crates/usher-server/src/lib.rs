@@ -5,6 +5,7 @@
 //! - [`registration`]: the registration core every device transport calls (attest, allocate, record).
 //! - [`management`]: enrollment, group, registration-record and hub operations.
 //! - [`http`]: the HTTPS dispatcher for the device and management APIs.
+//! - [`mqtt`]: the MQTT device endpoint (TLS and WebSockets), one session task per connection.
 //! - [`server`]: the TLS accept loop.
 //! - [`store`]: durable state behind one interface, with group commit.
 //! - [`pki`], [`tls`]: the development CA and the rustls configuration.
@@ -15,6 +16,7 @@ pub mod app;
 pub mod error;
 pub mod http;
 pub mod management;
+pub mod mqtt;
 pub mod pki;
 pub mod registration;
 pub mod server;
@@ -60,6 +62,8 @@ pub struct Prepared {
     pub app: App,
     pub overview: Overview,
     tls: std::sync::Arc<rustls::ServerConfig>,
+    /// The same certificate without ALPN, for MQTT.
+    mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
     data_dir: PathBuf,
 }
 
@@ -79,6 +83,7 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         }
     };
     let tls = tls::server_config(&cert, &key, &[b"http/1.1"])?;
+    let mqtt_tls = tls::server_config(&cert, &key, &[])?;
     let overview = app::overview(&store, &instance, &config.data_dir).await?;
     let mut hostnames = config.hostnames.clone();
     if !hostnames
@@ -92,32 +97,62 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         app,
         overview,
         tls,
+        mqtt_tls,
         data_dir: config.data_dir,
     })
 }
 
 impl Prepared {
-    /// Serves HTTPS on `listener` until `shutdown` is cancelled. Records the bound address in the
-    /// data directory's runtime file so the CLI can find the server.
+    /// Serves HTTPS (device API, management API, MQTT over WebSockets) on `https` and MQTT over TLS
+    /// on `mqtt`, until `shutdown` is cancelled. Records the bound addresses in the data
+    /// directory's runtime file so the CLI can find the server.
     pub async fn run(
         self,
-        listener: TcpListener,
+        https: TcpListener,
+        mqtt: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
-        let addr: SocketAddr = listener
-            .local_addr()
-            .map_err(|source| ServeError::Runtime {
-                path: self.data_dir.clone(),
-                source,
-            })?;
         let runtime = self.data_dir.join(app::RUNTIME_FILE);
-        let text = serde_json::json!({ "httpsAddr": addr.to_string() }).to_string();
-        std::fs::write(&runtime, text).map_err(|source| ServeError::Runtime {
+        let io = |source| ServeError::Runtime {
             path: runtime.clone(),
             source,
-        })?;
-        tracing::info!(%addr, "serving HTTPS");
-        server::serve_https(listener, self.tls, http::router(self.app), shutdown).await;
+        };
+        let https_addr: SocketAddr = https.local_addr().map_err(io)?;
+        let mqtt_addr = mqtt
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(io)?;
+        let text = serde_json::json!({
+            "httpsAddr": https_addr.to_string(),
+            "mqttAddr": mqtt_addr.map(|a| a.to_string()),
+        })
+        .to_string();
+        std::fs::write(&runtime, text).map_err(io)?;
+        tracing::info!(%https_addr, ?mqtt_addr, "serving");
+
+        let app = self.app.clone();
+        let app_shutdown = app.shutdown.clone();
+        let watch = shutdown.clone();
+        tokio::spawn(async move {
+            watch.cancelled().await;
+            app_shutdown.cancel();
+        });
+        let router = http::router(self.app);
+        let https_task =
+            server::serve_tls(https, self.tls, shutdown.clone(), move |tls, peer, stop| {
+                server::serve_http_connection(tls, peer, router.clone(), stop)
+            });
+        match mqtt {
+            Some(listener) => {
+                let mqtt_task =
+                    server::serve_tls(listener, self.mqtt_tls, shutdown, move |tls, peer, stop| {
+                        mqtt::serve_tls_connection(app.clone(), tls, peer, stop)
+                    });
+                tokio::join!(https_task, mqtt_task);
+            }
+            None => https_task.await,
+        }
         let _ = std::fs::remove_file(&runtime);
         Ok(())
     }

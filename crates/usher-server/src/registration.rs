@@ -238,6 +238,27 @@ pub async fn registration_status(
     Ok(registration_result(&record))
 }
 
+/// Parses a register body (DeviceRegistration JSON); an empty or blank body reads as `{}`.
+pub fn parse_registration_body(body: &[u8]) -> Result<DeviceRegistration, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DeviceRegistration::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// The status code and retry-after every transport answers a successful request with: `202` and
+/// the configured retry-after while `assigning`, `200` once the status is final.
+pub fn response_status(app: &App, status: &RegistrationOperationStatus) -> (u16, Option<u32>) {
+    match (status.status, app.settings.register_response) {
+        (
+            RegistrationStatus::Assigning,
+            crate::app::RegisterResponse::Assigning { retry_after_secs },
+        ) => (202, Some(retry_after_secs)),
+        (RegistrationStatus::Assigning, crate::app::RegisterResponse::Assigned) => (202, Some(2)),
+        _ => (200, None),
+    }
+}
+
 /// The device's view of a registration record.
 pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
     let status = RegistrationStatus::parse(&r.status).unwrap_or(RegistrationStatus::Failed);

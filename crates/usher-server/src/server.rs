@@ -1,32 +1,39 @@
 //! The TLS accept loop: our own, rather than `axum::serve`, so that TLS uses our `ServerConfig`,
-//! handshakes time out, connections are limited, and HTTPS and (later) MQTT share one shape.
+//! handshakes time out, connections are limited, and HTTPS and MQTT share one shape.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; further clients wait in the listen backlog.
+/// Connections served at once per listener; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// How long open connections get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `router` over TLS on `listener` until `shutdown` is cancelled.
-pub async fn serve_https(
+/// Accepts TLS connections on `listener` and hands each to `handle` in its own task, until
+/// `shutdown` is cancelled; then waits up to [`DRAIN_TIMEOUT`] for the handlers to finish.
+pub async fn serve_tls<H, F>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    router: Router,
     shutdown: CancellationToken,
-) {
+    handle: H,
+) where
+    H: Fn(TlsStream<TcpStream>, SocketAddr, CancellationToken) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
@@ -52,38 +59,42 @@ pub async fn serve_https(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let handle = handle.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = TowerToHyperService::new(router);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
-                }
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => handle(tls, peer, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
     tracker.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+}
+
+/// Serves HTTP/1.1 (with upgrades, for MQTT over WebSockets) on one TLS connection.
+pub async fn serve_http_connection(
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let service =
+        TowerToHyperService::new(router.layer(axum::Extension(crate::mqtt::PeerAddr(peer))));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+        }
+    }
 }

@@ -50,9 +50,12 @@ pub(crate) struct ServeArgs {
     /// Where the database, the development PKI and the runtime file live.
     #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
     pub(crate) data_dir: PathBuf,
-    /// Address for HTTPS (device API, management API).
+    /// Address for HTTPS (device API, management API, MQTT over WebSockets).
     #[arg(long, env = "USHER_HTTPS_ADDR", default_value = "0.0.0.0:443")]
     pub(crate) https_addr: SocketAddr,
+    /// Address for MQTT over TLS (device API).
+    #[arg(long, env = "USHER_MQTT_ADDR", default_value = "0.0.0.0:8883")]
+    pub(crate) mqtt_addr: SocketAddr,
     /// Extra host names (or IP addresses) for the server certificate. localhost, 127.0.0.1 and ::1
     /// are always included; the first name given becomes the service host name on first run.
     #[arg(long = "hostname", value_name = "NAME")]
@@ -304,9 +307,12 @@ pub(crate) struct ProvisionArgs {
     /// An enrollment group's key (base64); the device key is derived from it.
     #[arg(long)]
     pub(crate) group_key: Option<String>,
-    /// The service host, optionally with :port.
+    /// The service host, optionally with :port (default port: 443, or 8883 for mqtt).
     #[arg(long, default_value = "localhost")]
     pub(crate) host: String,
+    /// How the device talks to the service.
+    #[arg(long, value_enum, default_value_t = TransportArg::Https)]
+    pub(crate) transport: TransportArg,
     /// A CA certificate (PEM) to trust instead of the system's roots.
     #[arg(long, env = "USHER_CA_CERT")]
     pub(crate) ca: Option<PathBuf>,
@@ -316,6 +322,16 @@ pub(crate) struct ProvisionArgs {
     /// Print the final registration result as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    /// HTTPS REST (port 443).
+    Https,
+    /// MQTT over TLS (port 8883).
+    Mqtt,
+    /// MQTT over WebSockets (port 443, /$iothub/websocket).
+    MqttWs,
 }
 
 #[derive(Debug, Subcommand)]

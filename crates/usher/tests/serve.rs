@@ -46,7 +46,13 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
     // Wrapped at once so the child is killed and reaped on every path.
     let server = Server {
         child: Command::new(env!("CARGO_BIN_EXE_usher"))
-            .args(["serve", "--https-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--https-addr",
+                "127.0.0.1:0",
+                "--mqtt-addr",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .current_dir(dir)
             .stdout(Stdio::null())
@@ -86,17 +92,21 @@ fn serve_enroll_derive_provision_and_list_hub_devices() {
     let ca = instance["caCertificate"].as_str().unwrap().to_owned();
     assert!(ok(&usher(dir, &["instance", "show"])).contains(scope));
 
-    let port = serde_json::from_str::<Value>(
+    let runtime: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("usher-data/runtime.json")).unwrap(),
     )
-    .unwrap()["httpsAddr"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let host = format!("localhost:{port}");
+    .unwrap();
+    let port_of = |field: &str| {
+        runtime[field]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let host = format!("localhost:{}", port_of("httpsAddr"));
+    let mqtt_host = format!("localhost:{}", port_of("mqttAddr"));
 
     // Group: create, derive, provision.
     let group = json(&usher(
@@ -144,7 +154,33 @@ fn serve_enroll_derive_provision_and_list_hub_devices() {
         out.contains("hub localhost, deviceId sensor-001, status assigned"),
         "{out}"
     );
+    // Over MQTT and MQTT over WebSockets too.
+    for (transport, at) in [("mqtt", &mqtt_host), ("mqtt-ws", &host)] {
+        let out = ok(&usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                scope,
+                "--registration-id",
+                "sensor-001",
+                "--key",
+                device_key.trim(),
+                "--host",
+                at,
+                "--ca",
+                &ca,
+                "--transport",
+                transport,
+            ],
+        ));
+        assert!(
+            out.contains("deviceId sensor-001, status assigned"),
+            "{transport}: {out}"
+        );
+    }
     // Or straight from the group key.
+
     let out = ok(&usher(
         dir,
         &[
@@ -281,7 +317,7 @@ fn serve_enroll_derive_provision_and_list_hub_devices() {
         ],
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("HTTP 401: errorCode 401002"),
+        String::from_utf8_lossy(&out.stderr).contains("status 401: errorCode 401002"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -382,7 +418,11 @@ fn serve_reports_a_port_in_use() {
     let tmp = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = usher(tmp.path(), &["serve", "--https-addr", &addr]);
+    let out = usher(
+        tmp.path(),
+        &["serve", "--https-addr", &addr, "--mqtt-addr", "127.0.0.1:0"],
+    );
+
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("in use"),

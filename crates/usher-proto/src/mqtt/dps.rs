@@ -90,6 +90,35 @@ pub fn response_topic(status: u16, rid: &str, retry_after: Option<u32>) -> Strin
     }
 }
 
+/// A parsed response topic, as a device reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub rid: String,
+    pub retry_after: Option<u32>,
+}
+
+/// Parses `$dps/registrations/res/{status}/?$rid={rid}[&retry-after={n}]` (the device side).
+pub fn parse_response(topic: &str) -> Option<Response> {
+    let rest = topic.strip_prefix("$dps/registrations/res/")?;
+    let (status, query) = rest.split_once("/?")?;
+    let status = status.parse().ok()?;
+    let mut rid = None;
+    let mut retry_after = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("$rid", v)) => rid = Some(v.to_owned()),
+            Some(("retry-after", v)) => retry_after = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(Response {
+        status,
+        rid: rid?,
+        retry_after,
+    })
+}
+
 /// What a device's CONNECT user name says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username {
@@ -206,6 +235,31 @@ mod tests {
         assert_eq!(
             response_topic(202, "1", Some(3)),
             "$dps/registrations/res/202/?$rid=1&retry-after=3"
+        );
+    }
+
+    #[test]
+    fn response_topics_parse_back() {
+        assert_eq!(
+            parse_response(&response_topic(202, "abc-1", Some(3))),
+            Some(Response {
+                status: 202,
+                rid: "abc-1".into(),
+                retry_after: Some(3)
+            })
+        );
+        assert_eq!(
+            parse_response(&response_topic(401, "7", None)),
+            Some(Response {
+                status: 401,
+                rid: "7".into(),
+                retry_after: None
+            })
+        );
+        assert_eq!(parse_response("$dps/registrations/res/xx/?$rid=1"), None);
+        assert_eq!(
+            parse_response("$dps/registrations/res/200/?retry-after=1"),
+            None
         );
     }
 

@@ -2,10 +2,9 @@
 
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use usher_proto::model::{DeviceRegistration, RegistrationStatus};
+use usher_proto::model::RegistrationOperationStatus;
 
 use super::{Ctx, json_response};
-use crate::app::RegisterResponse;
 use crate::error::{ApiError, AuthError};
 use crate::registration::{self, DeviceRequest};
 
@@ -33,36 +32,23 @@ pub(super) async fn route(
             if ctx.method != Method::PUT {
                 return Err(ctx.not_allowed());
             }
-            let body = parse_registration(ctx.body)?;
+            let body = registration::parse_registration_body(ctx.body)?;
             let status = registration::register(ctx.app, req, &body).await?;
-            Ok(match ctx.app.settings.register_response {
-                RegisterResponse::Assigning { retry_after_secs }
-                    if status.status == RegistrationStatus::Assigning =>
-                {
-                    let mut response = json_response(StatusCode::ACCEPTED, &status);
-                    response
-                        .headers_mut()
-                        .insert("retry-after", HeaderValue::from(retry_after_secs));
-                    response
-                }
-                _ => json_response(StatusCode::OK, &status),
-            })
+            Ok(status_response(ctx, &status))
         }
         [o, operation_id] if is(o, "operations") => {
             if ctx.method != Method::GET {
                 return Err(ctx.not_allowed());
             }
             let status = registration::operation_status(ctx.app, req, operation_id).await?;
-            Ok(json_response(StatusCode::OK, &status))
+            Ok(status_response(ctx, &status))
         }
         [] => {
             if ctx.method != Method::POST {
                 return Err(ctx.not_allowed());
             }
             // The body (a DeviceRegistration) is optional here; if present it must be valid.
-            if !ctx.body.is_empty() {
-                parse_registration(ctx.body)?;
-            }
+            registration::parse_registration_body(ctx.body)?;
             let result = registration::registration_status(ctx.app, req).await?;
             Ok(json_response(StatusCode::OK, &result))
         }
@@ -74,10 +60,14 @@ pub(super) async fn route(
     }
 }
 
-/// Parses a register body. An empty body reads as `{}`.
-fn parse_registration(body: &[u8]) -> Result<DeviceRegistration, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(DeviceRegistration::default());
+/// A register or operation-status answer with the status code (and `Retry-After`) the core chose.
+fn status_response(ctx: &Ctx<'_>, status: &RegistrationOperationStatus) -> Response {
+    let (code, retry_after) = registration::response_status(ctx.app, status);
+    let mut response = json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), status);
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    response
 }

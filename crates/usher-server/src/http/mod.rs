@@ -24,7 +24,13 @@ pub const MAX_BODY: usize = 96 * 1024;
 
 /// The router for the HTTPS port.
 pub fn router(app: App) -> Router {
-    Router::new().fallback(dispatch).with_state(app)
+    Router::new()
+        .route(
+            "/$iothub/websocket",
+            axum::routing::get(crate::mqtt::websocket_route),
+        )
+        .fallback(dispatch)
+        .with_state(app)
 }
 
 async fn dispatch(State(app): State<App>, req: Request) -> Response {

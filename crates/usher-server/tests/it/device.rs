@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use usher_device::Credential;
-use usher_device::http::{Progress, ProvisionError};
+use usher_device::{Progress, ProvisionError};
 use usher_proto::SymmetricKey;
 use usher_proto::model::RegistrationStatus;
 use usher_server::{RegisterResponse, Settings};

@@ -4,4 +4,5 @@
 
 mod device;
 mod management;
+mod mqtt;
 mod support;

@@ -6,12 +6,13 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use usher_device::Credential;
-use usher_device::http::{Client, Endpoint};
+use usher_device::{Client, Endpoint, Transport};
 use usher_proto::{SymmetricKey, sas};
 use usher_server::{ServeConfig, Settings};
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
+    pub(crate) mqtt_addr: SocketAddr,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) scope: String,
     pub(crate) ca_pem: Vec<u8>,
@@ -42,9 +43,12 @@ impl TestServer {
         let overview = prepared.overview.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let mqtt = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mqtt_addr = mqtt.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        let task = tokio::spawn(async move { prepared.run(listener, stop).await.unwrap() });
+        let task =
+            tokio::spawn(async move { prepared.run(listener, Some(mqtt), stop).await.unwrap() });
         let ca_pem = std::fs::read(overview.ca_certificate.unwrap()).unwrap();
         let key = overview
             .service_connection_string
@@ -57,6 +61,7 @@ impl TestServer {
             .unwrap();
         Self {
             addr,
+            mqtt_addr,
             scope: overview.id_scope,
             owner_key: SymmetricKey::from_base64(key).unwrap(),
             ca_pem,
@@ -81,13 +86,23 @@ impl TestServer {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
+    /// A device client over HTTPS.
     pub(crate) fn device_client(&self) -> Client {
+        self.client_over(Transport::Https)
+    }
+
+    /// A device client over any transport.
+    pub(crate) fn client_over(&self, transport: Transport) -> Client {
+        let port = match transport {
+            Transport::Mqtt => self.mqtt_addr.port(),
+            Transport::Https | Transport::MqttWs => self.addr.port(),
+        };
         let endpoint = Endpoint {
-            host: format!("localhost:{}", self.addr.port()),
+            host: format!("localhost:{port}"),
             ca_pem: Some(self.ca_pem.clone()),
             connect_to: None,
         };
-        Client::new(&endpoint, &self.scope).unwrap()
+        Client::new(&endpoint, &self.scope, transport)
     }
 
     pub(crate) fn service_token(&self) -> String {

@@ -1,8 +1,9 @@
 use anyhow::Context as _;
-use usher_device::Credential;
-use usher_device::http::{Client, Endpoint, Progress, ProvisionError};
+use usher_device::{
+    API_VERSION, Client, Credential, Endpoint, Progress, ProvisionError, Transport,
+};
 
-use crate::cli::ProvisionArgs;
+use crate::cli::{ProvisionArgs, TransportArg};
 
 pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
     let credential = match (&args.key, &args.group_key) {
@@ -26,13 +27,15 @@ pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         ca_pem,
         connect_to: None,
     };
-    let client = Client::new(&endpoint, &args.id_scope)?;
+    let transport = match args.transport {
+        TransportArg::Https => Transport::Https,
+        TransportArg::Mqtt => Transport::Mqtt,
+        TransportArg::MqttWs => Transport::MqttWs,
+    };
+    let client = Client::new(&endpoint, &args.id_scope, transport);
+    println!("Provisioning API version: {API_VERSION}");
     println!(
-        "Provisioning API version: {}",
-        usher_device::http::API_VERSION
-    );
-    println!(
-        "Registering device {} with ID scope {} at {}",
+        "Registering device {} with ID scope {} at {} over {transport:?}",
         args.registration_id, args.id_scope, args.host
     );
     let result = client

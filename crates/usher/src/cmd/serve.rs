@@ -28,10 +28,12 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             clock_skew_secs,
             register_response,
+            ..Settings::default()
         },
     };
     let prepared = usher_server::prepare(config).await?;
     let listener = bind(args.https_addr).await?;
+    let mqtt = bind(args.mqtt_addr).await?;
     let o = &prepared.overview;
     println!("Usher is serving {}", args.data_dir.display());
     println!("  ID scope:                   {}", o.id_scope);
@@ -59,7 +61,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         signal::wait_for_signal().await;
         signal.cancel();
     });
-    prepared.run(listener, shutdown).await?;
+    prepared.run(listener, Some(mqtt), shutdown).await?;
     Ok(())
 }
 
@@ -69,7 +71,8 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
         Err(e) if e.kind() == ErrorKind::PermissionDenied => anyhow::bail!(
             "cannot listen on {addr}: permission denied. Ports below 1024 need privilege: run as root, or grant \
              the binary the capability with `sudo setcap cap_net_bind_service=+ep $(command -v usher)`, or choose \
-             another port with --https-addr 127.0.0.1:8443 (the official SDKs need 443, see README)"
+             other ports with --https-addr 127.0.0.1:8443 --mqtt-addr 127.0.0.1:18883 (the official SDKs need \
+             443 and 8883, see README)"
         ),
         Err(e) if e.kind() == ErrorKind::AddrInUse => {
             anyhow::bail!(

@@ -1,0 +1,235 @@
+//! The registration flow, written once for every transport.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use usher_proto::model::{
+    DeviceRegistration, ErrorBody, RegistrationOperationStatus, RegistrationStatus,
+};
+
+use crate::Credential;
+use crate::http::HttpLink;
+use crate::mqtt::MqttLink;
+
+/// The device API version this client sends.
+pub const API_VERSION: &str = "2019-03-31";
+/// Poll interval when the service sends no retry-after.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// How the device talks to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS REST on port 443.
+    Https,
+    /// MQTT 3.1.1 over TLS on port 8883.
+    Mqtt,
+    /// MQTT over WebSockets, `/$iothub/websocket` on port 443.
+    MqttWs,
+}
+
+impl Transport {
+    fn default_port(self) -> u16 {
+        match self {
+            Self::Https | Self::MqttWs => 443,
+            Self::Mqtt => 8883,
+        }
+    }
+}
+
+/// Where and how to reach the service.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Host name, optionally with `:port` (default: the transport's standard port). Also the TLS
+    /// server name.
+    pub host: String,
+    /// A CA certificate (PEM) to trust instead of the platform's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Connect here instead of resolving the host name.
+    pub connect_to: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    /// The host name without a port.
+    pub(crate) fn hostname(&self) -> &str {
+        match self.host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => &self.host,
+        }
+    }
+
+    /// The port: the one in `host`, or the transport's standard one.
+    pub(crate) fn port(&self, transport: Transport) -> u16 {
+        self.host
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| transport.default_port())
+    }
+}
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("invalid CA certificate: {0}")]
+    BadCa(String),
+    #[error("cannot reach the service: {0}")]
+    Transport(String),
+    #[error("the MQTT connection was refused with CONNACK code {0}")]
+    ConnectRefused(u8),
+    #[error("the service broke the MQTT protocol: {0}")]
+    Protocol(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the service refused the request with status {status}: {}", describe(.body.as_deref(), .text))]
+    Refused {
+        status: u16,
+        body: Option<Box<ErrorBody>>,
+        text: String,
+    },
+    #[error("the service answered with a body this client cannot read: {0}")]
+    BadResponse(String),
+    #[error("registration ended with status {}", .0.status.as_str())]
+    NotAssigned(Box<RegistrationOperationStatus>),
+    #[error("still assigning after {0} polls")]
+    TooManyPolls(u32),
+}
+
+fn describe(body: Option<&ErrorBody>, text: &str) -> String {
+    match body {
+        Some(b) => format!("errorCode {} ({})", b.error_code, b.message),
+        None => text.chars().take(200).collect(),
+    }
+}
+
+/// What the device sees along the way, for progress output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Registering,
+    Assigning { retry_after: Duration },
+}
+
+/// One answer from the service, whatever the transport: status code, body, retry-after.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// A provisioning client for one endpoint, ID scope and transport.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) id_scope: String,
+    pub(crate) transport: Transport,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Polls before giving up.
+    pub max_polls: u32,
+    /// How long to wait for any one answer.
+    pub timeout: Duration,
+}
+
+enum Link {
+    Http(Box<HttpLink>),
+    Mqtt(Box<MqttLink>),
+}
+
+impl Client {
+    pub fn new(endpoint: &Endpoint, id_scope: &str, transport: Transport) -> Self {
+        Self {
+            endpoint: endpoint.clone(),
+            id_scope: id_scope.to_owned(),
+            transport,
+            token_ttl: Duration::from_secs(3600),
+            max_polls: 60,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Registers the device and polls until the service gives a final answer. Succeeds only on
+    /// `assigned`; every other final status is [`ProvisionError::NotAssigned`].
+    pub async fn provision(
+        &self,
+        credential: &Credential,
+        payload: Option<serde_json::Value>,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<RegistrationOperationStatus, ProvisionError> {
+        let token = credential.token(&self.id_scope, unix_now() + self.token_ttl.as_secs());
+        let mut link = match self.transport {
+            Transport::Https => Link::Http(Box::new(HttpLink::new(self, credential, token)?)),
+            Transport::Mqtt | Transport::MqttWs => {
+                Link::Mqtt(Box::new(MqttLink::connect(self, credential, &token).await?))
+            }
+        };
+        let id = credential.registration_id().as_str();
+        let body = serde_json::to_vec(&DeviceRegistration {
+            registration_id: Some(id.to_owned()),
+            tpm: None,
+            payload,
+        })
+        .map_err(|e| ProvisionError::BadResponse(e.to_string()))?;
+        progress(Progress::Registering);
+        let answer = match &mut link {
+            Link::Http(l) => l.register(body).await?,
+            Link::Mqtt(l) => l.register(body).await?,
+        };
+        let (mut status, mut retry_after) = interpret(answer)?;
+        let mut polls = 0;
+        while status.status == RegistrationStatus::Assigning {
+            if polls == self.max_polls {
+                return Err(ProvisionError::TooManyPolls(polls));
+            }
+            polls += 1;
+            progress(Progress::Assigning { retry_after });
+            tokio::time::sleep(retry_after).await;
+            let answer = match &mut link {
+                Link::Http(l) => l.poll(&status.operation_id).await?,
+                Link::Mqtt(l) => l.poll(&status.operation_id).await?,
+            };
+            (status, retry_after) = interpret(answer)?;
+        }
+        if let Link::Mqtt(l) = &mut link {
+            l.disconnect().await;
+        }
+        if status.status == RegistrationStatus::Assigned {
+            Ok(status)
+        } else {
+            Err(ProvisionError::NotAssigned(Box::new(status)))
+        }
+    }
+}
+
+fn interpret(answer: Answer) -> Result<(RegistrationOperationStatus, Duration), ProvisionError> {
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    if answer.status != 200 && answer.status != 202 {
+        let body = serde_json::from_str(&text).ok().map(Box::new);
+        return Err(ProvisionError::Refused {
+            status: answer.status,
+            body,
+            text,
+        });
+    }
+    let status = serde_json::from_str(&text)
+        .map_err(|e| ProvisionError::BadResponse(format!("{e}: {text}")))?;
+    let retry_after = answer.retry_after.map_or(DEFAULT_RETRY_AFTER, |d| {
+        d.clamp(Duration::from_secs(1), Duration::from_secs(300))
+    });
+    Ok((status, retry_after))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An error and its sources, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,43 @@
+//! The MQTT device endpoint: MQTT 3.1.1 over TLS (port 8883) and over WebSockets
+//! (`/$iothub/websocket` on the HTTPS port).
+//!
+//! No broker: every device subscribes to the same filter and picks its own `$rid`, so a broker's
+//! fan-out would hand one device's answer to another. Each connection has one session task that
+//! answers on that connection only. The session reads from a stream of byte chunks and writes to a
+//! sink of byte chunks, so TLS and WebSockets are only different byte sources for the same code.
+
+mod session;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+pub use session::{Limits, run_session};
+pub use ws::{PeerAddr, websocket_route};
+
+use crate::app::App;
+
+/// Runs an MQTT session on a TLS connection.
+pub async fn serve_tls_connection(
+    app: App,
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let Ok(permit) = Arc::clone(&app.mqtt_sessions).try_acquire_owned() else {
+        tracing::warn!(%peer, "MQTT connection limit reached");
+        session::refuse_busy(FramedWrite::new(tls, BytesCodec::new())).await;
+        return;
+    };
+    let (read, write) = tokio::io::split(tls);
+    let input = FramedRead::new(read, BytesCodec::new()).map(|r| r.map(bytes::BytesMut::freeze));
+    let output = FramedWrite::new(write, BytesCodec::new());
+    run_session(app, input, output, peer, shutdown).await;
+    drop(permit);
+}

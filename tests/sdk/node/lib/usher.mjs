@@ -38,6 +38,7 @@ const sdkNodeDir = process.env.USHER_SDK_NODE_DIR || path.join(repoRoot, '.sdk',
 const requireSdk = createRequire(path.join(sdkNodeDir, 'package.json'));
 export const { ProvisioningDeviceClient } = requireSdk('azure-iot-provisioning-device');
 export const { Http } = requireSdk('azure-iot-provisioning-device-http');
+export const { Mqtt, MqttWs } = requireSdk('azure-iot-provisioning-device-mqtt');
 export const { SymmetricKeySecurityClient } = requireSdk('azure-iot-security-symmetric-key');
 export const { SharedAccessSignature } = requireSdk('azure-iot-common');
 
@@ -156,8 +157,17 @@ export function hubDevices(hubName) {
  * registrationState the SDK returns.
  */
 export function register(registrationId, key, securityClient) {
+  return registerOver(new Http(), registrationId, key, securityClient);
+}
+
+/**
+ * Like register(), over a given transport instance: new Http(), new Mqtt() (mqtts://localhost,
+ * port 8883) or new MqttWs() (wss://localhost:443/$iothub/websocket). Use a fresh transport
+ * for every registration, as an application would.
+ */
+export function registerOver(transport, registrationId, key, securityClient) {
   const security = securityClient ?? new SymmetricKeySecurityClient(registrationId, key);
-  const client = ProvisioningDeviceClient.create(provisioningHost, instance().idScope, new Http(), security);
+  const client = ProvisioningDeviceClient.create(provisioningHost, instance().idScope, transport, security);
   return client.register();
 }
 
@@ -233,6 +243,9 @@ export function describeError(err) {
     statusCode: err?.response?.statusCode,
     responseBody: err?.responseBody,
     result: err?.result,
+    // The MQTT transports attach {topic, payload} of the response that failed the request.
+    topic: err?.transportObject?.topic,
+    code: err?.code,
   });
 }
 

@@ -13,6 +13,7 @@
 //! - [`service`]: the management-API wire model (enrollments, groups, attestation).
 //! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
 //! - [`mqtt`]: a sans-IO MQTT 3.1.1 codec for the subset DPS uses, and the DPS topic grammar.
+//! - [`query`]: the management API's query language (DPS's `SELECT *`, plus `WHERE` filters).
 //! - [`ttl`]: human durations (`90s`, `15m`, `1h`, `7d`) for token lifetimes.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod keys;
 pub mod model;
 pub mod mqtt;
+pub mod query;
 pub mod sas;
 pub mod service;
 pub mod ttl;

@@ -35,8 +35,8 @@ pub enum ErrorCode {
     AsyncOperationNotFound = 404_203,
     EnrollmentGroupNotFound = 404_204,
     LinkedHubNotFound = 404_210,
-    /// The ID scope of a device request names no provisioning instance here.
-    IdScopeNotFound = 404_212,
+    /// No access policy of that name (Usher's own management routes).
+    AccessPolicyNotFound = 404_213,
     /// No route matches the request path.
     RouteNotFound = 404_000,
     MethodNotAllowed = 405_000,
@@ -45,6 +45,7 @@ pub enum ErrorCode {
     EnrollmentGroupConflict = 409_202,
     RegistrationStatusConflict = 409_203,
     LinkedHubConflict = 409_210,
+    AccessPolicyConflict = 409_213,
     PreconditionFailed = 412_001,
     /// The body is larger than the 96 KB DPS accepts.
     RequestEntityTooLarge = 413_001,
@@ -92,7 +93,7 @@ impl ErrorCode {
             AsyncOperationNotFound => "Operation not found.",
             EnrollmentGroupNotFound => "Enrollment group not found.",
             LinkedHubNotFound => "Linked IoT hub not found.",
-            IdScopeNotFound => "Unknown ID scope.",
+            AccessPolicyNotFound => "Access policy not found.",
             RouteNotFound => "Not found.",
             MethodNotAllowed => "Method not allowed.",
             DeviceAlreadyExists => "Device already exists.",
@@ -100,6 +101,7 @@ impl ErrorCode {
             EnrollmentGroupConflict => "EnrollmentGroup already exists.",
             RegistrationStatusConflict => "Registration status conflict.",
             LinkedHubConflict => "Linked IoT hub already exists.",
+            AccessPolicyConflict => "Access policy already exists.",
             PreconditionFailed => "Precondition failed: the etag does not match.",
             RequestEntityTooLarge => "The request body exceeds 96 KB.",
             UnsupportedMediaType => "Unsupported media type.",
@@ -137,7 +139,7 @@ impl ErrorCode {
         Self::AsyncOperationNotFound,
         Self::EnrollmentGroupNotFound,
         Self::LinkedHubNotFound,
-        Self::IdScopeNotFound,
+        Self::AccessPolicyNotFound,
         Self::RouteNotFound,
         Self::MethodNotAllowed,
         Self::DeviceAlreadyExists,
@@ -145,6 +147,7 @@ impl ErrorCode {
         Self::EnrollmentGroupConflict,
         Self::RegistrationStatusConflict,
         Self::LinkedHubConflict,
+        Self::AccessPolicyConflict,
         Self::PreconditionFailed,
         Self::RequestEntityTooLarge,
         Self::UnsupportedMediaType,

@@ -50,9 +50,9 @@ pub struct Query {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Expr {
-    Or(Box<Expr>, Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Not(Box<Expr>),
+    Or(Box<Self>, Box<Self>),
+    And(Box<Self>, Box<Self>),
+    Not(Box<Self>),
     Eq(Vec<String>, Value),
     IsNull(Vec<String>),
 }

@@ -225,6 +225,9 @@ pub struct HubOverview {
     pub hostname: String,
     pub weight: u32,
     pub builtin: bool,
+    /// The hub owner's connection string (built-in hubs), for the IoT Hub service clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_string: Option<String>,
 }
 
 /// Builds the overview of an instance.
@@ -250,16 +253,43 @@ pub async fn overview(
             })
             .unwrap_or_default(),
         ca_certificate: ca,
-        hubs: store
-            .hubs()
-            .await?
-            .into_iter()
-            .map(|h| HubOverview {
-                name: h.name,
-                hostname: h.hostname,
-                weight: h.weight,
-                builtin: h.builtin,
-            })
-            .collect(),
+        hubs: hub_overviews(store).await?,
     })
+}
+
+async fn hub_overviews(store: &Store) -> Result<Vec<HubOverview>, SetupError> {
+    let mut out = Vec::new();
+    for h in store.hubs().await? {
+        let owner = if h.builtin {
+            store
+                .hub_policy(&h.name, crate::hub::HUB_OWNER_POLICY)
+                .await?
+        } else {
+            None
+        };
+        out.push(HubOverview {
+            connection_string: owner.map(|p| {
+                format!(
+                    "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+                    h.hostname, p.name, p.primary_key
+                )
+            }),
+            name: h.name,
+            hostname: h.hostname,
+            weight: h.weight,
+            builtin: h.builtin,
+        });
+    }
+    Ok(out)
+}
+
+/// Gives every built-in hub the default policies it lacks (new hubs, and data directories made
+/// before hubs had policies).
+pub async fn ensure_hub_policies(store: &Store) -> Result<(), SetupError> {
+    for hub in store.hubs().await?.into_iter().filter(|h| h.builtin) {
+        let policies =
+            crate::hub::default_policies().map_err(|e| SetupError::Random(e.to_string()))?;
+        store.ensure_hub_policies(&hub.name, policies).await?;
+    }
+    Ok(())
 }

@@ -46,6 +46,10 @@ pub enum ApiError {
     InvalidEnrollmentGroupId(IdError),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("a bulk operation may hold at most 10 items; {0} given")]
+    TooManyEnrollments(usize),
+    #[error("the ID {0:?} appears more than once in the request")]
+    DefinedMultipleTimes(String),
     #[error("enrollment {0:?} not found")]
     EnrollmentNotFound(String),
     #[error("enrollment group {0:?} not found")]
@@ -56,6 +60,10 @@ pub enum ApiError {
     OperationNotFound(String),
     #[error("hub {0:?} not found")]
     HubNotFound(String),
+    #[error("access policy {0:?} not found")]
+    PolicyNotFound(String),
+    #[error("an access policy named {0:?} already exists")]
+    PolicyExists(String),
     #[error("enrollment {0:?} already exists; send If-Match to update it")]
     EnrollmentExists(String),
     #[error("enrollment group {0:?} already exists; send If-Match to update it")]
@@ -83,11 +91,15 @@ impl ApiError {
             Self::InvalidRegistrationId(_) => ErrorCode::InvalidRegistrationId,
             Self::InvalidEnrollmentGroupId(_) => ErrorCode::InvalidEnrollmentGroupId,
             Self::InvalidArgument(_) => ErrorCode::ArgumentInvalid,
+            Self::TooManyEnrollments(_) => ErrorCode::TooManyEnrollments,
+            Self::DefinedMultipleTimes(_) => ErrorCode::RegistrationIdDefinedMultipleTimes,
             Self::EnrollmentNotFound(_) => ErrorCode::EnrollmentNotFound,
             Self::EnrollmentGroupNotFound(_) => ErrorCode::EnrollmentGroupNotFound,
             Self::RegistrationNotFound(_) => ErrorCode::DeviceRegistrationNotFound,
             Self::OperationNotFound(_) => ErrorCode::AsyncOperationNotFound,
             Self::HubNotFound(_) => ErrorCode::LinkedHubNotFound,
+            Self::PolicyNotFound(_) => ErrorCode::AccessPolicyNotFound,
+            Self::PolicyExists(_) => ErrorCode::AccessPolicyConflict,
             Self::EnrollmentExists(_) => ErrorCode::EnrollmentConflict,
             Self::EnrollmentGroupExists(_) => ErrorCode::EnrollmentGroupConflict,
             Self::HubExists(_) => ErrorCode::LinkedHubConflict,
@@ -99,7 +111,7 @@ impl ApiError {
     }
 
     /// What the client is told. Credential failures and server faults say no more than their code.
-    fn public_message(&self) -> String {
+    pub fn public_message(&self) -> String {
         match self {
             Self::Unauthorized(_) | Self::Store(_) => self.code().message().to_owned(),
             other => other.to_string(),

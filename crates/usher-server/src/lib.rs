@@ -15,6 +15,7 @@
 pub mod app;
 pub mod error;
 pub mod http;
+pub mod hub;
 pub mod management;
 pub mod mqtt;
 pub mod pki;
@@ -75,6 +76,7 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         .cloned()
         .unwrap_or_else(|| "localhost".into());
     let (store, instance) = app::open_data_dir(&config.data_dir, &service_host).await?;
+    app::ensure_hub_policies(&store).await?;
     let (cert, key) = match &config.tls_cert {
         Some((cert, key)) => (cert.clone(), key.clone()),
         None => {

@@ -3,9 +3,10 @@
 
 use serde_json::Value;
 use usher_proto::ids::validate_id;
+use usher_proto::query::Query;
 use usher_proto::service::{
     AllocationPolicy, AttestationMechanism, AttestationType, EnrollmentGroup, EnrollmentSettings,
-    IndividualEnrollment, SymmetricKeyAttestation,
+    IndividualEnrollment, QuerySpecification, SymmetricKeyAttestation,
 };
 use usher_proto::{RegistrationId, SymmetricKey};
 
@@ -237,18 +238,174 @@ pub async fn delete(app: &App, kind: Kind, id: &str, pre: Precondition) -> Resul
 }
 
 /// A page of a query: the redacted documents and the offset of the next page, if any.
+///
+/// `offset` counts stored records, matching or not, so the continuation (the offset of the first
+/// record not yet looked at) stays valid while the filter skips records.
 pub async fn query(
     app: &App,
     kind: Kind,
+    query: &Query,
     offset: u64,
     page: u64,
 ) -> Result<(Vec<Value>, Option<u64>), ApiError> {
-    // One extra row tells whether another page exists.
-    let mut docs = app.store.docs(kind.collection(), offset, page + 1).await?;
-    let more = docs.len() as u64 > page;
-    docs.truncate(usize::try_from(page).unwrap_or(usize::MAX));
-    let items = docs.into_iter().map(|d| redacted(d.json)).collect();
-    Ok((items, more.then_some(offset + page)))
+    /// Records read per store round trip while filtering.
+    const SCAN: u64 = 500;
+    let mut items = Vec::new();
+    let mut position = offset;
+    loop {
+        // One extra row tells whether another page exists.
+        let want = if query.is_unfiltered() {
+            page + 1
+        } else {
+            SCAN
+        };
+        let docs = app.store.docs(kind.collection(), position, want).await?;
+        let exhausted = (docs.len() as u64) < want;
+        for doc in docs {
+            if items.len() as u64 == page {
+                return Ok((items, Some(position)));
+            }
+            position += 1;
+            if query.matches(&doc.json) {
+                items.push(redacted(doc.json));
+            }
+        }
+        if exhausted {
+            return Ok((items, None));
+        }
+    }
+}
+
+/// Parses a query body (`{"query": "…"}`); an absent body or query means `*`.
+pub fn parse_query(body: &[u8]) -> Result<Query, ApiError> {
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        "*".to_owned()
+    } else {
+        let spec: QuerySpecification =
+            serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        if spec.query.trim().is_empty() {
+            "*".to_owned()
+        } else {
+            spec.query
+        }
+    };
+    Query::parse(&text).map_err(|e| ApiError::InvalidArgument(format!("invalid query: {e}")))
+}
+
+/// Most items in one bulk operation (the DPS limit).
+pub const MAX_BULK: usize = 10;
+
+/// `POST /enrollments` and `POST /enrollmentGroups`: a bulk operation. Request-level problems (too
+/// many items, the same ID twice, an unknown mode) fail the whole request; item-level problems are
+/// reported in `errors` while the other items are processed, each in its own transaction.
+pub async fn bulk(app: &App, kind: Kind, body: &[u8]) -> Result<Value, ApiError> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let items_field = match kind {
+        Kind::Enrollment => "enrollments",
+        Kind::Group => "enrollmentGroups",
+    };
+    let items = request
+        .get(items_field)
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::InvalidJson(format!("the body has no {items_field} array")))?;
+    let mode_text = request
+        .get("mode")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mode = BulkMode::parse(mode_text).ok_or_else(|| {
+        ApiError::InvalidArgument(format!(
+            "unknown bulk mode {mode_text:?}; expected create, update, updateIfMatchETag or delete"
+        ))
+    })?;
+    if items.len() > MAX_BULK {
+        return Err(ApiError::TooManyEnrollments(items.len()));
+    }
+    let mut ids: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item
+            .get(kind.id_field())
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !id.is_empty() && ids.contains(&id) {
+            return Err(ApiError::DefinedMultipleTimes(id));
+        }
+        ids.push(id);
+    }
+    let mut errors = Vec::new();
+    for item in items {
+        let id = item
+            .get(kind.id_field())
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if let Err(e) = bulk_item(app, kind, mode, &id, item).await {
+            errors.push(serde_json::json!({
+                kind.id_field(): id,
+                "errorCode": e.code().code(),
+                "errorStatus": e.public_message(),
+            }));
+        }
+    }
+    Ok(serde_json::json!({ "isSuccessful": errors.is_empty(), "errors": errors }))
+}
+
+/// A bulk operation's mode (parsed case-insensitively: Node sends `updateIfMatchEtag`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkMode {
+    Create,
+    Update,
+    UpdateIfMatchEtag,
+    Delete,
+}
+
+impl BulkMode {
+    fn parse(text: &str) -> Option<Self> {
+        [
+            ("create", Self::Create),
+            ("update", Self::Update),
+            ("updateIfMatchETag", Self::UpdateIfMatchEtag),
+            ("delete", Self::Delete),
+        ]
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(text))
+        .map(|(_, mode)| mode)
+    }
+}
+
+async fn bulk_item(
+    app: &App,
+    kind: Kind,
+    mode: BulkMode,
+    id: &str,
+    item: &Value,
+) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::InvalidJson(format!(
+            "an item has no {}",
+            kind.id_field()
+        )));
+    }
+    let etag = item
+        .get("etag")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned);
+    let pre = match (mode, etag) {
+        (BulkMode::Create, _) | (BulkMode::Update | BulkMode::UpdateIfMatchEtag, None) => {
+            // Create, or update a record that does not exist yet; an existing one conflicts.
+            Precondition::None
+        }
+        (BulkMode::Update, Some(_)) => Precondition::Any,
+        (BulkMode::UpdateIfMatchEtag | BulkMode::Delete, Some(etag)) => Precondition::Etag(etag),
+        (BulkMode::Delete, None) => Precondition::None,
+    };
+    if mode == BulkMode::Delete {
+        return delete(app, kind, id, pre).await;
+    }
+    let body = serde_json::to_vec(item).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    put(app, kind, id, &body, pre).await.map(|_| ())
 }
 
 /// `GET /registrations/{id}`.
@@ -289,6 +446,129 @@ pub async fn group_registrations(app: &App, group_id: &str) -> Result<Vec<Value>
                 .map_err(|e| ApiError::InvalidJson(e.to_string()))
         })
         .collect()
+}
+
+/// The access policies, keys included (listing them needs ServiceConfig, which the owner holds).
+pub async fn policies(app: &App) -> Result<Vec<Value>, ApiError> {
+    Ok(app
+        .store
+        .policies()
+        .await?
+        .iter()
+        .map(policy_json)
+        .collect())
+}
+
+/// Creates an access policy with the given rights and generated (or supplied) keys.
+pub async fn add_policy(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct NewPolicy {
+        rights: Vec<String>,
+        #[serde(default)]
+        primary_key: Option<String>,
+        #[serde(default)]
+        secondary_key: Option<String>,
+    }
+    let req: NewPolicy =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "invalid policy name {name:?}: use 1-64 letters, digits and - _ ."
+        )));
+    }
+    let mut rights = Vec::new();
+    for right in &req.rights {
+        let known = crate::app::RIGHTS
+            .iter()
+            .find(|r| r.eq_ignore_ascii_case(right.trim()))
+            .ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "unknown right {right:?}; rights are {}",
+                    crate::app::RIGHTS.join(", ")
+                ))
+            })?;
+        if !rights.contains(&(*known).to_owned()) {
+            rights.push((*known).to_owned());
+        }
+    }
+    if rights.is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "a policy needs at least one right".into(),
+        ));
+    }
+    let key = |given: Option<String>, what: &str| -> Result<String, ApiError> {
+        match given {
+            Some(k) => SymmetricKey::from_base64(&k)
+                .map(|_| k)
+                .map_err(|e| ApiError::InvalidArgument(format!("{what}: {e}"))),
+            None => new_key(GENERATED_KEY_BYTES),
+        }
+    };
+    let policy = crate::store::Policy {
+        name: name.to_owned(),
+        primary_key: key(req.primary_key, "primaryKey")?,
+        secondary_key: key(req.secondary_key, "secondaryKey")?,
+        rights,
+    };
+    if !app.store.add_policy(policy.clone()).await? {
+        return Err(ApiError::PolicyExists(name.to_owned()));
+    }
+    Ok(policy_json(&policy))
+}
+
+/// Deletes an access policy. The owner policy stays: without it nobody could manage the instance.
+pub async fn delete_policy(app: &App, name: &str) -> Result<(), ApiError> {
+    if name == crate::app::OWNER_POLICY {
+        return Err(ApiError::InvalidArgument(format!(
+            "the {name} policy cannot be deleted; rotate its keys instead"
+        )));
+    }
+    if app.store.delete_policy(name).await? {
+        Ok(())
+    } else {
+        Err(ApiError::PolicyNotFound(name.to_owned()))
+    }
+}
+
+/// Replaces one or both of a policy's keys with new random ones. Tokens signed with a replaced
+/// key stop working at once.
+pub async fn rotate_policy_key(app: &App, name: &str, which: &str) -> Result<Value, ApiError> {
+    let policy = app
+        .store
+        .policy(name)
+        .await?
+        .ok_or_else(|| ApiError::PolicyNotFound(name.to_owned()))?;
+    let (primary, secondary) = match which.to_ascii_lowercase().as_str() {
+        "primary" => (new_key(GENERATED_KEY_BYTES)?, policy.secondary_key),
+        "secondary" => (policy.primary_key, new_key(GENERATED_KEY_BYTES)?),
+        "both" => (new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?),
+        // Swap: the secondary becomes primary and the old primary is replaced, so clients can move
+        // to the secondary first and nothing breaks.
+        "swap" => (policy.secondary_key, new_key(GENERATED_KEY_BYTES)?),
+        other => {
+            return Err(ApiError::InvalidArgument(format!(
+                "unknown key {other:?}; use primary, secondary, both or swap"
+            )));
+        }
+    };
+    let updated = app
+        .store
+        .set_policy_keys(name, primary, secondary)
+        .await?
+        .ok_or_else(|| ApiError::PolicyNotFound(name.to_owned()))?;
+    Ok(policy_json(&updated))
+}
+
+fn policy_json(p: &crate::store::Policy) -> Value {
+    serde_json::json!({
+        "keyName": p.name, "primaryKey": p.primary_key, "secondaryKey": p.secondary_key, "rights": p.rights.join(", "),
+    })
 }
 
 /// The hubs, as `usher hub list` shows them.
@@ -335,6 +615,9 @@ pub async fn add_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiErr
     if !app.store.add_hub(hub.clone()).await? {
         return Err(ApiError::HubExists(name.to_owned()));
     }
+    app.store
+        .ensure_hub_policies(&hub.name, crate::hub::default_policies()?)
+        .await?;
     Ok(hub_json(&hub))
 }
 

@@ -15,7 +15,7 @@ use usher_proto::{ErrorCode, RegistrationId, SymmetricKey};
 use crate::app::App;
 use crate::error::{ApiError, AuthError};
 use crate::http::{new_etag, now_text, unix_now};
-use crate::store::{Assignment, Collection, Doc, Hub, HubDevice, Registration, StoreError};
+use crate::store::{Assignment, Collection, Doc, Hub, Registration, StoreError};
 
 /// Who a device request claims to be, as the transport received it.
 #[derive(Debug, Clone, Copy)]
@@ -163,15 +163,14 @@ pub async fn register(
                     .map(|h| (h.name.clone(), old_id))
             });
             if hub.builtin {
-                assignment.device = Some(HubDevice {
-                    hub: hub.name.clone(),
-                    device_id,
-                    status: "enabled".into(),
-                    primary_key: attested.keys[0].to_base64(),
-                    secondary_key: attested.keys[1].to_base64(),
-                    created: now.clone(),
-                    updated: now,
-                });
+                let settings = attested.enrollment.settings();
+                assignment.device = Some(crate::hub::assigned_device(
+                    &hub.name,
+                    &device_id,
+                    [attested.keys[0].to_base64(), attested.keys[1].to_base64()],
+                    settings.other.get("capabilities"),
+                    settings.other.get("initialTwin"),
+                ));
             }
         }
         Err((code, message)) => {

@@ -6,6 +6,7 @@
 //! handler splits the path and matches on the segments.
 
 mod device;
+mod hub;
 mod service;
 
 use axum::Router;
@@ -45,6 +46,7 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
     };
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let ctx = Ctx {
+        query: parts.uri.query(),
         app: &app,
         method: &parts.method,
         headers: &parts.headers,
@@ -55,6 +57,7 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
         [scope, r, id, rest @ ..] if is(r, "registrations") && !is(scope, "registrations") => {
             device::route(&ctx, scope, id, rest).await
         }
+        _ if hub::is_hub_route(&seg) => Ok(hub::route(&ctx, &seg).await),
         _ => service::route(&ctx, &seg).await,
     };
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
@@ -71,6 +74,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) app: &'a App,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
+    pub(crate) query: Option<&'a str>,
     pub(crate) body: &'a Bytes,
 }
 

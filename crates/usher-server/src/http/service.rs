@@ -28,8 +28,9 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
         [coll, q] if kind_of(coll).is_some() && is(q, "query") && method == Method::POST => {
             let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
             authorize(ctx, "EnrollmentRead").await?;
+            let query = management::parse_query(ctx.body)?;
             let (offset, page) = paging(ctx)?;
-            let (items, next) = management::query(app, kind, offset, page).await?;
+            let (items, next) = management::query(app, kind, &query, offset, page).await?;
             let item_type = if kind == Kind::Enrollment {
                 "Enrollment"
             } else {
@@ -44,6 +45,14 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             }
             authorize(ctx, "EnrollmentRead").await?;
             ok_json(&management::attestation_mechanism(app, kind, id).await?)
+        }
+        [coll] if kind_of(coll).is_some() => {
+            let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
+            if method != Method::POST {
+                return Err(ctx.not_allowed());
+            }
+            authorize(ctx, "EnrollmentWrite").await?;
+            ok_json(&management::bulk(app, kind, ctx.body).await?)
         }
         [coll, id] if kind_of(coll).is_some() => {
             let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
@@ -82,8 +91,40 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
         }
         [r, group_id, q] if is(r, "registrations") && is(q, "query") && method == Method::POST => {
             authorize(ctx, "RegistrationStatusRead").await?;
-            let items = management::group_registrations(app, group_id).await?;
-            Ok(query_response(&items, "DeviceRegistration", None))
+            let (offset, page) = paging(ctx)?;
+            let mut items = management::group_registrations(app, group_id).await?;
+            let skip = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(items.len());
+            items.drain(..skip);
+            let more = items.len() as u64 > page;
+            items.truncate(usize::try_from(page).unwrap_or(usize::MAX));
+            Ok(query_response(
+                &items,
+                "DeviceRegistration",
+                more.then_some(offset + page),
+            ))
+        }
+        [u, p] if is(u, "usher") && is(p, "policies") && method == Method::GET => {
+            authorize(ctx, "ServiceConfig").await?;
+            ok_json(&management::policies(app).await?)
+        }
+        [u, p, name] if is(u, "usher") && is(p, "policies") => {
+            authorize(ctx, "ServiceConfig").await?;
+            match method {
+                Method::PUT => ok_json(&management::add_policy(app, name, ctx.body).await?),
+                Method::DELETE => {
+                    management::delete_policy(app, name).await?;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                _ => Err(ctx.not_allowed()),
+            }
+        }
+        [u, p, name, r, which]
+            if is(u, "usher") && is(p, "policies") && is(r, "rotate") && method == Method::POST =>
+        {
+            authorize(ctx, "ServiceConfig").await?;
+            ok_json(&management::rotate_policy_key(app, name, which).await?)
         }
         [u, h] if is(u, "usher") && is(h, "hubs") && method == Method::GET => {
             authorize(ctx, "ServiceConfig").await?;

@@ -73,6 +73,16 @@ pub struct HubDevice {
     pub secondary_key: String,
     pub created: String,
     pub updated: String,
+    /// Changes on every write to the device.
+    pub etag: String,
+    /// Changes when the device is deleted and created again.
+    pub generation_id: String,
+    /// The rest of the device document (`statusReason`, `capabilities`, authentication type and
+    /// thumbprints, `deviceScope`, …), as the registry API shows it.
+    pub doc: Value,
+    /// `{"tags": {…}, "desired": {…}, "reported": {…}, "desiredVersion": n}`.
+    pub twin: Value,
+    pub twin_version: i64,
 }
 
 /// Which document collection.
@@ -168,6 +178,26 @@ impl Store {
         dispatch!(self, s => s.policies().await)
     }
 
+    /// Creates a policy; `Ok(false)` if one of that name exists.
+    pub async fn add_policy(&self, policy: Policy) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.add_policy(policy).await)
+    }
+
+    /// Deletes a policy; `Ok(false)` if there was none.
+    pub async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_policy(name).await)
+    }
+
+    /// Replaces a policy's keys; `Ok(None)` if there is no such policy.
+    pub async fn set_policy_keys(
+        &self,
+        name: &str,
+        primary_key: String,
+        secondary_key: String,
+    ) -> Result<Option<Policy>, StoreError> {
+        dispatch!(self, s => s.set_policy_keys(name, primary_key, secondary_key).await)
+    }
+
     pub async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
         dispatch!(self, s => s.hubs().await)
     }
@@ -179,6 +209,53 @@ impl Store {
 
     pub async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
         dispatch!(self, s => s.hub_devices(hub).await)
+    }
+
+    pub async fn hub_device(
+        &self,
+        hub: &str,
+        device_id: &str,
+    ) -> Result<Option<HubDevice>, StoreError> {
+        dispatch!(self, s => s.hub_device(hub, device_id).await)
+    }
+
+    /// Read-modify-write of one hub device inside the writer's transaction.
+    pub async fn upsert_hub_device<E>(
+        &self,
+        hub: &str,
+        device_id: &str,
+        decide: impl FnOnce(Option<HubDevice>) -> Result<HubDevice, E> + Send + 'static,
+    ) -> Result<HubDevice, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.upsert_hub_device(hub, device_id, decide).await)
+    }
+
+    /// Deletes one hub device if `allow` agrees; `Ok(None)` if there was none.
+    pub async fn delete_hub_device<E>(
+        &self,
+        hub: &str,
+        device_id: &str,
+        allow: impl FnOnce(&HubDevice) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<HubDevice>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.delete_hub_device(hub, device_id, allow).await)
+    }
+
+    pub async fn hub_policy(&self, hub: &str, name: &str) -> Result<Option<Policy>, StoreError> {
+        dispatch!(self, s => s.hub_policy(hub, name).await)
+    }
+
+    /// Adds each policy the hub does not have yet (by name); existing ones are left as they are.
+    pub async fn ensure_hub_policies(
+        &self,
+        hub: &str,
+        policies: Vec<Policy>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ensure_hub_policies(hub, policies).await)
     }
 
     pub async fn doc(&self, coll: Collection, id: &str) -> Result<Option<Doc>, StoreError> {

@@ -25,7 +25,10 @@ const QUEUE_DEPTH: usize = 4096;
 const READ_POOL: usize = 8;
 
 /// Schema migrations, applied in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_hub_registry.sql"),
+];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
 /// the completion it returns is called with the outcome of the commit. `abandon` is called instead
@@ -192,6 +195,46 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn add_policy(&self, p: Policy) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| Ok(c.execute("DELETE FROM policies WHERE name = ?1", [name])? == 1))
+            .await
+    }
+
+    pub(super) async fn set_policy_keys(
+        &self,
+        name: &str,
+        primary_key: String,
+        secondary_key: String,
+    ) -> Result<Option<Policy>, StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE policies SET primary_key = ?2, secondary_key = ?3 WHERE name = ?1",
+                params![name, primary_key, secondary_key],
+            )?;
+            Ok(c.query_row(
+                "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
+                [&name],
+                policy_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     pub(super) async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
@@ -233,24 +276,104 @@ impl SqliteStore {
     pub(super) async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
         let hub = hub.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT hub, device_id, status, primary_key, secondary_key, created, updated
-                 FROM hub_devices WHERE hub = ?1 ORDER BY rowid",
-            )?;
+            let sql = format!(
+                "SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 ORDER BY rowid"
+            );
+            let mut stmt = c.prepare(&sql)?;
             let rows = stmt
-                .query_map([hub], |r| {
-                    Ok(HubDevice {
-                        hub: r.get(0)?,
-                        device_id: r.get(1)?,
-                        status: r.get(2)?,
-                        primary_key: r.get(3)?,
-                        secondary_key: r.get(4)?,
-                        created: r.get(5)?,
-                        updated: r.get(6)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
+                .query_map([hub], raw_hub_device)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(parse_hub_device).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn hub_device(
+        &self,
+        hub: &str,
+        device_id: &str,
+    ) -> Result<Option<HubDevice>, StoreError> {
+        let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
+        self.read(move |c| load_hub_device(c, &hub, &device_id))
+            .await
+    }
+
+    pub(super) async fn upsert_hub_device<E>(
+        &self,
+        hub: &str,
+        device_id: &str,
+        decide: impl FnOnce(Option<HubDevice>) -> Result<HubDevice, E> + Send + 'static,
+    ) -> Result<HubDevice, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
+        self.write(move |c| {
+            let current = load_hub_device(c, &hub, &device_id)?;
+            let device = decide(current)?;
+            write_hub_device(c, &device)?;
+            Ok(device)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_hub_device<E>(
+        &self,
+        hub: &str,
+        device_id: &str,
+        allow: impl FnOnce(&HubDevice) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<HubDevice>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
+        self.write(move |c| {
+            let Some(device) = load_hub_device(c, &hub, &device_id)? else {
+                return Ok(None);
+            };
+            allow(&device)?;
+            c.execute(
+                "DELETE FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
+                params![hub, device_id],
+            )
+            .map_err(StoreError::from)?;
+            Ok(Some(device))
+        })
+        .await
+    }
+
+    pub(super) async fn hub_policy(
+        &self,
+        hub: &str,
+        name: &str,
+    ) -> Result<Option<Policy>, StoreError> {
+        let (hub, name) = (hub.to_owned(), name.to_owned());
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT name, primary_key, secondary_key, rights FROM hub_policies WHERE hub = ?1 AND name = ?2",
+                params![hub, name],
+                policy_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn ensure_hub_policies(
+        &self,
+        hub: &str,
+        policies: Vec<Policy>,
+    ) -> Result<(), StoreError> {
+        let hub = hub.to_owned();
+        self.write(move |c| {
+            for p in &policies {
+                c.execute(
+                    "INSERT INTO hub_policies (hub, name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (hub, name) DO NOTHING",
+                    params![hub, p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                )?;
+            }
+            Ok(())
         })
         .await
     }
@@ -390,14 +513,22 @@ impl SqliteStore {
                 c.execute("DELETE FROM hub_devices WHERE hub = ?1 AND device_id = ?2", params![hub, device_id])?;
             }
             if let Some(d) = &a.device {
-                c.execute(
-                    "INSERT INTO hub_devices (hub, device_id, status, primary_key, secondary_key, created, updated)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (hub, device_id) DO UPDATE SET status = excluded.status,
-                       primary_key = excluded.primary_key, secondary_key = excluded.secondary_key,
-                       updated = excluded.updated",
-                    params![d.hub, d.device_id, d.status, d.primary_key, d.secondary_key, d.created, d.updated],
-                )?;
+                // A device the registry already has keeps its generation, document and twin; its
+                // status, keys and etag follow the assignment.
+                match load_hub_device(c, &d.hub, &d.device_id)? {
+                    Some(existing) => write_hub_device(
+                        c,
+                        &HubDevice {
+                            status: d.status.clone(),
+                            primary_key: d.primary_key.clone(),
+                            secondary_key: d.secondary_key.clone(),
+                            updated: d.updated.clone(),
+                            etag: d.etag.clone(),
+                            ..existing
+                        },
+                    )?,
+                    None => write_hub_device(c, d)?,
+                }
             }
             Ok(())
         })
@@ -430,6 +561,80 @@ use serde_json::Value;
 
 const REGISTRATION_COLUMNS: &str = "registration_id, enrollment_group_id, status, substatus, assigned_hub, device_id, \
      error_code, error_message, created, updated, etag, operation_id, payload";
+
+const HUB_DEVICE_COLUMNS: &str = "hub, device_id, status, primary_key, secondary_key, created, updated, etag, \
+     generation_id, doc, twin, twin_version";
+
+type RawHubDevice = (HubDevice, String, String);
+
+fn raw_hub_device(r: &Row<'_>) -> rusqlite::Result<RawHubDevice> {
+    Ok((
+        HubDevice {
+            hub: r.get(0)?,
+            device_id: r.get(1)?,
+            status: r.get(2)?,
+            primary_key: r.get(3)?,
+            secondary_key: r.get(4)?,
+            created: r.get(5)?,
+            updated: r.get(6)?,
+            etag: r.get(7)?,
+            generation_id: r.get(8)?,
+            doc: Value::Null,
+            twin: Value::Null,
+            twin_version: r.get(11)?,
+        },
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn parse_hub_device((mut d, doc, twin): RawHubDevice) -> Result<HubDevice, StoreError> {
+    let corrupt =
+        |e: serde_json::Error| StoreError::Corrupt(format!("hub device {}: {e}", d.device_id));
+    d.doc = serde_json::from_str(&doc).map_err(corrupt)?;
+    d.twin = serde_json::from_str(&twin).map_err(corrupt)?;
+    Ok(d)
+}
+
+fn load_hub_device(
+    c: &Connection,
+    hub: &str,
+    device_id: &str,
+) -> Result<Option<HubDevice>, StoreError> {
+    let sql =
+        format!("SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 AND device_id = ?2");
+    c.query_row(&sql, params![hub, device_id], raw_hub_device)
+        .optional()?
+        .map(parse_hub_device)
+        .transpose()
+}
+
+fn write_hub_device(c: &Connection, d: &HubDevice) -> Result<(), StoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO hub_devices ({HUB_DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (hub, device_id) DO UPDATE SET status = excluded.status,
+               primary_key = excluded.primary_key, secondary_key = excluded.secondary_key,
+               updated = excluded.updated, etag = excluded.etag, generation_id = excluded.generation_id,
+               doc = excluded.doc, twin = excluded.twin, twin_version = excluded.twin_version"
+        ),
+        params![
+            d.hub,
+            d.device_id,
+            d.status,
+            d.primary_key,
+            d.secondary_key,
+            d.created,
+            d.updated,
+            d.etag,
+            d.generation_id,
+            d.doc.to_string(),
+            d.twin.to_string(),
+            d.twin_version,
+        ],
+    )?;
+    Ok(())
+}
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;

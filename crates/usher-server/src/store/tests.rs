@@ -203,13 +203,9 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             payload: Some(json!({"a": 1})),
         };
         let device = HubDevice {
-            hub: "h".into(),
-            device_id: "Dev-1".into(),
-            status: "enabled".into(),
             primary_key: "k1".into(),
             secondary_key: "k2".into(),
-            created: "t1".into(),
-            updated: "t1".into(),
+            ..hub_device("h", "Dev-1")
         };
         store
             .record_assignment(Assignment {
@@ -225,15 +221,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
                 registration_id: "dev-2".into(),
                 ..store.registration("dev-1").await.unwrap().unwrap()
             },
-            device: Some(HubDevice {
-                hub: "nope".into(),
-                device_id: "dev-2".into(),
-                status: "enabled".into(),
-                primary_key: "k".into(),
-                secondary_key: "k".into(),
-                created: "t".into(),
-                updated: "t".into(),
-            }),
+            device: Some(hub_device("nope", "dev-2")),
             remove_device: None,
         };
         assert!(store.record_assignment(bad).await.is_err());
@@ -258,6 +246,183 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
         1,
         "deleting a registration leaves the hub identity"
     );
+}
+
+fn hub_device(hub: &str, id: &str) -> HubDevice {
+    HubDevice {
+        hub: hub.into(),
+        device_id: id.into(),
+        status: "enabled".into(),
+        primary_key: "k".into(),
+        secondary_key: "k".into(),
+        created: "t".into(),
+        updated: "t".into(),
+        etag: "e1".into(),
+        generation_id: "g1".into(),
+        doc: json!({"authenticationType": "sas"}),
+        twin: json!({"tags": {"a": 1}}),
+        twin_version: 1,
+    }
+}
+
+fn builtin(name: &str, hostname: &str) -> Hub {
+    Hub {
+        name: name.into(),
+        hostname: hostname.into(),
+        weight: 1,
+        apply_allocation_policy: true,
+        builtin: true,
+        created: "t".into(),
+    }
+}
+
+#[tokio::test]
+async fn hub_registry_read_modify_write_and_policies() {
+    let (_dir, store) = open();
+    store.add_hub(builtin("h", "h.example")).await.unwrap();
+    let created = store
+        .upsert_hub_device("h", "Dev-1", |cur| {
+            assert!(cur.is_none());
+            Ok::<_, Refused>(hub_device("h", "Dev-1"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.hub_device("h", "Dev-1").await.unwrap(),
+        Some(created.clone())
+    );
+    assert_eq!(
+        store.hub_device("h", "dev-1").await.unwrap(),
+        None,
+        "device IDs are case-sensitive"
+    );
+    let refused = store
+        .upsert_hub_device("h", "Dev-1", |_| Err::<HubDevice, _>(Refused::No))
+        .await;
+    assert_eq!(refused, Err(Refused::No));
+    // A DPS re-assignment updates keys and etag but keeps the generation and the twin.
+    let reg = Registration {
+        registration_id: "Dev-1".into(),
+        enrollment_group_id: None,
+        status: "assigned".into(),
+        substatus: None,
+        assigned_hub: Some("h.example".into()),
+        device_id: Some("Dev-1".into()),
+        error_code: None,
+        error_message: None,
+        created: "t".into(),
+        updated: "t".into(),
+        etag: "r".into(),
+        operation_id: "op".into(),
+        payload: None,
+    };
+    let again = HubDevice {
+        primary_key: "new".into(),
+        etag: "e2".into(),
+        generation_id: "g2".into(),
+        twin: json!({}),
+        ..hub_device("h", "Dev-1")
+    };
+    store
+        .record_assignment(Assignment {
+            registration: reg,
+            device: Some(again),
+            remove_device: None,
+        })
+        .await
+        .unwrap();
+    let now = store.hub_device("h", "Dev-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            now.primary_key.as_str(),
+            now.etag.as_str(),
+            now.generation_id.as_str()
+        ),
+        ("new", "e2", "g1")
+    );
+    assert_eq!(now.twin, json!({"tags": {"a": 1}}));
+    assert_eq!(
+        store
+            .delete_hub_device("h", "Dev-1", |_| Err(Refused::No))
+            .await,
+        Err(Refused::No)
+    );
+    assert!(
+        store
+            .delete_hub_device("h", "Dev-1", |_| Ok::<_, Refused>(()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .delete_hub_device("h", "Dev-1", |_| Ok::<_, Refused>(()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let p = Policy {
+        name: "iothubowner".into(),
+        primary_key: "a".into(),
+        secondary_key: "b".into(),
+        rights: vec!["RegistryRead".into()],
+    };
+    store
+        .ensure_hub_policies("h", vec![p.clone()])
+        .await
+        .unwrap();
+    store
+        .ensure_hub_policies(
+            "h",
+            vec![Policy {
+                primary_key: "changed".into(),
+                ..p.clone()
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.hub_policy("h", "iothubowner").await.unwrap(),
+        Some(p),
+        "existing policies are kept"
+    );
+    assert_eq!(
+        store.hub_policy("other", "iothubowner").await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn policies_add_rotate_delete() {
+    let (_dir, store) = open();
+    let p = Policy {
+        name: "reader".into(),
+        primary_key: "a".into(),
+        secondary_key: "b".into(),
+        rights: vec!["EnrollmentRead".into()],
+    };
+    assert!(store.add_policy(p.clone()).await.unwrap());
+    assert!(!store.add_policy(p.clone()).await.unwrap());
+    let rotated = store
+        .set_policy_keys("reader", "c".into(), "d".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rotated.primary_key.as_str(), rotated.secondary_key.as_str()),
+        ("c", "d")
+    );
+    assert_eq!(
+        store
+            .set_policy_keys("nobody", "c".into(), "d".into())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.policies().await.unwrap().len(), 1);
+    assert!(store.delete_policy("reader").await.unwrap());
+    assert!(!store.delete_policy("reader").await.unwrap());
 }
 
 #[tokio::test]

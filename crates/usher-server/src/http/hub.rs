@@ -1,0 +1,240 @@
+//! The built-in hubs' registry API (the IoT Hub service REST subset, api-version 2021-04-12):
+//! devices and twins, authenticated with hub SAS tokens, errors in the hub's own format.
+
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use usher_proto::SymmetricKey;
+use usher_proto::sas::{Now, SasToken};
+
+use super::{Ctx, json_response, unix_now};
+use crate::hub::{self, HubError};
+use crate::management::Precondition;
+use crate::store::Hub;
+
+/// Most devices one list returns.
+const MAX_LIST: usize = 1000;
+
+/// Whether a path belongs to the registry API.
+pub(super) fn is_hub_route(seg: &[&str]) -> bool {
+    seg.first().is_some_and(|s| {
+        ["devices", "twins", "statistics"]
+            .iter()
+            .any(|r| s.eq_ignore_ascii_case(r))
+    })
+}
+
+pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Response {
+    match handle(ctx, seg).await {
+        Ok(response) => response,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, HubError> {
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    let method = ctx.method.clone();
+    let pre = Precondition::from_header(ctx.header("if-match"));
+    let app = ctx.app;
+    match seg {
+        [d] if is(d, "devices") && method == Method::GET => {
+            let hub = authorize(ctx, "RegistryRead").await?;
+            let top = query_param(ctx.query, "top")
+                .and_then(|t| t.parse::<i64>().ok())
+                .filter(|t| (1..=MAX_LIST as i64).contains(t));
+            let devices = app.store.hub_devices(&hub.name).await?;
+            let list: Vec<Value> = devices
+                .iter()
+                .take(top.map_or(MAX_LIST, |t| t as usize))
+                .map(hub::device_json)
+                .collect();
+            Ok(json_response(StatusCode::OK, &list))
+        }
+        [d, id] if is(d, "devices") => {
+            hub::validate_device_id(id)?;
+            match method {
+                Method::GET => {
+                    let hub = authorize(ctx, "RegistryRead").await?;
+                    let device = app
+                        .store
+                        .hub_device(&hub.name, id)
+                        .await?
+                        .ok_or_else(|| HubError::DeviceNotFound((*id).to_owned()))?;
+                    Ok(json_response(StatusCode::OK, &hub::device_json(&device)))
+                }
+                Method::PUT => {
+                    let hub = authorize(ctx, "RegistryWrite").await?;
+                    let body: Value = serde_json::from_slice(ctx.body)
+                        .map_err(|e| HubError::Argument(format!("invalid JSON: {e}")))?;
+                    let (name, id_owned) = (hub.name.clone(), (*id).to_owned());
+                    let device = app
+                        .store
+                        .upsert_hub_device(&hub.name, id, move |current| {
+                            hub::put_device(&name, &id_owned, &body, &pre, current)
+                        })
+                        .await?;
+                    Ok(json_response(StatusCode::OK, &hub::device_json(&device)))
+                }
+                Method::DELETE => {
+                    let hub = authorize(ctx, "RegistryWrite").await?;
+                    let deleted = app
+                        .store
+                        .delete_hub_device(&hub.name, id, move |d| match &pre {
+                            Precondition::Etag(e) if *e != d.etag => {
+                                Err(HubError::PreconditionFailed)
+                            }
+                            _ => Ok(()),
+                        })
+                        .await?;
+                    match deleted {
+                        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+                        None => Err(HubError::DeviceNotFound((*id).to_owned())),
+                    }
+                }
+                other => Err(HubError::NotSupported(format!("{other} /devices/{{id}}"))),
+            }
+        }
+        [t, id] if is(t, "twins") => {
+            hub::validate_device_id(id)?;
+            match method {
+                Method::GET => {
+                    let hub = authorize(ctx, "ServiceConnect").await?;
+                    let device = app
+                        .store
+                        .hub_device(&hub.name, id)
+                        .await?
+                        .ok_or_else(|| HubError::DeviceNotFound((*id).to_owned()))?;
+                    Ok(json_response(StatusCode::OK, &hub::twin_json(&device)))
+                }
+                Method::PATCH | Method::PUT => {
+                    let hub = authorize(ctx, "ServiceConnect").await?;
+                    let body: Value = serde_json::from_slice(ctx.body)
+                        .map_err(|e| HubError::Argument(format!("invalid JSON: {e}")))?;
+                    let replace = method == Method::PUT;
+                    let missing = (*id).to_owned();
+                    let device = app
+                        .store
+                        .upsert_hub_device(&hub.name, id, move |current| match current {
+                            Some(d) => hub::change_twin(d, &body, &pre, replace),
+                            None => Err(HubError::DeviceNotFound(missing)),
+                        })
+                        .await?;
+                    Ok(json_response(StatusCode::OK, &hub::twin_json(&device)))
+                }
+                other => Err(HubError::NotSupported(format!("{other} /twins/{{id}}"))),
+            }
+        }
+        [s, d] if is(s, "statistics") && is(d, "devices") && method == Method::GET => {
+            let hub = authorize(ctx, "RegistryRead").await?;
+            let devices = app.store.hub_devices(&hub.name).await?;
+            let enabled = devices.iter().filter(|d| d.status == "enabled").count();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"totalDeviceCount": devices.len(), "enabledDeviceCount": enabled, "disabledDeviceCount": devices.len() - enabled}),
+            ))
+        }
+        _ => Err(HubError::NotSupported(format!(
+            "{method} /{}",
+            seg.join("/")
+        ))),
+    }
+}
+
+/// Checks a hub SAS token: its resource names a built-in hub, its key name is one of that hub's
+/// policies, it is signed with one of the policy's keys, unexpired, and the policy holds `right`.
+/// Returns the hub.
+async fn authorize(ctx: &Ctx<'_>, right: &'static str) -> Result<Hub, HubError> {
+    let unauthorized = |why: String| HubError::Unauthorized(why);
+    let text = ctx
+        .header("authorization")
+        .ok_or_else(|| unauthorized("no Authorization header".into()))?;
+    let token = SasToken::parse(text).map_err(|e| unauthorized(e.to_string()))?;
+    let now = Now {
+        unix_secs: unix_now(),
+        skew_secs: ctx.app.settings.clock_skew_secs,
+    };
+    let hubs = ctx.app.store.hubs().await?;
+    let mut last = None;
+    for hub in hubs.into_iter().filter(|h| h.builtin) {
+        let policy_name = match token.check_service_claims(&hub.hostname, now) {
+            Ok(p) => p.to_owned(),
+            Err(e) => {
+                last = Some(e.to_string());
+                continue;
+            }
+        };
+        let policy = ctx
+            .app
+            .store
+            .hub_policy(&hub.name, &policy_name)
+            .await?
+            .ok_or_else(|| {
+                unauthorized(format!("hub {} has no policy {policy_name:?}", hub.name))
+            })?;
+        let keys: Vec<SymmetricKey> = [&policy.primary_key, &policy.secondary_key]
+            .iter()
+            .filter_map(|k| SymmetricKey::from_base64(k).ok())
+            .collect();
+        token
+            .check_signature(&keys.iter().collect::<Vec<_>>())
+            .map_err(|e| unauthorized(e.to_string()))?;
+        if !policy.rights.iter().any(|r| r == right) {
+            return Err(unauthorized(format!(
+                "the policy {policy_name:?} lacks the {right} right"
+            )));
+        }
+        return Ok(hub);
+    }
+    Err(unauthorized(last.unwrap_or_else(|| {
+        "the token names no built-in hub".into()
+    })))
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// The hub's legacy error body, which the Node client parses (`Message` = `ErrorCode:<name>;<text>`),
+/// and the `iothub-errorcode` header.
+fn error_response(e: &HubError) -> Response {
+    let (status, name, code) = e.status_and_code();
+    let tracking = uuid::Uuid::new_v4().simple().to_string();
+    let at = super::now();
+    let stamp = format!(
+        "{:02}/{:02}/{:04} {:02}:{:02}:{:02}",
+        u8::from(at.month()),
+        at.day(),
+        at.year(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    );
+    match e {
+        HubError::Internal(_) => tracing::error!(error = %e, "registry request failed"),
+        _ => tracing::debug!(error = %e, "registry request refused"),
+    }
+    let message = match e {
+        // Credential problems say no more than their code.
+        HubError::Unauthorized(_) => "Unauthorized".to_owned(),
+        other => other.to_string(),
+    };
+    let body = json!({
+        "Message": format!("ErrorCode:{name};{message}"),
+        "ExceptionMessage": format!("Tracking ID:{tracking}-G:0-TimeStamp:{stamp}"),
+        "errorCode": code,
+    });
+    let mut response = json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    );
+    let headers = response.headers_mut();
+    headers.insert("iothub-errorcode", HeaderValue::from_static(name));
+    if let Ok(v) = HeaderValue::from_str(&tracking) {
+        headers.insert("x-ms-request-id", v);
+    }
+    response
+}

@@ -5,4 +5,5 @@
 mod device;
 mod management;
 mod mqtt;
+mod parity;
 mod support;

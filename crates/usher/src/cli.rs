@@ -35,6 +35,9 @@ pub(crate) enum Command {
     /// Manage the IoT hubs devices are assigned to.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// Manage shared access policies for the management API.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Provision a device over HTTPS, as a device would (the C SDK's prov_dev_client_sample).
     Provision(ProvisionArgs),
     /// Generate and derive symmetric keys.
@@ -166,6 +169,39 @@ pub(crate) enum EnrollmentCommand {
         #[command(flatten)]
         login: Login,
     },
+    /// Change an individual enrollment: options given replace the stored values, the rest stay.
+    Update {
+        enrollment_id: String,
+        /// The device ID in the hub.
+        #[arg(long)]
+        device_id: Option<String>,
+        #[command(flatten)]
+        options: UpdateOptions,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Export individual enrollments, keys included, as JSON Lines.
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Only enrollments matching this query (see `list --query`).
+        #[arg(long)]
+        query: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Import individual enrollments from JSON Lines (one enrollment per line), ten per request.
+    Import {
+        /// The JSON Lines file to read.
+        #[arg(long)]
+        file: PathBuf,
+        /// create: new enrollments only; update: create or replace.
+        #[arg(long, value_enum, default_value_t = ImportMode::Create)]
+        mode: ImportMode,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Show an individual enrollment.
     Show {
         enrollment_id: String,
@@ -179,6 +215,9 @@ pub(crate) enum EnrollmentCommand {
     },
     /// List individual enrollments.
     List {
+        /// A query: `SELECT * FROM enrollments WHERE provisioningStatus = 'disabled'`; see README.
+        #[arg(long)]
+        query: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -207,6 +246,32 @@ pub(crate) enum GroupCommand {
         #[command(flatten)]
         login: Login,
     },
+    /// Change an enrollment group: options given replace the stored values, the rest stay.
+    Update {
+        group_id: String,
+        #[command(flatten)]
+        options: UpdateOptions,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Export enrollment groups, keys included, as JSON Lines.
+    Export {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        query: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Import enrollment groups from JSON Lines, ten per request.
+    Import {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = ImportMode::Create)]
+        mode: ImportMode,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Show an enrollment group.
     Show {
         group_id: String,
@@ -220,6 +285,9 @@ pub(crate) enum GroupCommand {
     },
     /// List enrollment groups.
     List {
+        /// A query: `SELECT * WHERE attestation.type = 'symmetricKey'`; see README.
+        #[arg(long)]
+        query: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -236,8 +304,84 @@ pub(crate) enum GroupCommand {
     },
 }
 
+/// Options `update` can change; each one given replaces the stored value.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct UpdateOptions {
+    /// New primary key (base64, 16 to 64 bytes).
+    #[arg(long)]
+    pub(crate) primary_key: Option<String>,
+    /// New secondary key (base64, 16 to 64 bytes).
+    #[arg(long)]
+    pub(crate) secondary_key: Option<String>,
+    #[arg(long, value_enum)]
+    pub(crate) allocation_policy: Option<AllocationArg>,
+    #[arg(long, num_args = 1..)]
+    pub(crate) iot_hubs: Option<Vec<String>>,
+    #[arg(long, value_enum)]
+    pub(crate) provisioning_status: Option<StatusArg>,
+    /// Update only if the record still has this etag (default: the etag just read).
+    #[arg(long)]
+    pub(crate) etag: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ImportMode {
+    Create,
+    Update,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Create a policy with the given rights (ServiceConfig, EnrollmentRead, EnrollmentWrite,
+    /// DeviceConnect, RegistrationStatusRead, RegistrationStatusWrite) and print its keys.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated rights.
+        #[arg(long, value_delimiter = ',', required = true)]
+        rights: Vec<String>,
+        #[arg(long)]
+        primary_key: Option<String>,
+        #[arg(long)]
+        secondary_key: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List the policies with their rights (and keys with --json).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Delete a policy; tokens signed with its keys stop working.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Replace a policy's key with a new random one; tokens signed with the old key stop working.
+    RotateKey {
+        name: String,
+        /// primary, secondary, both, or swap (the secondary becomes primary, a new secondary is made).
+        #[arg(long, default_value = "primary")]
+        key: String,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum RegistrationCommand {
+    /// List the registration records of an enrollment group's devices.
+    List {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Show a device's registration record.
     Show {
         registration_id: String,

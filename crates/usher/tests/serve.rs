@@ -430,3 +430,278 @@ fn serve_reports_a_port_in_use() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn update_query_registration_list_policies_and_jsonl_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let hub_cs = instance["hubs"][0]["connectionString"].as_str().unwrap();
+    assert!(
+        hub_cs.starts_with("HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey="),
+        "{hub_cs}"
+    );
+    let runtime: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("usher-data/runtime.json")).unwrap(),
+    )
+    .unwrap();
+    let https = runtime["httpsAddr"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    for i in 0..5 {
+        ok(&usher(
+            dir,
+            &[
+                "enrollment",
+                "create",
+                "--enrollment-id",
+                &format!("cli-{i}"),
+            ],
+        ));
+    }
+    // Update: only the options given change; the etag guards the write.
+    let before = json(&usher(
+        dir,
+        &["enrollment", "show", "cli-1", "--show-keys", "--json"],
+    ));
+    let updated = json(&usher(
+        dir,
+        &[
+            "enrollment",
+            "update",
+            "cli-1",
+            "--provisioning-status",
+            "disabled",
+        ],
+    ));
+    assert_eq!(updated["provisioningStatus"], "disabled");
+    assert_eq!(
+        updated["attestation"]["symmetricKey"], before["attestation"]["symmetricKey"],
+        "keys kept"
+    );
+    let out = usher(
+        dir,
+        &[
+            "enrollment",
+            "update",
+            "cli-1",
+            "--provisioning-status",
+            "enabled",
+            "--etag",
+            "stale",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("412001"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Query.
+    let disabled = json(&usher(
+        dir,
+        &[
+            "enrollment",
+            "list",
+            "--json",
+            "--query",
+            "SELECT * FROM enrollments WHERE provisioningStatus = 'disabled'",
+        ],
+    ));
+    let ids: Vec<&str> = disabled
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["registrationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cli-1"]);
+    let out = usher(dir, &["enrollment", "list", "--query", "SELECT * WHERE"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid query"));
+
+    // Registrations of a group.
+    let group = json(&usher(
+        dir,
+        &["enrollment-group", "create", "--group-id", "cli-g"],
+    ));
+    let group_key = group["attestation"]["symmetricKey"]["secondaryKey"]
+        .as_str()
+        .unwrap();
+    for id in ["cli-member-1", "cli-member-2"] {
+        let host = format!("localhost:{https}");
+        ok(&usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                id,
+                "--group-key",
+                group_key,
+                "--host",
+                &host,
+                "--ca",
+                &ca,
+            ],
+        ));
+    }
+    let regs = json(&usher(
+        dir,
+        &["registration", "list", "--group", "cli-g", "--json"],
+    ));
+    assert_eq!(regs.as_array().unwrap().len(), 2);
+    assert!(
+        ok(&usher(dir, &["registration", "list", "--group", "cli-g"])).contains("cli-member-2")
+    );
+    let updated = json(&usher(
+        dir,
+        &[
+            "enrollment-group",
+            "update",
+            "cli-g",
+            "--provisioning-status",
+            "disabled",
+        ],
+    ));
+    assert_eq!(updated["provisioningStatus"], "disabled");
+
+    // Policies.
+    let reader = json(&usher(
+        dir,
+        &[
+            "policy",
+            "create",
+            "--name",
+            "reader",
+            "--rights",
+            "EnrollmentRead,RegistrationStatusRead",
+        ],
+    ));
+    let login = format!(
+        "HostName=localhost:{https};SharedAccessKeyName=reader;SharedAccessKey={}",
+        reader["primaryKey"].as_str().unwrap()
+    );
+    let listed = json(&usher(
+        dir,
+        &[
+            "enrollment",
+            "list",
+            "--json",
+            "--login",
+            &login,
+            "--ca",
+            &ca,
+        ],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 5);
+    let out = usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "cli-x",
+            "--login",
+            &login,
+            "--ca",
+            &ca,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401003"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ok(&usher(dir, &["policy", "list"])).contains("reader"));
+    ok(&usher(
+        dir,
+        &["policy", "rotate-key", "reader", "--key", "primary"],
+    ));
+    let out = usher(dir, &["enrollment", "list", "--login", &login, "--ca", &ca]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401002"),
+        "old key refused"
+    );
+    ok(&usher(dir, &["policy", "delete", "reader"]));
+    assert!(!ok(&usher(dir, &["policy", "list"])).contains("reader"));
+    let out = usher(
+        dir,
+        &[
+            "policy",
+            "create",
+            "--name",
+            "bad",
+            "--rights",
+            "Everything",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown right"));
+
+    // Export with keys, delete, import back: the same records and keys.
+    let file = dir.join("enrollments.jsonl");
+    ok(&usher(
+        dir,
+        &["enrollment", "export", "--file", file.to_str().unwrap()],
+    ));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 5);
+    for i in 0..5 {
+        ok(&usher(dir, &["enrollment", "delete", &format!("cli-{i}")]));
+    }
+    assert_eq!(
+        json(&usher(dir, &["enrollment", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let out = usher(
+        dir,
+        &["enrollment", "import", "--file", file.to_str().unwrap()],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Imported 5 of 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = json(&usher(
+        dir,
+        &["enrollment", "show", "cli-1", "--show-keys", "--json"],
+    ));
+    assert_eq!(
+        again["attestation"]["symmetricKey"],
+        before["attestation"]["symmetricKey"]
+    );
+    assert_eq!(again["provisioningStatus"], "disabled");
+    // Importing again in create mode reports every conflict and fails.
+    let out = usher(
+        dir,
+        &["enrollment", "import", "--file", file.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 record(s) were not imported"));
+    // A bad line is refused before anything is sent.
+    std::fs::write(
+        dir.join("bad.jsonl"),
+        "{\"registrationId\": \"ok-1\"}\nnot json\n",
+    )
+    .unwrap();
+    let out = usher(
+        dir,
+        &[
+            "enrollment",
+            "import",
+            "--file",
+            dir.join("bad.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.jsonl:2: not a JSON document"));
+    assert!(!usher(dir, &["enrollment", "show", "ok-1"]).status.success());
+}

@@ -1,4 +1,7 @@
-//! Enrollment, group, registration and hub commands, over the management API.
+//! Enrollment, group, registration, hub and policy commands, over the management API.
+
+use std::io::{BufRead as _, Write as _};
+use std::path::Path;
 
 use anyhow::Context as _;
 use reqwest::Method;
@@ -8,9 +11,12 @@ use usher_proto::ids::validate_id;
 
 use super::service_client::ServiceClient;
 use crate::cli::{
-    AllocationArg, EnrollmentCommand, EnrollmentOptions, GroupCommand, HubCommand,
-    RegistrationCommand, StatusArg,
+    AllocationArg, EnrollmentCommand, EnrollmentOptions, GroupCommand, HubCommand, ImportMode,
+    PolicyCommand, RegistrationCommand, StatusArg, UpdateOptions,
 };
+
+/// Items per bulk request (the DPS limit).
+const BULK_SIZE: usize = 10;
 
 /// The two enrollment kinds differ only in their route and ID field.
 #[derive(Clone, Copy)]
@@ -40,6 +46,13 @@ impl Kind {
             Self::Group => "--group-id",
         }
     }
+
+    fn items_field(self) -> &'static str {
+        match self {
+            Self::Enrollment => "enrollments",
+            Self::Group => "enrollmentGroups",
+        }
+    }
 }
 
 pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
@@ -63,6 +76,22 @@ pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
             )
             .await
         }
+        EnrollmentCommand::Update {
+            enrollment_id,
+            device_id,
+            options,
+            login,
+        } => {
+            let device_id = device_id.map(|d| ("deviceId", json!(d)));
+            update(
+                &ServiceClient::connect(&login).await?,
+                kind,
+                &enrollment_id,
+                &options,
+                device_id,
+            )
+            .await
+        }
         EnrollmentCommand::Show {
             enrollment_id,
             show_keys,
@@ -78,8 +107,14 @@ pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
             )
             .await
         }
-        EnrollmentCommand::List { json, login } => {
-            list(&ServiceClient::connect(&login).await?, kind, json).await
+        EnrollmentCommand::List { query, json, login } => {
+            list(
+                &ServiceClient::connect(&login).await?,
+                kind,
+                query.as_deref(),
+                json,
+            )
+            .await
         }
         EnrollmentCommand::Delete {
             enrollment_id,
@@ -93,6 +128,18 @@ pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
                 etag,
             )
             .await
+        }
+        EnrollmentCommand::Export { file, query, login } => {
+            export(
+                &ServiceClient::connect(&login).await?,
+                kind,
+                query.as_deref(),
+                file.as_deref(),
+            )
+            .await
+        }
+        EnrollmentCommand::Import { file, mode, login } => {
+            import(&ServiceClient::connect(&login).await?, kind, &file, mode).await
         }
     }
 }
@@ -114,6 +161,20 @@ pub(super) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
             )
             .await
         }
+        GroupCommand::Update {
+            group_id,
+            options,
+            login,
+        } => {
+            update(
+                &ServiceClient::connect(&login).await?,
+                kind,
+                &group_id,
+                &options,
+                None,
+            )
+            .await
+        }
         GroupCommand::Show {
             group_id,
             show_keys,
@@ -129,8 +190,14 @@ pub(super) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
             )
             .await
         }
-        GroupCommand::List { json, login } => {
-            list(&ServiceClient::connect(&login).await?, kind, json).await
+        GroupCommand::List { query, json, login } => {
+            list(
+                &ServiceClient::connect(&login).await?,
+                kind,
+                query.as_deref(),
+                json,
+            )
+            .await
         }
         GroupCommand::Delete {
             group_id,
@@ -144,6 +211,18 @@ pub(super) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
                 etag,
             )
             .await
+        }
+        GroupCommand::Export { file, query, login } => {
+            export(
+                &ServiceClient::connect(&login).await?,
+                kind,
+                query.as_deref(),
+                file.as_deref(),
+            )
+            .await
+        }
+        GroupCommand::Import { file, mode, login } => {
+            import(&ServiceClient::connect(&login).await?, kind, &file, mode).await
         }
     }
 }
@@ -166,26 +245,55 @@ pub(super) async fn registration(cmd: RegistrationCommand) -> anyhow::Result<()>
                 .await?
                 .body;
             if json {
-                print_json(&r)
-            } else {
-                for field in [
-                    "registrationId",
-                    "status",
-                    "substatus",
-                    "assignedHub",
-                    "deviceId",
-                    "errorCode",
-                    "errorMessage",
-                    "createdDateTimeUtc",
-                    "lastUpdatedDateTimeUtc",
-                    "etag",
-                ] {
-                    if let Some(v) = r.get(field).filter(|v| !v.is_null()) {
-                        println!("{field:<24}{}", text(v));
-                    }
-                }
-                Ok(())
+                return print_json(&r);
             }
+            for field in [
+                "registrationId",
+                "status",
+                "substatus",
+                "assignedHub",
+                "deviceId",
+                "errorCode",
+                "errorMessage",
+                "createdDateTimeUtc",
+                "lastUpdatedDateTimeUtc",
+                "etag",
+            ] {
+                if let Some(v) = r.get(field).filter(|v| !v.is_null()) {
+                    println!("{field:<24}{}", text(v));
+                }
+            }
+            Ok(())
+        }
+        RegistrationCommand::List {
+            group,
+            json: as_json,
+            login,
+        } => {
+            let client = ServiceClient::connect(&login).await?;
+            let items = query_all(
+                &client,
+                &format!("/registrations/{}/query", enc(&group)),
+                None,
+            )
+            .await?;
+            if as_json {
+                return print_json(&Value::Array(items));
+            }
+            println!(
+                "{:<40}{:<12}{:<32}DEVICE ID",
+                "REGISTRATION ID", "STATUS", "HUB"
+            );
+            for r in &items {
+                println!(
+                    "{:<40}{:<12}{:<32}{}",
+                    text(&r["registrationId"]),
+                    text(&r["status"]),
+                    text(&r["assignedHub"]),
+                    text(&r["deviceId"])
+                );
+            }
+            Ok(())
         }
         RegistrationCommand::Delete {
             registration_id,
@@ -277,22 +385,116 @@ pub(super) async fn hub(cmd: HubCommand) -> anyhow::Result<()> {
     }
 }
 
+pub(super) async fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Create {
+            name,
+            rights,
+            primary_key,
+            secondary_key,
+            login,
+        } => {
+            for (flag, key) in [
+                ("--primary-key", &primary_key),
+                ("--secondary-key", &secondary_key),
+            ] {
+                if let Some(k) = key {
+                    SymmetricKey::from_base64(k).with_context(|| format!("invalid {flag}"))?;
+                }
+            }
+            let mut body = json!({"rights": rights});
+            if let Some(k) = primary_key {
+                body["primaryKey"] = json!(k);
+            }
+            if let Some(k) = secondary_key {
+                body["secondaryKey"] = json!(k);
+            }
+            let client = ServiceClient::connect(&login).await?;
+            print_json(
+                &client
+                    .call(
+                        Method::PUT,
+                        &format!("/usher/policies/{}", enc(&name)),
+                        Some(&body),
+                        &[],
+                    )
+                    .await?
+                    .body,
+            )
+        }
+        PolicyCommand::List {
+            json: as_json,
+            login,
+        } => {
+            let list = ServiceClient::connect(&login)
+                .await?
+                .call(Method::GET, "/usher/policies", None, &[])
+                .await?
+                .body;
+            if as_json {
+                return print_json(&list);
+            }
+            println!("{:<32}RIGHTS", "NAME");
+            for p in list.as_array().into_iter().flatten() {
+                println!("{:<32}{}", text(&p["keyName"]), text(&p["rights"]));
+            }
+            Ok(())
+        }
+        PolicyCommand::Delete { name, login } => {
+            delete(
+                &ServiceClient::connect(&login).await?,
+                "usher/policies",
+                &name,
+                None,
+            )
+            .await
+        }
+        PolicyCommand::RotateKey { name, key, login } => {
+            let client = ServiceClient::connect(&login).await?;
+            let path = format!("/usher/policies/{}/rotate/{}", enc(&name), enc(&key));
+            print_json(&client.call(Method::POST, &path, None, &[]).await?.body)
+        }
+    }
+}
+
 /// Builds an enrollment or group body from the command-line options, checking them first.
 fn build(kind: Kind, id: &str, o: &EnrollmentOptions) -> anyhow::Result<Value> {
     validate_id(id).with_context(|| format!("invalid {}", kind.flag()))?;
-    let mut keys = serde_json::Map::new();
+    let mut body =
+        json!({ kind.id_field(): id, "attestation": {"type": "symmetricKey", "symmetricKey": {}} });
+    let update = UpdateOptions {
+        primary_key: o.primary_key.clone(),
+        secondary_key: o.secondary_key.clone(),
+        allocation_policy: o.allocation_policy,
+        iot_hubs: (!o.iot_hubs.is_empty()).then(|| o.iot_hubs.clone()),
+        provisioning_status: o.provisioning_status,
+        etag: None,
+    };
+    apply(&mut body, &update)?;
+    Ok(body)
+}
+
+/// Applies the options given to an enrollment or group document.
+fn apply(body: &mut Value, o: &UpdateOptions) -> anyhow::Result<()> {
     for (name, flag, key) in [
         ("primaryKey", "--primary-key", &o.primary_key),
         ("secondaryKey", "--secondary-key", &o.secondary_key),
     ] {
         if let Some(key) = key {
             SymmetricKey::from_base64(key).with_context(|| format!("invalid {flag}"))?;
-            keys.insert(name.into(), json!(key));
+            body["attestation"]["type"] = json!("symmetricKey");
+            body["attestation"]["symmetricKey"][name] = json!(key);
         }
     }
-    let mut body = json!({ kind.id_field(): id, "attestation": {"type": "symmetricKey", "symmetricKey": keys} });
+    if let Some(hubs) = &o.iot_hubs {
+        body["iotHubs"] = json!(hubs);
+    }
     if let Some(policy) = o.allocation_policy {
-        if policy == AllocationArg::Static && o.iot_hubs.len() != 1 {
+        let hubs = body
+            .get("iotHubs")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if policy == AllocationArg::Static && hubs != 1 {
             anyhow::bail!("--allocation-policy static needs exactly one hub in --iot-hubs");
         }
         body["allocationPolicy"] = json!(match policy {
@@ -300,16 +502,13 @@ fn build(kind: Kind, id: &str, o: &EnrollmentOptions) -> anyhow::Result<Value> {
             AllocationArg::Hashed => "hashed",
         });
     }
-    if !o.iot_hubs.is_empty() {
-        body["iotHubs"] = json!(o.iot_hubs);
-    }
     if let Some(status) = o.provisioning_status {
         body["provisioningStatus"] = json!(match status {
             StatusArg::Enabled => "enabled",
             StatusArg::Disabled => "disabled",
         });
     }
-    Ok(body)
+    Ok(())
 }
 
 async fn create(client: &ServiceClient, kind: Kind, id: &str, body: &Value) -> anyhow::Result<()> {
@@ -323,6 +522,37 @@ async fn create(client: &ServiceClient, kind: Kind, id: &str, body: &Value) -> a
         .await?
         .body;
     print_json(&created)
+}
+
+/// Reads the record, applies the options, and writes it back under `If-Match` (the etag given, or
+/// the one just read), so a concurrent change is not overwritten.
+async fn update(
+    client: &ServiceClient,
+    kind: Kind,
+    id: &str,
+    options: &UpdateOptions,
+    extra: Option<(&str, Value)>,
+) -> anyhow::Result<()> {
+    validate_id(id).with_context(|| format!("invalid {}", kind.flag()))?;
+    let path = format!("/{}/{}", kind.route(), enc(id));
+    let mut doc = client.call(Method::GET, &path, None, &[]).await?.body;
+    if let Some(obj) = doc.as_object_mut() {
+        obj.remove("registrationState");
+    }
+    apply(&mut doc, options)?;
+    if let Some((field, value)) = extra {
+        doc[field] = value;
+    }
+    let etag = options
+        .etag
+        .clone()
+        .or_else(|| doc["etag"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "*".into());
+    let updated = client
+        .call(Method::PUT, &path, Some(&doc), &[("If-Match", etag)])
+        .await?
+        .body;
+    print_json(&updated)
 }
 
 async fn show(
@@ -377,7 +607,13 @@ async fn show(
     Ok(())
 }
 
-async fn list(client: &ServiceClient, kind: Kind, as_json: bool) -> anyhow::Result<()> {
+/// Every page of a query.
+async fn query_all(
+    client: &ServiceClient,
+    path: &str,
+    query: Option<&str>,
+) -> anyhow::Result<Vec<Value>> {
+    let body = json!({"query": query.unwrap_or("SELECT *")});
     let mut items = Vec::new();
     let mut continuation: Option<String> = None;
     loop {
@@ -386,12 +622,7 @@ async fn list(client: &ServiceClient, kind: Kind, as_json: bool) -> anyhow::Resu
             headers.push(("x-ms-continuation", c.clone()));
         }
         let answer = client
-            .call(
-                Method::POST,
-                &format!("/{}/query", kind.route()),
-                Some(&json!({"query": "SELECT *"})),
-                &headers,
-            )
+            .call(Method::POST, path, Some(&body), &headers)
             .await?;
         items.extend(answer.body.as_array().cloned().unwrap_or_default());
         continuation = answer
@@ -400,9 +631,18 @@ async fn list(client: &ServiceClient, kind: Kind, as_json: bool) -> anyhow::Resu
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if continuation.is_none() {
-            break;
+            return Ok(items);
         }
     }
+}
+
+async fn list(
+    client: &ServiceClient,
+    kind: Kind,
+    query: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let items = query_all(client, &format!("/{}/query", kind.route()), query).await?;
     if as_json {
         return print_json(&Value::Array(items));
     }
@@ -421,6 +661,125 @@ async fn list(client: &ServiceClient, kind: Kind, as_json: bool) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+/// Writes every matching record, keys included, one JSON document per line.
+async fn export(
+    client: &ServiceClient,
+    kind: Kind,
+    query: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let items = query_all(client, &format!("/{}/query", kind.route()), query).await?;
+    let mut out: Box<dyn std::io::Write> = match file {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let bar = progress(items.len() as u64, "exporting");
+    for mut item in items {
+        let id = text(&item[kind.id_field()]);
+        let path = format!("/{}/{}/attestationmechanism", kind.route(), enc(&id));
+        item["attestation"] = client.call(Method::POST, &path, None, &[]).await?.body;
+        writeln!(out, "{}", serde_json::to_string(&item)?)?;
+        bar.inc(1);
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    eprintln!("Exported {} record(s)", bar.position());
+    Ok(())
+}
+
+/// Reads JSON Lines and sends them ten at a time as bulk operations. Every line is checked before
+/// anything is sent; item failures are listed at the end and make the command fail.
+async fn import(
+    client: &ServiceClient,
+    kind: Kind,
+    file: &Path,
+    mode: ImportMode,
+) -> anyhow::Result<()> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+    );
+    let mut items = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut item: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a JSON document", file.display(), n + 1))?;
+        let id = item
+            .get(kind.id_field())
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        validate_id(id).with_context(|| {
+            format!("{}:{}: invalid {}", file.display(), n + 1, kind.id_field())
+        })?;
+        if let Some(obj) = item.as_object_mut() {
+            // Server-owned fields of an export are not sent back.
+            for field in [
+                "registrationState",
+                "etag",
+                "createdDateTimeUtc",
+                "lastUpdatedDateTimeUtc",
+            ] {
+                obj.remove(field);
+            }
+        }
+        items.push(item);
+    }
+    let mode = match mode {
+        ImportMode::Create => "create",
+        ImportMode::Update => "update",
+    };
+    let bar = progress(items.len() as u64, "importing");
+    let mut failures = Vec::new();
+    for chunk in items.chunks(BULK_SIZE) {
+        let body = json!({"mode": mode, kind.items_field(): chunk});
+        let result = client
+            .call(
+                Method::POST,
+                &format!("/{}", kind.route()),
+                Some(&body),
+                &[],
+            )
+            .await?
+            .body;
+        for e in result["errors"].as_array().into_iter().flatten() {
+            failures.push(format!(
+                "{}: {} {}",
+                text(&e[kind.id_field()]),
+                text(&e["errorCode"]),
+                text(&e["errorStatus"])
+            ));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let total = items.len();
+    eprintln!("Imported {} of {total} record(s)", total - failures.len());
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("  {f}");
+        }
+        anyhow::bail!("{} record(s) were not imported", failures.len());
+    }
+    Ok(())
+}
+
+/// A progress bar on standard error (hidden when it is not a terminal).
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
 }
 
 async fn delete(

@@ -29,6 +29,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EnrollmentGroup(cmd) => runtime()?.block_on(manage::group(cmd)),
         Command::Registration(cmd) => runtime()?.block_on(manage::registration(cmd)),
         Command::Hub(cmd) => runtime()?.block_on(manage::hub(cmd)),
+        Command::Policy(cmd) => runtime()?.block_on(manage::policy(cmd)),
         Command::Provision(args) => runtime()?.block_on(provision::run(args)),
     }
 }

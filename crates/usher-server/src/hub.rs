@@ -384,13 +384,18 @@ fn clean(v: &Value) -> Value {
 }
 
 /// IoT Hub device IDs: up to 128 ASCII letters, digits and `- . + % _ # * ? ! ( ) , : ; = @ $ '`.
-pub fn validate_device_id(id: &str) -> Result<(), HubError> {
-    let ok = !id.is_empty()
+/// Enrollments' `deviceId` follows the same rule, since it becomes a hub device ID.
+pub fn is_valid_device_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= 128
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.+%_#*?!(),:;=@$'".contains(c));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || "-.+%_#*?!(),:;=@$'".contains(c))
+}
+
+/// [`is_valid_device_id`], as a registry error.
+pub fn validate_device_id(id: &str) -> Result<(), HubError> {
+    if is_valid_device_id(id) {
         Ok(())
     } else {
         Err(HubError::Argument(format!("invalid deviceId {id:?}")))

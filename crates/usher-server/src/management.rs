@@ -112,8 +112,12 @@ impl Kind {
             Self::Enrollment => {
                 let mut e: IndividualEnrollment = serde_json::from_slice(body).map_err(invalid)?;
                 e.registration_state = None;
-                if let Some(device_id) = &e.device_id {
-                    validate_device_id(device_id)?;
+                if let Some(device_id) = &e.device_id
+                    && !crate::hub::is_valid_device_id(device_id)
+                {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "invalid deviceId {device_id:?}"
+                    )));
                 }
                 let json = serde_json::to_value(&e).map_err(invalid)?;
                 Ok((e.registration_id, e.attestation, e.settings, json))
@@ -726,22 +730,6 @@ fn validate_hostname(host: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::InvalidArgument(format!(
             "invalid host name {host:?}"
-        )))
-    }
-}
-
-/// IoT Hub device IDs: up to 128 ASCII letters, digits and `- . + % _ # * ? ! ( ) , : = @ $ '`.
-fn validate_device_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidArgument(format!(
-            "invalid deviceId {id:?}"
         )))
     }
 }

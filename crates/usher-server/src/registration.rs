@@ -65,17 +65,15 @@ pub async fn register(
     req: DeviceRequest<'_>,
     body: &DeviceRegistration,
 ) -> Result<RegistrationOperationStatus, ApiError> {
-    let registration_id =
-        RegistrationId::parse(req.registration_id).map_err(ApiError::InvalidRegistrationId)?;
     if let Some(in_body) = &body.registration_id
-        && !registration_id.same_as(in_body)
+        && !in_body.eq_ignore_ascii_case(req.registration_id)
     {
         return Err(ApiError::InvalidArgument(format!(
             "the body's registrationId {in_body:?} differs from the path's {:?}",
-            registration_id.as_str()
+            req.registration_id
         )));
     }
-    let attested = attest(app, req.id_scope, registration_id, req.authorization).await?;
+    let attested = attest(app, req).await?;
     let operation_id = new_operation_id();
 
     if !attested.enrollment.settings().is_enabled() {
@@ -204,9 +202,7 @@ pub async fn operation_status(
     req: DeviceRequest<'_>,
     operation_id: &str,
 ) -> Result<RegistrationOperationStatus, ApiError> {
-    let registration_id =
-        RegistrationId::parse(req.registration_id).map_err(ApiError::InvalidRegistrationId)?;
-    let attested = attest(app, req.id_scope, registration_id, req.authorization).await?;
+    let attested = attest(app, req).await?;
     let record = app
         .store
         .registration(attested.registration_id.as_str())
@@ -226,9 +222,7 @@ pub async fn registration_status(
     app: &App,
     req: DeviceRequest<'_>,
 ) -> Result<DeviceRegistrationResult, ApiError> {
-    let registration_id =
-        RegistrationId::parse(req.registration_id).map_err(ApiError::InvalidRegistrationId)?;
-    let attested = attest(app, req.id_scope, registration_id, req.authorization).await?;
+    let attested = attest(app, req).await?;
     let record = app
         .store
         .registration(attested.registration_id.as_str())
@@ -281,12 +275,14 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
 /// Checks the device's token against its individual enrollment (primary, then secondary key) or,
 /// if it has none, against every symmetric-key group (keys derived from the group's primary, then
 /// secondary key, with the registration ID as the device spelled it).
-async fn attest(
-    app: &App,
-    id_scope: &str,
-    registration_id: RegistrationId,
-    authorization: Option<&str>,
-) -> Result<Attested, ApiError> {
+async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+    let DeviceRequest {
+        id_scope,
+        registration_id,
+        authorization,
+    } = req;
+    let registration_id =
+        RegistrationId::parse(registration_id).map_err(ApiError::InvalidRegistrationId)?;
     if !app.instance.id_scope.eq_ignore_ascii_case(id_scope) {
         return Err(AuthError::UnknownIdScope(id_scope.to_owned()).into());
     }

@@ -28,7 +28,7 @@ pub(crate) enum Command {
     Enrollment(EnrollmentCommand),
     /// Manage enrollment groups.
     #[command(subcommand, name = "enrollment-group")]
-    EnrollmentGroup(GroupCommand),
+    EnrollmentGroup(EnrollmentCommand),
     /// Show and delete device registration records.
     #[command(subcommand)]
     Registration(RegistrationCommand),
@@ -154,14 +154,15 @@ pub(crate) struct EnrollmentOptions {
     pub(crate) provisioning_status: Option<StatusArg>,
 }
 
+/// Commands for individual enrollments and, with the same options, for enrollment groups.
 #[derive(Debug, Subcommand)]
 pub(crate) enum EnrollmentCommand {
-    /// Create an individual enrollment.
+    /// Create an enrollment (keys are generated when not given).
     Create {
-        /// The device's registration ID.
-        #[arg(long)]
+        /// The registration ID (individual enrollment) or the group ID (enrollment group).
+        #[arg(long, visible_alias = "group-id")]
         enrollment_id: String,
-        /// The device ID in the hub (default: the registration ID).
+        /// The device ID in the hub (individual enrollments only; default: the registration ID).
         #[arg(long)]
         device_id: Option<String>,
         #[command(flatten)]
@@ -169,10 +170,10 @@ pub(crate) enum EnrollmentCommand {
         #[command(flatten)]
         login: Login,
     },
-    /// Change an individual enrollment: options given replace the stored values, the rest stay.
+    /// Change an enrollment: options given replace the stored values, the rest stay.
     Update {
-        enrollment_id: String,
-        /// The device ID in the hub.
+        id: String,
+        /// The device ID in the hub (individual enrollments only).
         #[arg(long)]
         device_id: Option<String>,
         #[command(flatten)]
@@ -180,125 +181,55 @@ pub(crate) enum EnrollmentCommand {
         #[command(flatten)]
         login: Login,
     },
-    /// Export individual enrollments, keys included, as JSON Lines.
+    /// Show an enrollment.
+    Show {
+        id: String,
+        /// Include the symmetric keys.
+        #[arg(long)]
+        show_keys: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List enrollments.
+    List {
+        /// A query, e.g. `SELECT * FROM enrollments WHERE provisioningStatus = 'disabled'`; see README.
+        #[arg(long)]
+        query: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Delete an enrollment (a group's devices keep their registration records).
+    Delete {
+        id: String,
+        /// Delete only if the record still has this etag.
+        #[arg(long)]
+        etag: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Export enrollments, keys included, as JSON Lines.
     Export {
         /// Write here instead of standard output.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Only enrollments matching this query (see `list --query`).
+        /// Only records matching this query (see `list --query`).
         #[arg(long)]
         query: Option<String>,
         #[command(flatten)]
         login: Login,
     },
-    /// Import individual enrollments from JSON Lines (one enrollment per line), ten per request.
+    /// Import enrollments from JSON Lines (one per line), ten per request.
     Import {
         /// The JSON Lines file to read.
         #[arg(long)]
         file: PathBuf,
-        /// create: new enrollments only; update: create or replace.
+        /// create: new records only; update: create or replace.
         #[arg(long, value_enum, default_value_t = ImportMode::Create)]
         mode: ImportMode,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Show an individual enrollment.
-    Show {
-        enrollment_id: String,
-        /// Include the symmetric keys.
-        #[arg(long)]
-        show_keys: bool,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// List individual enrollments.
-    List {
-        /// A query: `SELECT * FROM enrollments WHERE provisioningStatus = 'disabled'`; see README.
-        #[arg(long)]
-        query: Option<String>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Delete an individual enrollment.
-    Delete {
-        enrollment_id: String,
-        /// Delete only if the enrollment still has this etag.
-        #[arg(long)]
-        etag: Option<String>,
-        #[command(flatten)]
-        login: Login,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum GroupCommand {
-    /// Create an enrollment group.
-    Create {
-        /// The enrollment group ID.
-        #[arg(long, visible_alias = "enrollment-id")]
-        group_id: String,
-        #[command(flatten)]
-        options: EnrollmentOptions,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Change an enrollment group: options given replace the stored values, the rest stay.
-    Update {
-        group_id: String,
-        #[command(flatten)]
-        options: UpdateOptions,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Export enrollment groups, keys included, as JSON Lines.
-    Export {
-        #[arg(long)]
-        file: Option<PathBuf>,
-        #[arg(long)]
-        query: Option<String>,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Import enrollment groups from JSON Lines, ten per request.
-    Import {
-        #[arg(long)]
-        file: PathBuf,
-        #[arg(long, value_enum, default_value_t = ImportMode::Create)]
-        mode: ImportMode,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Show an enrollment group.
-    Show {
-        group_id: String,
-        /// Include the symmetric keys.
-        #[arg(long)]
-        show_keys: bool,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// List enrollment groups.
-    List {
-        /// A query: `SELECT * WHERE attestation.type = 'symmetricKey'`; see README.
-        #[arg(long)]
-        query: Option<String>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        login: Login,
-    },
-    /// Delete an enrollment group (its devices' registration records stay).
-    Delete {
-        group_id: String,
-        /// Delete only if the group still has this etag.
-        #[arg(long)]
-        etag: Option<String>,
         #[command(flatten)]
         login: Login,
     },

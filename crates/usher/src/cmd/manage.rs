@@ -11,8 +11,8 @@ use usher_proto::ids::validate_id;
 
 use super::service_client::ServiceClient;
 use crate::cli::{
-    AllocationArg, EnrollmentCommand, EnrollmentOptions, GroupCommand, HubCommand, ImportMode,
-    PolicyCommand, RegistrationCommand, StatusArg, UpdateOptions,
+    AllocationArg, EnrollmentCommand, EnrollmentOptions, HubCommand, ImportMode, PolicyCommand,
+    RegistrationCommand, StatusArg, UpdateOptions,
 };
 
 /// Items per bulk request (the DPS limit).
@@ -40,13 +40,6 @@ impl Kind {
         }
     }
 
-    fn flag(self) -> &'static str {
-        match self {
-            Self::Enrollment => "--enrollment-id",
-            Self::Group => "--group-id",
-        }
-    }
-
     fn items_field(self) -> &'static str {
         match self {
             Self::Enrollment => "enrollments",
@@ -55,18 +48,28 @@ impl Kind {
     }
 }
 
-pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
-    let kind = Kind::Enrollment;
+/// `usher enrollment …` (individual enrollments) and `usher enrollment-group …` (groups).
+pub(super) async fn enrollment(group: bool, cmd: EnrollmentCommand) -> anyhow::Result<()> {
+    let kind = if group { Kind::Group } else { Kind::Enrollment };
+    let device_id = |device_id: Option<String>| -> anyhow::Result<Option<(&'static str, Value)>> {
+        match (device_id, kind) {
+            (None, _) => Ok(None),
+            (Some(_), Kind::Group) => {
+                anyhow::bail!("--device-id applies to individual enrollments only")
+            }
+            (Some(d), Kind::Enrollment) => Ok(Some(("deviceId", json!(d)))),
+        }
+    };
     match cmd {
         EnrollmentCommand::Create {
             enrollment_id,
-            device_id,
+            device_id: d,
             options,
             login,
         } => {
             let mut body = build(kind, &enrollment_id, &options)?;
-            if let Some(device_id) = device_id {
-                body["deviceId"] = json!(device_id);
+            if let Some((field, value)) = device_id(d)? {
+                body[field] = value;
             }
             create(
                 &ServiceClient::connect(&login).await?,
@@ -77,23 +80,23 @@ pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
             .await
         }
         EnrollmentCommand::Update {
-            enrollment_id,
-            device_id,
+            id,
+            device_id: d,
             options,
             login,
         } => {
-            let device_id = device_id.map(|d| ("deviceId", json!(d)));
+            let extra = device_id(d)?;
             update(
                 &ServiceClient::connect(&login).await?,
                 kind,
-                &enrollment_id,
+                &id,
                 &options,
-                device_id,
+                extra,
             )
             .await
         }
         EnrollmentCommand::Show {
-            enrollment_id,
+            id,
             show_keys,
             json,
             login,
@@ -101,7 +104,7 @@ pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
             show(
                 &ServiceClient::connect(&login).await?,
                 kind,
-                &enrollment_id,
+                &id,
                 show_keys,
                 json,
             )
@@ -116,15 +119,11 @@ pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
             )
             .await
         }
-        EnrollmentCommand::Delete {
-            enrollment_id,
-            etag,
-            login,
-        } => {
+        EnrollmentCommand::Delete { id, etag, login } => {
             delete(
                 &ServiceClient::connect(&login).await?,
                 kind.route(),
-                &enrollment_id,
+                &id,
                 etag,
             )
             .await
@@ -139,89 +138,6 @@ pub(super) async fn enrollment(cmd: EnrollmentCommand) -> anyhow::Result<()> {
             .await
         }
         EnrollmentCommand::Import { file, mode, login } => {
-            import(&ServiceClient::connect(&login).await?, kind, &file, mode).await
-        }
-    }
-}
-
-pub(super) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
-    let kind = Kind::Group;
-    match cmd {
-        GroupCommand::Create {
-            group_id,
-            options,
-            login,
-        } => {
-            let body = build(kind, &group_id, &options)?;
-            create(
-                &ServiceClient::connect(&login).await?,
-                kind,
-                &group_id,
-                &body,
-            )
-            .await
-        }
-        GroupCommand::Update {
-            group_id,
-            options,
-            login,
-        } => {
-            update(
-                &ServiceClient::connect(&login).await?,
-                kind,
-                &group_id,
-                &options,
-                None,
-            )
-            .await
-        }
-        GroupCommand::Show {
-            group_id,
-            show_keys,
-            json,
-            login,
-        } => {
-            show(
-                &ServiceClient::connect(&login).await?,
-                kind,
-                &group_id,
-                show_keys,
-                json,
-            )
-            .await
-        }
-        GroupCommand::List { query, json, login } => {
-            list(
-                &ServiceClient::connect(&login).await?,
-                kind,
-                query.as_deref(),
-                json,
-            )
-            .await
-        }
-        GroupCommand::Delete {
-            group_id,
-            etag,
-            login,
-        } => {
-            delete(
-                &ServiceClient::connect(&login).await?,
-                kind.route(),
-                &group_id,
-                etag,
-            )
-            .await
-        }
-        GroupCommand::Export { file, query, login } => {
-            export(
-                &ServiceClient::connect(&login).await?,
-                kind,
-                query.as_deref(),
-                file.as_deref(),
-            )
-            .await
-        }
-        GroupCommand::Import { file, mode, login } => {
             import(&ServiceClient::connect(&login).await?, kind, &file, mode).await
         }
     }
@@ -459,7 +375,7 @@ pub(super) async fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
 
 /// Builds an enrollment or group body from the command-line options, checking them first.
 fn build(kind: Kind, id: &str, o: &EnrollmentOptions) -> anyhow::Result<Value> {
-    validate_id(id).with_context(|| format!("invalid {}", kind.flag()))?;
+    validate_id(id).with_context(|| "invalid --enrollment-id")?;
     let mut body =
         json!({ kind.id_field(): id, "attestation": {"type": "symmetricKey", "symmetricKey": {}} });
     let update = UpdateOptions {
@@ -533,7 +449,7 @@ async fn update(
     options: &UpdateOptions,
     extra: Option<(&str, Value)>,
 ) -> anyhow::Result<()> {
-    validate_id(id).with_context(|| format!("invalid {}", kind.flag()))?;
+    validate_id(id).with_context(|| "invalid --enrollment-id")?;
     let path = format!("/{}/{}", kind.route(), enc(id));
     let mut doc = client.call(Method::GET, &path, None, &[]).await?.body;
     if let Some(obj) = doc.as_object_mut() {

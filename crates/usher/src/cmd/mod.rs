@@ -25,8 +25,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Instance(InstanceCommand::Show { data_dir, json }) => {
             runtime()?.block_on(instance::show(&data_dir, json))
         }
-        Command::Enrollment(cmd) => runtime()?.block_on(manage::enrollment(cmd)),
-        Command::EnrollmentGroup(cmd) => runtime()?.block_on(manage::group(cmd)),
+        Command::Enrollment(cmd) => runtime()?.block_on(manage::enrollment(false, cmd)),
+        Command::EnrollmentGroup(cmd) => runtime()?.block_on(manage::enrollment(true, cmd)),
         Command::Registration(cmd) => runtime()?.block_on(manage::registration(cmd)),
         Command::Hub(cmd) => runtime()?.block_on(manage::hub(cmd)),
         Command::Policy(cmd) => runtime()?.block_on(manage::policy(cmd)),

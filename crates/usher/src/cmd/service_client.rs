@@ -95,7 +95,7 @@ impl ServiceClient {
         let response = request
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {}: {}", self.base, chain(&e)))?;
+            .with_context(|| format!("cannot reach {}", self.base))?;
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await?;
@@ -187,15 +187,4 @@ async fn from_data_dir(
         overview.ca_certificate.map(Into::into),
         Some(addr),
     ))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

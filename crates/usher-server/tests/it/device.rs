@@ -508,3 +508,49 @@ async fn concurrent_registrations_all_commit() {
     }
     assert_eq!(s.hub_devices("usher-hub").await.len(), 40);
 }
+
+#[tokio::test]
+async fn serves_a_certificate_of_your_own() {
+    // Another CA and server certificate, made elsewhere.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let names = vec!["localhost".to_owned()];
+    let files =
+        usher_server::pki::ensure(elsewhere.path(), &names, time::OffsetDateTime::now_utc())
+            .unwrap();
+    let ca_pem = std::fs::read(&files.ca_cert).unwrap();
+    let s = TestServer::start_with_own_tls(files.server_cert, files.server_key, ca_pem).await;
+    let (key, _) = s.enroll("own-tls", json!({})).await;
+    for transport in [
+        usher_device::Transport::Https,
+        usher_device::Transport::Mqtt,
+        usher_device::Transport::MqttWs,
+    ] {
+        let result = s
+            .client_over(transport)
+            .provision(
+                &Credential::individual("own-tls", &key).unwrap(),
+                None,
+                |_| {},
+            )
+            .await;
+        assert!(result.is_ok(), "{transport:?}: {result:?}");
+    }
+    // A client that trusts only the development CA of another instance is refused by TLS.
+    let other = TestServer::start().await;
+    let endpoint = usher_device::Endpoint {
+        host: format!("localhost:{}", s.addr.port()),
+        ca_pem: Some(other.ca_pem.clone()),
+        connect_to: None,
+    };
+    let client = usher_device::Client::new(&endpoint, &s.scope, usher_device::Transport::Https);
+    assert!(matches!(
+        client
+            .provision(
+                &Credential::individual("own-tls", &key).unwrap(),
+                None,
+                |_| {}
+            )
+            .await,
+        Err(ProvisionError::Transport(_))
+    ));
+}

@@ -33,10 +33,33 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (to test restarts).
     pub(crate) async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Self {
+        Self::start_full(dir, settings, None).await
+    }
+
+    /// Starts a server with its own certificate chain and key (PEM files) instead of the
+    /// development PKI; `ca_pem` is the CA the clients are to trust.
+    pub(crate) async fn start_with_own_tls(
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        ca_pem: Vec<u8>,
+    ) -> Self {
+        Self::start_full(
+            tempfile::tempdir().unwrap(),
+            Settings::default(),
+            Some((cert, key, ca_pem)),
+        )
+        .await
+    }
+
+    async fn start_full(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        own_tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
+    ) -> Self {
         let config = ServeConfig {
             data_dir: dir.path().to_owned(),
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
-            tls_cert: None,
+            tls_cert: own_tls.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             settings,
         };
         let prepared = usher_server::prepare(config).await.unwrap();
@@ -49,7 +72,16 @@ impl TestServer {
         let stop = shutdown.clone();
         let task =
             tokio::spawn(async move { prepared.run(listener, Some(mqtt), stop).await.unwrap() });
-        let ca_pem = std::fs::read(overview.ca_certificate.unwrap()).unwrap();
+        let ca_pem = match own_tls {
+            Some((_, _, ca)) => {
+                assert!(
+                    overview.ca_certificate.is_none(),
+                    "no development CA is made"
+                );
+                ca
+            }
+            None => std::fs::read(overview.ca_certificate.unwrap()).unwrap(),
+        };
         let key = overview
             .service_connection_string
             .split("SharedAccessKey=")

@@ -34,8 +34,9 @@ export const usherBin = requiredEnv('USHER_BIN');
 export const dataDir = requiredEnv('USHER_DATA_DIR');
 const sdkNodeDir = process.env.USHER_SDK_NODE_DIR || path.join(repoRoot, '.sdk', 'node');
 
-// The SDK packages are CommonJS and live outside this folder's resolution path.
-const requireSdk = createRequire(path.join(sdkNodeDir, 'package.json'));
+// The SDK packages are CommonJS and live outside this folder's resolution path. Exported for the
+// service-client helpers (service.mjs), which load their packages only when a test file needs them.
+export const requireSdk = createRequire(path.join(sdkNodeDir, 'package.json'));
 export const { ProvisioningDeviceClient } = requireSdk('azure-iot-provisioning-device');
 export const { Http } = requireSdk('azure-iot-provisioning-device-http');
 export const { Mqtt, MqttWs } = requireSdk('azure-iot-provisioning-device-mqtt');

@@ -241,21 +241,22 @@ pub async fn delete(app: &App, kind: Kind, id: &str, pre: Precondition) -> Resul
     deleted.map(|_| ()).ok_or_else(|| kind.not_found(id))
 }
 
-/// A page of a query: the redacted documents and the offset of the next page, if any.
+/// A page of a query: the redacted documents that match, and the cursor of the next page if more
+/// records may follow.
 ///
-/// `offset` counts stored records, matching or not, so the continuation (the offset of the first
-/// record not yet looked at) stays valid while the filter skips records.
+/// The cursor is the storage position of the last record looked at, matching or not, so it stays
+/// valid while the filter skips records and while other records are updated or deleted.
 pub async fn query(
     app: &App,
     kind: Kind,
     query: &Query,
-    offset: u64,
+    after: u64,
     page: u64,
 ) -> Result<(Vec<Value>, Option<u64>), ApiError> {
     /// Records read per store round trip while filtering.
     const SCAN: u64 = 500;
     let mut items = Vec::new();
-    let mut position = offset;
+    let mut cursor = after;
     loop {
         // One extra row tells whether another page exists.
         let want = if query.is_unfiltered() {
@@ -263,13 +264,13 @@ pub async fn query(
         } else {
             SCAN
         };
-        let docs = app.store.docs(kind.collection(), position, want).await?;
+        let docs = app.store.docs(kind.collection(), cursor, want).await?;
         let exhausted = (docs.len() as u64) < want;
-        for doc in docs {
+        for (seq, doc) in docs {
             if items.len() as u64 == page {
-                return Ok((items, Some(position)));
+                return Ok((items, Some(cursor)));
             }
-            position += 1;
+            cursor = seq;
             if query.matches(&doc.json) {
                 items.push(redacted(doc.json));
             }
@@ -439,17 +440,30 @@ pub async fn delete_registration(app: &App, id: &str, pre: Precondition) -> Resu
         .ok_or_else(|| ApiError::RegistrationNotFound(id.to_owned()))
 }
 
-/// `POST /registrations/{groupId}/query`: the records of devices registered through a group.
-pub async fn group_registrations(app: &App, group_id: &str) -> Result<Vec<Value>, ApiError> {
-    app.store
-        .registrations_of_group(group_id)
-        .await?
-        .iter()
-        .map(|r| {
+/// `POST /registrations/{groupId}/query`: a page of the records of devices registered through a
+/// group, after the cursor `after`, and the next page's cursor if there is one.
+pub async fn group_registrations(
+    app: &App,
+    group_id: &str,
+    after: u64,
+    page: u64,
+) -> Result<(Vec<Value>, Option<u64>), ApiError> {
+    let records = app.store.registrations_of_group(group_id).await?;
+    let mut rest = records.iter().filter(|(seq, _)| *seq > after);
+    let mut items = Vec::new();
+    let mut cursor = after;
+    for (seq, r) in rest
+        .by_ref()
+        .take(usize::try_from(page).unwrap_or(usize::MAX))
+    {
+        cursor = *seq;
+        items.push(
             serde_json::to_value(registration_result(r))
-                .map_err(|e| ApiError::InvalidJson(e.to_string()))
-        })
-        .collect()
+                .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
+        );
+    }
+    let more = rest.next().is_some();
+    Ok((items, more.then_some(cursor)))
 }
 
 /// The access policies, keys included (listing them needs ServiceConfig, which the owner holds).

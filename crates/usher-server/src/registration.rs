@@ -314,7 +314,7 @@ async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError>
         });
     }
 
-    for doc in app
+    for (_, doc) in app
         .store
         .docs(Collection::EnrollmentGroups, 0, u64::MAX)
         .await?

@@ -50,6 +50,47 @@ async fn handle(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, HubError> {
                 .collect();
             Ok(json_response(StatusCode::OK, &list))
         }
+        [d, q] if is(d, "devices") && is(q, "query") && method == Method::POST => {
+            // The registry query: `SELECT * FROM devices [WHERE …]` over the twins, paged like DPS.
+            let hub = authorize(ctx, "ServiceConnect").await?;
+            let text = if ctx.body.iter().all(u8::is_ascii_whitespace) {
+                "*".to_owned()
+            } else {
+                let v: Value = serde_json::from_slice(ctx.body)
+                    .map_err(|e| HubError::Argument(format!("invalid JSON: {e}")))?;
+                v.get("query")
+                    .and_then(Value::as_str)
+                    .unwrap_or("*")
+                    .to_owned()
+            };
+            let query = usher_proto::query::Query::parse(&text)
+                .map_err(|e| HubError::Argument(format!("invalid query: {e}")))?;
+            let page = ctx
+                .header("x-ms-max-item-count")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(100)
+                .clamp(1, MAX_LIST);
+            let skip = ctx
+                .header("x-ms-continuation")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let twins: Vec<Value> = app
+                .store
+                .hub_devices(&hub.name)
+                .await?
+                .iter()
+                .map(hub::twin_json)
+                .filter(|t| query.matches(t))
+                .collect();
+            let items: Vec<&Value> = twins.iter().skip(skip).take(page).collect();
+            let mut response = json_response(StatusCode::OK, &items);
+            let headers = response.headers_mut();
+            headers.insert("x-ms-item-type", HeaderValue::from_static("Twin"));
+            if skip + page < twins.len() {
+                headers.insert("x-ms-continuation", HeaderValue::from(skip + page));
+            }
+            Ok(response)
+        }
         [d, id] if is(d, "devices") => {
             hub::validate_device_id(id)?;
             match method {

@@ -29,8 +29,8 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
             authorize(ctx, "EnrollmentRead").await?;
             let query = management::parse_query(ctx.body)?;
-            let (offset, page) = paging(ctx)?;
-            let (items, next) = management::query(app, kind, &query, offset, page).await?;
+            let (after, page) = paging(ctx)?;
+            let (items, next) = management::query(app, kind, &query, after, page).await?;
             let item_type = if kind == Kind::Enrollment {
                 "Enrollment"
             } else {
@@ -91,19 +91,9 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
         }
         [r, group_id, q] if is(r, "registrations") && is(q, "query") && method == Method::POST => {
             authorize(ctx, "RegistrationStatusRead").await?;
-            let (offset, page) = paging(ctx)?;
-            let mut items = management::group_registrations(app, group_id).await?;
-            let skip = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(items.len());
-            items.drain(..skip);
-            let more = items.len() as u64 > page;
-            items.truncate(usize::try_from(page).unwrap_or(usize::MAX));
-            Ok(query_response(
-                &items,
-                "DeviceRegistration",
-                more.then_some(offset + page),
-            ))
+            let (after, page) = paging(ctx)?;
+            let (items, next) = management::group_registrations(app, group_id, after, page).await?;
+            Ok(query_response(&items, "DeviceRegistration", next))
         }
         [u, p] if is(u, "usher") && is(p, "policies") && method == Method::GET => {
             authorize(ctx, "ServiceConfig").await?;
@@ -161,7 +151,7 @@ fn query_response(items: &[Value], item_type: &'static str, next: Option<u64>) -
 }
 
 /// Reads `x-ms-max-item-count` (default 100, clamped to 1..=1000) and `x-ms-continuation` (the
-/// opaque offset a previous page returned).
+/// opaque cursor a previous page returned).
 fn paging(ctx: &Ctx<'_>) -> Result<(u64, u64), ApiError> {
     let page = match ctx.header("x-ms-max-item-count") {
         None => DEFAULT_PAGE,
@@ -173,7 +163,7 @@ fn paging(ctx: &Ctx<'_>) -> Result<(u64, u64), ApiError> {
             })?
             .clamp(1, MAX_PAGE as i64) as u64,
     };
-    let offset = match ctx.header("x-ms-continuation").filter(|v| !v.is_empty()) {
+    let cursor = match ctx.header("x-ms-continuation").filter(|v| !v.is_empty()) {
         None => 0,
         Some(v) => v.trim().parse().map_err(|_| {
             ApiError::InvalidArgument(format!(
@@ -181,7 +171,7 @@ fn paging(ctx: &Ctx<'_>) -> Result<(u64, u64), ApiError> {
             ))
         })?,
     };
-    Ok((offset, page))
+    Ok((cursor, page))
 }
 
 /// Checks the service SAS token: a known policy, signed with one of its keys, for one of this

@@ -262,14 +262,16 @@ impl Store {
         dispatch!(self, s => s.doc(coll, id).await)
     }
 
-    /// Documents in storage order, `limit` of them after the first `offset`.
+    /// Up to `limit` documents in storage order, each with its position, starting after position
+    /// `after` (0 for the beginning). Positions are stable: an update keeps a document's position and
+    /// a delete does not move the others, so a cursor stays valid while records change.
     pub async fn docs(
         &self,
         coll: Collection,
-        offset: u64,
+        after: u64,
         limit: u64,
-    ) -> Result<Vec<Doc>, StoreError> {
-        dispatch!(self, s => s.docs(coll, offset, limit).await)
+    ) -> Result<Vec<(u64, Doc)>, StoreError> {
+        dispatch!(self, s => s.docs(coll, after, limit).await)
     }
 
     /// Read-modify-write of one document inside the writer's transaction: `decide` sees the stored
@@ -309,7 +311,7 @@ impl Store {
     pub async fn registrations_of_group(
         &self,
         group_id: &str,
-    ) -> Result<Vec<Registration>, StoreError> {
+    ) -> Result<Vec<(u64, Registration)>, StoreError> {
         dispatch!(self, s => s.registrations_of_group(group_id).await)
     }
 

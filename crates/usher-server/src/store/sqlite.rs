@@ -386,19 +386,23 @@ impl SqliteStore {
     pub(super) async fn docs(
         &self,
         coll: Collection,
-        offset: u64,
+        after: u64,
         limit: u64,
-    ) -> Result<Vec<Doc>, StoreError> {
+    ) -> Result<Vec<(u64, Doc)>, StoreError> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT id, doc, etag FROM {} ORDER BY rowid LIMIT ?1 OFFSET ?2",
+                "SELECT rowid, id, doc, etag FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
                 table(coll)
             );
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt
-                .query_map(params![clamp(limit), clamp(offset)], raw_doc)?
+                .query_map(params![clamp(after), clamp(limit)], |r| {
+                    Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(parse_doc).collect()
+            rows.into_iter()
+                .map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_doc(raw)?)))
+                .collect()
         })
         .await
     }
@@ -464,13 +468,17 @@ impl SqliteStore {
     pub(super) async fn registrations_of_group(
         &self,
         group_id: &str,
-    ) -> Result<Vec<Registration>, StoreError> {
+    ) -> Result<Vec<(u64, Registration)>, StoreError> {
         let key = group_id.to_ascii_lowercase();
         self.read(move |c| {
-            let sql = format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE enrollment_group_key = ?1 ORDER BY rowid");
+            let sql = format!(
+                "SELECT {REGISTRATION_COLUMNS}, rowid FROM registrations WHERE enrollment_group_key = ?1 ORDER BY rowid"
+            );
             let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map([key], raw_registration)?.collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(parse_registration).collect()
+            let rows = stmt
+                .query_map([key], |r| Ok((r.get::<_, i64>(13)?, raw_registration(r)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?))).collect()
         })
         .await
     }

@@ -29,6 +29,9 @@ pub(super) async fn show(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             "Hub:                        {} ({}, weight {})",
             hub.name, hub.hostname, hub.weight
         );
+        if let Some(cs) = &hub.connection_string {
+            println!("  Hub connection string:    {cs}");
+        }
     }
     Ok(())
 }

@@ -38,9 +38,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("Usher is serving {}", args.data_dir.display());
     println!("  ID scope:                   {}", o.id_scope);
     println!(
-        "  Device endpoint:            {} (HTTPS on {})",
+        "  Device endpoint:            {} (HTTPS and MQTT over WebSockets on {}, MQTT on {})",
         o.device_endpoint,
-        listener.local_addr()?
+        listener.local_addr()?,
+        mqtt.local_addr()?
     );
     println!(
         "  Service connection string:  {}",
@@ -54,6 +55,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "  Hub:                        {} ({}, weight {})",
             hub.name, hub.hostname, hub.weight
         );
+        if let Some(cs) = &hub.connection_string {
+            println!("    Hub connection string:    {cs}");
+        }
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signal = shutdown.clone();

@@ -211,41 +211,22 @@ async fn query_pages_end_without_a_continuation() {
     for i in 0..7 {
         s.enroll(&format!("page-{i}"), json!({})).await;
     }
-    let mut seen = Vec::new();
-    let mut continuation: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let mut headers = vec![("x-ms-max-item-count", "3".to_owned())];
-        if let Some(c) = &continuation {
-            headers.push(("x-ms-continuation", c.clone()));
-        }
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (status, h, body) = s
-            .call(
-                Method::POST,
-                "/enrollments/query",
-                Some(json!({"query": "SELECT *"})),
-                &headers,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(h["x-ms-item-type"], "Enrollment");
-        pages += 1;
-        for item in body.as_array().unwrap() {
+    let query = json!({"query": "SELECT *"});
+    let (_, h, _, _) = s.query_page("/enrollments/query", &query, 3, None).await;
+    assert_eq!(h["x-ms-item-type"], "Enrollment");
+    let pages = s.query_pages("/enrollments/query", &query, 3).await;
+    let seen: Vec<String> = pages
+        .iter()
+        .flatten()
+        .map(|item| {
             assert!(
                 item["attestation"].get("symmetricKey").is_none(),
                 "keys are redacted"
             );
-            seen.push(item["registrationId"].as_str().unwrap().to_owned());
-        }
-        continuation = h
-            .get("x-ms-continuation")
-            .map(|v| v.to_str().unwrap().to_owned());
-        if continuation.is_none() {
-            break;
-        }
-    }
-    assert_eq!(pages, 3);
+            item["registrationId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(pages.len(), 3);
     assert_eq!(
         seen,
         (0..7).map(|i| format!("page-{i}")).collect::<Vec<_>>()

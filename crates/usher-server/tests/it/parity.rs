@@ -127,48 +127,27 @@ async fn queries_filter_beyond_dps_and_page_stably() {
             .await;
     }
     let query = json!({"query": "SELECT * FROM enrollments WHERE provisioningStatus = 'disabled'"});
-    let mut seen = Vec::new();
-    let mut continuation: Option<String> = None;
-    loop {
-        let mut headers = vec![("x-ms-max-item-count", "2".to_owned())];
-        if let Some(c) = &continuation {
-            headers.push(("x-ms-continuation", c.clone()));
-        }
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (status, h, body) = s
-            .call(
-                Method::POST,
-                "/enrollments/query",
-                Some(query.clone()),
-                &headers,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        seen.extend(
-            body.as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["registrationId"].as_str().unwrap().to_owned()),
-        );
-        continuation = h
-            .get("x-ms-continuation")
-            .map(|v| v.to_str().unwrap().to_owned());
-        if continuation.is_none() {
-            break;
-        }
-    }
-    assert_eq!(seen, ["q-00", "q-03", "q-06", "q-09"]);
+    let ids = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|e| e["registrationId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let pages = s.query_pages("/enrollments/query", &query, 2).await;
+    assert_eq!(ids(&pages.concat()), ["q-00", "q-03", "q-06", "q-09"]);
     // Deleting a record already returned, between pages, does not make the next page skip one.
-    let (first, next) = disabled_page(&s, &query, None).await;
-    assert_eq!(first, ["q-00", "q-03"]);
+    let (_, _, first, next) = s.query_page("/enrollments/query", &query, 2, None).await;
+    assert_eq!(ids(&first), ["q-00", "q-03"]);
     assert_eq!(
         s.call(Method::DELETE, "/enrollments/q-00", None, &[])
             .await
             .0,
         StatusCode::NO_CONTENT
     );
-    let (second, _) = disabled_page(&s, &query, next).await;
-    assert_eq!(second, ["q-06", "q-09"]);
+    let (_, _, second, _) = s
+        .query_page("/enrollments/query", &query, 2, next.as_deref())
+        .await;
+    assert_eq!(ids(&second), ["q-06", "q-09"]);
     let (status, headers, err) = s
         .call(
             Method::POST,
@@ -319,38 +298,6 @@ async fn policies_grant_rights_and_rotation_revokes_old_tokens() {
         .call(Method::DELETE, "/usher/policies/reader", None, &[])
         .await;
     assert_error(status, &headers, &err, 404, 404_213);
-}
-
-/// One page of two of a query, and the continuation.
-async fn disabled_page(
-    s: &TestServer,
-    query: &Value,
-    continuation: Option<String>,
-) -> (Vec<String>, Option<String>) {
-    let mut headers = vec![("x-ms-max-item-count", "2".to_owned())];
-    if let Some(c) = continuation {
-        headers.push(("x-ms-continuation", c));
-    }
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (_, h, body) = s
-        .call(
-            Method::POST,
-            "/enrollments/query",
-            Some(query.clone()),
-            &headers,
-        )
-        .await;
-    let ids = body
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["registrationId"].as_str().unwrap().to_owned())
-        .collect();
-    (
-        ids,
-        h.get("x-ms-continuation")
-            .map(|v| v.to_str().unwrap().to_owned()),
-    )
 }
 
 /// A registry call with the built-in hub's owner token.

@@ -176,6 +176,60 @@ impl TestServer {
         (status, headers, body)
     }
 
+    /// One page of a management query: status, headers, items, and the continuation if any.
+    pub(crate) async fn query_page(
+        &self,
+        path: &str,
+        body: &Value,
+        page_size: u32,
+        continuation: Option<&str>,
+    ) -> (
+        StatusCode,
+        reqwest::header::HeaderMap,
+        Vec<Value>,
+        Option<String>,
+    ) {
+        let size = page_size.to_string();
+        let mut headers = vec![("x-ms-max-item-count", size.as_str())];
+        if let Some(c) = continuation {
+            headers.push(("x-ms-continuation", c));
+        }
+        let (status, h, items) = self
+            .call(Method::POST, path, Some(body.clone()), &headers)
+            .await;
+        let next = h
+            .get("x-ms-continuation")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (
+            status,
+            h,
+            items.as_array().cloned().unwrap_or_default(),
+            next,
+        )
+    }
+
+    /// Every page of a management query, following continuations until there is none.
+    pub(crate) async fn query_pages(
+        &self,
+        path: &str,
+        body: &Value,
+        page_size: u32,
+    ) -> Vec<Vec<Value>> {
+        let mut pages = Vec::new();
+        let mut continuation = None;
+        loop {
+            let (status, _, items, next) = self
+                .query_page(path, body, page_size, continuation.as_deref())
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            pages.push(items);
+            match next {
+                Some(next) => continuation = Some(next),
+                None => return pages,
+            }
+        }
+    }
+
     /// Creates an individual enrollment and returns (primary, secondary) keys.
     pub(crate) async fn enroll(&self, id: &str, extra: Value) -> (String, String) {
         let mut body = json!({"registrationId": id, "attestation": {"type": "symmetricKey"}});

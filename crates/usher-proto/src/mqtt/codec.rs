@@ -321,12 +321,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends the encoding of `packet` to `out`.
+/// Appends the encoding of `packet` to `out`. Never panics.
 ///
-/// # Panics
-/// Never for packets built from valid parts: strings and binaries longer than 65,535 bytes and
-/// bodies longer than the protocol's limit are truncated by the type system's absence of checks,
-/// so callers keep them within bounds (the session encodes only topics and payloads it built).
+/// The types do not bound lengths, so callers keep packets within the protocol's limits: a string
+/// or binary field longer than 65,535 bytes is cut to that length, and a body longer than the
+/// largest remaining length (268,435,455 bytes) gets a wrong length prefix. Usher encodes only
+/// topics and payloads it built itself, all far below both limits.
 pub fn encode(packet: &Packet, out: &mut Vec<u8>) {
     let mut body = Vec::new();
     let first: u8 = match packet {

@@ -705,3 +705,79 @@ fn update_query_registration_list_policies_and_jsonl_round_trip() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.jsonl:2: not a JSON document"));
     assert!(!usher(dir, &["enrollment", "show", "ok-1"]).status.success());
 }
+
+/// Without the privilege to bind port 443, `serve` says how to get it. Run as root, the test drops
+/// to the `nobody` user with `setpriv` first, so it checks the message either way. On a machine
+/// that lets anyone bind low ports (`ip_unprivileged_port_start` at or below 443) there is no
+/// refusal to see; there the unprivileged server must start instead.
+#[test]
+fn serve_explains_how_to_bind_a_privileged_port() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A copy of the binary that any user can run, whatever the permissions of the build tree.
+    let bin = tmp.path().join("usher");
+    std::fs::copy(env!("CARGO_BIN_EXE_usher"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    let args = [
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--https-addr",
+        "127.0.0.1:443",
+        "--mqtt-addr",
+        "127.0.0.1:0",
+    ];
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        .starts_with(b"0");
+    let mut command = if is_root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let child = command
+        .args(args)
+        .current_dir(tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server { child };
+    let unprivileged_start: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1024);
+    // Up to 30 s for the refusal (or, where low ports are open to all, for the server to listen).
+    for _ in 0..600 {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(
+                unprivileged_start > 443,
+                "the server exited although port 443 is open to all"
+            );
+            assert!(!status.success());
+            let mut err = String::new();
+            std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(
+                err.contains("cannot listen on 127.0.0.1:443: permission denied"),
+                "{err}"
+            );
+            assert!(err.contains("setcap cap_net_bind_service=+ep"), "{err}");
+            assert!(err.contains("--https-addr 127.0.0.1:8443"), "{err}");
+            return;
+        }
+        if unprivileged_start <= 443 && data.join("runtime.json").exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("serve neither refused port 443 nor started within 30 s");
+}

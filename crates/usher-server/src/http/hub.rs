@@ -4,7 +4,6 @@
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use usher_proto::SymmetricKey;
 use usher_proto::sas::{Now, SasToken};
 
 use super::{Ctx, json_response, unix_now};
@@ -212,14 +211,10 @@ async fn authorize(ctx: &Ctx<'_>, right: &'static str) -> Result<Hub, HubError> 
             .ok_or_else(|| {
                 unauthorized(format!("hub {} has no policy {policy_name:?}", hub.name))
             })?;
-        let keys: Vec<SymmetricKey> = [&policy.primary_key, &policy.secondary_key]
-            .iter()
-            .filter_map(|k| SymmetricKey::from_base64(k).ok())
-            .collect();
-        token
-            .check_signature(&keys.iter().collect::<Vec<_>>())
+        policy
+            .check_signature(&token)
             .map_err(|e| unauthorized(e.to_string()))?;
-        if !policy.rights.iter().any(|r| r == right) {
+        if !policy.grants(right) {
             return Err(unauthorized(format!(
                 "the policy {policy_name:?} lacks the {right} right"
             )));

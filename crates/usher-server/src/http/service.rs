@@ -4,7 +4,6 @@
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use usher_proto::SymmetricKey;
 use usher_proto::sas::{Now, SasToken};
 
 use super::{Ctx, json_response, unix_now};
@@ -208,13 +207,8 @@ async fn authorize(ctx: &Ctx<'_>, right: &'static str) -> Result<String, ApiErro
         .policy(&policy_name)
         .await?
         .ok_or_else(|| AuthError::UnknownPolicy(policy_name.clone()))?;
-    let keys: Vec<SymmetricKey> = [&policy.primary_key, &policy.secondary_key]
-        .iter()
-        .filter_map(|k| SymmetricKey::from_base64(k).ok())
-        .collect();
-    let refs: Vec<&SymmetricKey> = keys.iter().collect();
-    token.check_signature(&refs).map_err(AuthError::from)?;
-    if !policy.rights.iter().any(|r| r == right) {
+    policy.check_signature(&token).map_err(AuthError::from)?;
+    if !policy.grants(right) {
         return Err(ApiError::MissingRight {
             policy: policy.name,
             right,

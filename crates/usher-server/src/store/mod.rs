@@ -10,6 +10,7 @@ mod sqlite;
 use std::path::Path;
 
 use serde_json::Value;
+use usher_proto::{SasError, SasToken, SymmetricKey};
 
 pub use sqlite::SqliteStore;
 
@@ -48,6 +49,23 @@ pub struct Policy {
     pub primary_key: String,
     pub secondary_key: String,
     pub rights: Vec<String>,
+}
+
+impl Policy {
+    /// Checks a token's signature against this policy's keys (primary, then secondary) and returns
+    /// the index of the key that signed it. A stored key that does not decode matches nothing.
+    pub fn check_signature(&self, token: &SasToken) -> Result<usize, SasError> {
+        let keys: Vec<SymmetricKey> = [&self.primary_key, &self.secondary_key]
+            .iter()
+            .filter_map(|k| SymmetricKey::from_base64(k).ok())
+            .collect();
+        token.check_signature(&keys.iter().collect::<Vec<_>>())
+    }
+
+    /// Whether the policy holds `right`.
+    pub fn grants(&self, right: &str) -> bool {
+        self.rights.iter().any(|r| r == right)
+    }
 }
 
 /// A linked IoT hub.

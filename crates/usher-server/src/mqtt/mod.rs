@@ -10,7 +10,6 @@ mod session;
 mod ws;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use tokio::net::TcpStream;
@@ -30,14 +29,8 @@ pub async fn serve_tls_connection(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let Ok(permit) = Arc::clone(&app.mqtt_sessions).try_acquire_owned() else {
-        tracing::warn!(%peer, "MQTT connection limit reached");
-        session::refuse_busy(FramedWrite::new(tls, BytesCodec::new())).await;
-        return;
-    };
     let (read, write) = tokio::io::split(tls);
     let input = FramedRead::new(read, BytesCodec::new()).map(|r| r.map(bytes::BytesMut::freeze));
     let output = FramedWrite::new(write, BytesCodec::new());
     run_session(app, input, output, peer, shutdown).await;
-    drop(permit);
 }

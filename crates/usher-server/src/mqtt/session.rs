@@ -70,7 +70,9 @@ struct Connected {
     keep_alive: u16,
 }
 
-/// Runs a session until the client disconnects, misbehaves or `shutdown` is cancelled.
+/// Runs a session until the client disconnects, misbehaves or `shutdown` is cancelled. Over the
+/// session limit (`Limits::max_sessions`, shared by every transport) the client gets CONNACK 3
+/// (server unavailable) and the connection is closed.
 pub async fn run_session<I, O>(
     app: App,
     mut input: I,
@@ -81,6 +83,11 @@ pub async fn run_session<I, O>(
     I: Stream<Item = std::io::Result<Bytes>> + Unpin,
     O: Sink<Bytes, Error = std::io::Error> + Unpin,
 {
+    let Ok(_permit) = std::sync::Arc::clone(&app.mqtt_sessions).try_acquire_owned() else {
+        tracing::warn!(%peer, "MQTT connection limit reached");
+        refuse_busy(output).await;
+        return;
+    };
     let limits = app.settings.mqtt;
     let mut session = Session {
         app,
@@ -100,7 +107,7 @@ pub async fn run_session<I, O>(
 }
 
 /// Answers a connection over the limit with CONNACK 3 (server unavailable) and closes it.
-pub(super) async fn refuse_busy<O: Sink<Bytes, Error = std::io::Error> + Unpin>(mut output: O) {
+async fn refuse_busy<O: Sink<Bytes, Error = std::io::Error> + Unpin>(mut output: O) {
     let mut out = Vec::new();
     encode(
         &Packet::ConnAck {

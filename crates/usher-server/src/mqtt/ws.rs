@@ -2,7 +2,6 @@
 //! (C). After the upgrade, binary frames carry the same byte stream the TLS listener reads.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
@@ -11,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 
-use super::session::{refuse_busy, run_session};
+use super::session::run_session;
 use crate::app::App;
 use crate::error::ApiError;
 
@@ -52,11 +51,6 @@ async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
     let output = sink
         .sink_map_err(std::io::Error::other)
         .with(|b: Bytes| async move { Ok::<_, std::io::Error>(Message::Binary(b)) });
-    let Ok(permit) = Arc::clone(&app.mqtt_sessions).try_acquire_owned() else {
-        tracing::warn!(%peer, "MQTT connection limit reached");
-        refuse_busy(Box::pin(output)).await;
-        return;
-    };
     let input = stream
         .take_while(|m| std::future::ready(!matches!(m, Ok(Message::Close(_)))))
         .filter_map(|m| {
@@ -69,5 +63,4 @@ async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
         });
     let shutdown = app.shutdown.clone();
     run_session(app, Box::pin(input), Box::pin(output), peer, shutdown).await;
-    drop(permit);
 }

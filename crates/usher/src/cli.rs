@@ -131,16 +131,13 @@ pub(crate) enum StatusArg {
     Disabled,
 }
 
-/// Settings enrollments and groups share.
+/// Settings enrollments and groups share, on create and on update.
 #[derive(Debug, Clone, Args)]
-pub(crate) struct EnrollmentOptions {
-    /// Attestation mechanism.
-    #[arg(long, value_enum, default_value_t = AttestationArg::SymmetricKey)]
-    pub(crate) attestation_type: AttestationArg,
-    /// Primary key (base64, 16 to 64 bytes); generated when absent.
+pub(crate) struct SettingOptions {
+    /// Primary key (base64, 16 to 64 bytes); generated on create when absent, kept on update.
     #[arg(long)]
     pub(crate) primary_key: Option<String>,
-    /// Secondary key (base64, 16 to 64 bytes); generated when absent.
+    /// Secondary key (base64, 16 to 64 bytes); generated on create when absent, kept on update.
     #[arg(long)]
     pub(crate) secondary_key: Option<String>,
     /// How a hub is chosen: static (the one hub in --iot-hubs) or hashed (evenly weighted).
@@ -148,10 +145,20 @@ pub(crate) struct EnrollmentOptions {
     pub(crate) allocation_policy: Option<AllocationArg>,
     /// Host names of the hubs devices may be assigned to.
     #[arg(long, num_args = 1..)]
-    pub(crate) iot_hubs: Vec<String>,
+    pub(crate) iot_hubs: Option<Vec<String>>,
     /// Whether devices may register.
     #[arg(long, value_enum)]
     pub(crate) provisioning_status: Option<StatusArg>,
+}
+
+/// Options of `create`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct EnrollmentOptions {
+    /// Attestation mechanism.
+    #[arg(long, value_enum, default_value_t = AttestationArg::SymmetricKey)]
+    pub(crate) attestation_type: AttestationArg,
+    #[command(flatten)]
+    pub(crate) settings: SettingOptions,
 }
 
 /// Commands for individual enrollments and, with the same options, for enrollment groups.
@@ -238,18 +245,8 @@ pub(crate) enum EnrollmentCommand {
 /// Options `update` can change; each one given replaces the stored value.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct UpdateOptions {
-    /// New primary key (base64, 16 to 64 bytes).
-    #[arg(long)]
-    pub(crate) primary_key: Option<String>,
-    /// New secondary key (base64, 16 to 64 bytes).
-    #[arg(long)]
-    pub(crate) secondary_key: Option<String>,
-    #[arg(long, value_enum)]
-    pub(crate) allocation_policy: Option<AllocationArg>,
-    #[arg(long, num_args = 1..)]
-    pub(crate) iot_hubs: Option<Vec<String>>,
-    #[arg(long, value_enum)]
-    pub(crate) provisioning_status: Option<StatusArg>,
+    #[command(flatten)]
+    pub(crate) settings: SettingOptions,
     /// Update only if the record still has this etag (default: the etag just read).
     #[arg(long)]
     pub(crate) etag: Option<String>,

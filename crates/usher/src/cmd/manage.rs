@@ -12,7 +12,7 @@ use usher_proto::ids::validate_id;
 use super::service_client::ServiceClient;
 use crate::cli::{
     AllocationArg, EnrollmentCommand, EnrollmentOptions, HubCommand, ImportMode, PolicyCommand,
-    RegistrationCommand, StatusArg, UpdateOptions,
+    RegistrationCommand, SettingOptions, StatusArg, UpdateOptions,
 };
 
 /// Items per bulk request (the DPS limit).
@@ -378,20 +378,12 @@ fn build(kind: Kind, id: &str, o: &EnrollmentOptions) -> anyhow::Result<Value> {
     validate_id(id).with_context(|| "invalid --enrollment-id")?;
     let mut body =
         json!({ kind.id_field(): id, "attestation": {"type": "symmetricKey", "symmetricKey": {}} });
-    let update = UpdateOptions {
-        primary_key: o.primary_key.clone(),
-        secondary_key: o.secondary_key.clone(),
-        allocation_policy: o.allocation_policy,
-        iot_hubs: (!o.iot_hubs.is_empty()).then(|| o.iot_hubs.clone()),
-        provisioning_status: o.provisioning_status,
-        etag: None,
-    };
-    apply(&mut body, &update)?;
+    apply(&mut body, &o.settings)?;
     Ok(body)
 }
 
 /// Applies the options given to an enrollment or group document.
-fn apply(body: &mut Value, o: &UpdateOptions) -> anyhow::Result<()> {
+fn apply(body: &mut Value, o: &SettingOptions) -> anyhow::Result<()> {
     for (name, flag, key) in [
         ("primaryKey", "--primary-key", &o.primary_key),
         ("secondaryKey", "--secondary-key", &o.secondary_key),
@@ -455,7 +447,7 @@ async fn update(
     if let Some(obj) = doc.as_object_mut() {
         obj.remove("registrationState");
     }
-    apply(&mut doc, options)?;
+    apply(&mut doc, &options.settings)?;
     if let Some((field, value)) = extra {
         doc[field] = value;
     }

@@ -150,11 +150,14 @@ pub async fn open_data_dir(
         return Ok((store, instance));
     }
     let created = now_text();
-    let key = |random: [u8; 32]| SymmetricKey::generate(&random).map(|k| k.to_base64());
+    let key = || {
+        new_key(crate::management::GENERATED_KEY_BYTES)
+            .map_err(|e| SetupError::Random(e.to_string()))
+    };
     let owner = Policy {
         name: OWNER_POLICY.into(),
-        primary_key: key(random_bytes()?).map_err(|e| SetupError::Random(e.to_string()))?,
-        secondary_key: key(random_bytes()?).map_err(|e| SetupError::Random(e.to_string()))?,
+        primary_key: key()?,
+        secondary_key: key()?,
         rights: RIGHTS.iter().map(|r| (*r).to_owned()).collect(),
     };
     let hub = Hub {

@@ -32,11 +32,40 @@ pub const RUNTIME_FILE: &str = "runtime.json";
 /// How the register response reports a completed assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterResponse {
-    /// `200` with status `assigned` at once; every SDK accepts it.
+    /// `200` with the final status at once: a fast path for CI. The Python, Node and C SDKs accept
+    /// it; IoT Edge's identity service (aziot-identityd) does not: it accepts only `202`.
     Assigned,
-    /// `202` with status `assigning` and `Retry-After`, as DPS does; the device then polls.
+    /// `202` with status `assigning` and `Retry-After`, as DPS does; the device then polls the
+    /// operation, which answers the final state. The default.
     Assigning { retry_after_secs: u32 },
 }
+
+/// The transport a request arrived on, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Https,
+    Mqtt,
+    MqttWs,
+    Amqp,
+    AmqpWs,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::Mqtt => "mqtt",
+            Self::MqttWs => "mqtt-ws",
+            Self::Amqp => "amqp",
+            Self::AmqpWs => "amqp-ws",
+        }
+    }
+}
+
+/// The Retry-After DPS-like answers carry unless `--retry-after` says otherwise: 2 s is the Node
+/// SDK's own default, and keeps a device that polls at that pace within DPS's quota of 5 polls per
+/// 10 s.
+pub const DEFAULT_RETRY_AFTER_SECS: u32 = 2;
 
 /// Settings that shape behaviour, fixed at start-up.
 #[derive(Debug, Clone)]
@@ -51,7 +80,9 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             clock_skew_secs: 300,
-            register_response: RegisterResponse::Assigned,
+            register_response: RegisterResponse::Assigning {
+                retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+            },
             mqtt: crate::mqtt::Limits::default(),
         }
     }

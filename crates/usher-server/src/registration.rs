@@ -74,6 +74,7 @@ pub async fn register(
         )));
     }
     let attested = attest(app, req).await?;
+    refuse_unsupported(body)?;
     let operation_id = new_operation_id();
 
     if !attested.enrollment.settings().is_enabled() {
@@ -231,12 +232,51 @@ pub async fn registration_status(
     Ok(registration_result(&record))
 }
 
-/// Parses a register body (DeviceRegistration JSON); an empty or blank body reads as `{}`.
+/// Parses a register body (DeviceRegistration JSON); an empty or blank body reads as `{}`. Any
+/// other JSON than an object is refused, as is a body over the DPS message limit (MQTT and AMQP
+/// payloads reach here unbounded by HTTP's body limit).
 pub fn parse_registration_body(body: &[u8]) -> Result<DeviceRegistration, ApiError> {
+    if body.len() > usher_proto::model::MAX_MESSAGE_BYTES {
+        return Err(ApiError::BodyTooLarge);
+    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DeviceRegistration::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidJson(format!(
+            "a DeviceRegistration must be a JSON object, not {}",
+            json_kind(&value)
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Refuses what Usher does not do rather than pretending to: a register body asking for a device
+/// certificate (`csr`, api-version 2025-07-01-preview; `clientCertificateCsr`,
+/// 2021-11-01-preview) would otherwise be `assigned` with no certificate.
+fn refuse_unsupported(body: &DeviceRegistration) -> Result<(), ApiError> {
+    let field = if body.client_certificate_csr.is_some() {
+        "clientCertificateCsr"
+    } else if body.csr.is_some() {
+        "csr"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::CertificateIssuanceNotConfigured { field })
 }
 
 /// The status code and retry-after every transport answers a successful request with: `202` and

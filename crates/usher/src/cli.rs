@@ -72,12 +72,24 @@ pub(crate) struct ServeArgs {
     /// How long past expiry a SAS token is still accepted (device clocks drift).
     #[arg(long, default_value = "5m")]
     pub(crate) clock_skew: String,
-    /// How register answers a completed assignment: `assigned` at once (200), or `assigning` (202 +
-    /// Retry-After) so the device polls the operation, as DPS does.
-    #[arg(long, value_enum, default_value_t = RegisterResponseArg::Assigned)]
+    /// How register answers: `assigning` (202 + Retry-After; the device polls the operation, which
+    /// answers the final state), as DPS does and IoT Edge requires; or `assigned` (200 with the
+    /// final state at once), a fast path for CI that the Python, Node and C SDKs accept but IoT
+    /// Edge's identity service does not.
+    #[arg(
+        long,
+        env = "USHER_REGISTER_RESPONSE",
+        value_enum,
+        default_value_t = RegisterResponseArg::Assigning
+    )]
     pub(crate) register_response: RegisterResponseArg,
-    /// Retry-After, in seconds, with --register-response assigning.
-    #[arg(long, default_value_t = 2)]
+    /// Retry-After, in seconds (1 to 300), that 202 answers carry.
+    #[arg(
+        long,
+        env = "USHER_RETRY_AFTER",
+        default_value_t = usher_server::app::DEFAULT_RETRY_AFTER_SECS,
+        value_parser = clap::value_parser!(u32).range(1..=300)
+    )]
     pub(crate) retry_after: u32,
 }
 

@@ -43,6 +43,11 @@ fn json(out: &Output) -> Value {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
+    start_logging(dir, extra, Stdio::null())
+}
+
+/// Starts `usher serve` on loopback ports with its log (stderr) going to `log`.
+fn start_logging(dir: &Path, extra: &[&str], log: impl Into<Stdio>) -> Server {
     // Wrapped at once so the child is killed and reaped on every path.
     let server = Server {
         child: Command::new(env!("CARGO_BIN_EXE_usher"))
@@ -55,8 +60,9 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
             ])
             .args(extra)
             .current_dir(dir)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     };
@@ -780,4 +786,104 @@ fn serve_explains_how_to_bind_a_privileged_port() {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("serve neither refused port 443 nor started within 30 s");
+}
+
+/// The host:port of one of the server's listeners, from its runtime file.
+fn listener(dir: &Path, field: &str) -> String {
+    let runtime: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("usher-data/runtime.json")).unwrap(),
+    )
+    .unwrap();
+    let port = runtime[field].as_str().unwrap().rsplit(':').next().unwrap();
+    format!("localhost:{port}")
+}
+
+#[test]
+fn every_transport_logs_a_refused_device_once_at_info_without_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let log_path = dir.join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = start_logging(dir, &["--register-response", "assigned"], log);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    json(&usher(
+        dir,
+        &["enrollment", "create", "--enrollment-id", "log-dev"],
+    ));
+    let wrong_key = "T25lIGtleSBub2JvZHkgZW5yb2xsZWQgZXZlciEhISE=";
+    for (transport, field) in [
+        ("https", "httpsAddr"),
+        ("mqtt", "mqttAddr"),
+        ("mqtt-ws", "httpsAddr"),
+    ] {
+        let out = usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                "log-dev",
+                "--key",
+                wrong_key,
+                "--host",
+                &listener(dir, field),
+                "--ca",
+                &ca,
+                "--transport",
+                transport,
+            ],
+        );
+        assert!(!out.status.success(), "{transport}: a wrong key is refused");
+    }
+    // The log is written as the requests are answered; give the last line a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    for protocol in ["https", "mqtt", "mqtt-ws"] {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("request refused") && l.contains(&format!("protocol=\"{protocol}\""))
+            })
+            .collect();
+        assert_eq!(lines.len(), 1, "one line for {protocol}:\n{text}");
+        assert!(lines[0].contains(" INFO "), "{}", lines[0]);
+        assert!(
+            lines[0].contains("signature does not match"),
+            "the reason is logged: {}",
+            lines[0]
+        );
+    }
+    assert!(!text.contains(wrong_key), "no key in the log");
+    assert!(!text.contains("sig="), "no signature in the log");
+}
+
+#[test]
+fn the_cli_says_how_to_trust_the_servers_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let login = instance["serviceConnectionString"]
+        .as_str()
+        .unwrap()
+        .replace(
+            "HostName=localhost",
+            &format!("HostName={}", listener(dir, "httpsAddr")),
+        );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = usher(elsewhere.path(), &["enrollment", "list", "--login", &login]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for hint in ["--ca", "USHER_CA_CERT", "pki/ca.pem", "UnknownIssuer"] {
+        assert!(stderr.contains(hint), "{hint}: {stderr}");
+    }
+    // With the CA it works.
+    let ca = instance["caCertificate"].as_str().unwrap();
+    ok(&usher(
+        elsewhere.path(),
+        &["enrollment", "list", "--login", &login, "--ca", ca],
+    ));
 }

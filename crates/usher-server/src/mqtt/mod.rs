@@ -17,10 +17,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-pub use session::{Limits, run_session};
+pub use session::{Limits, MAX_PACKET, run_session};
 pub use ws::{PeerAddr, websocket_route};
 
-use crate::app::App;
+use crate::app::{App, Protocol};
 
 /// Runs an MQTT session on a TLS connection.
 pub async fn serve_tls_connection(
@@ -32,5 +32,5 @@ pub async fn serve_tls_connection(
     let (read, write) = tokio::io::split(tls);
     let input = FramedRead::new(read, BytesCodec::new()).map(|r| r.map(bytes::BytesMut::freeze));
     let output = FramedWrite::new(write, BytesCodec::new());
-    run_session(app, input, output, peer, shutdown).await;
+    run_session(app, input, output, peer, Protocol::Mqtt, shutdown).await;
 }

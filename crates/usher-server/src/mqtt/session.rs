@@ -7,19 +7,26 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
+use usher_proto::api_version::Api;
 use usher_proto::mqtt::dps::{self, Request, Username};
 use usher_proto::mqtt::{
     Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, decode, encode,
 };
 
-use crate::app::App;
+use crate::app::{App, Protocol};
 use crate::error::ApiError;
 use crate::registration::{self, DeviceRequest};
+
+/// The largest packet a session reads: the DPS message limit (96 KB, the same on every transport)
+/// for the payload, plus room for the topic and the fixed and variable headers. A larger packet
+/// closes the connection before its body is buffered; a payload over 96 KB inside a packet that
+/// fits is answered 413, as HTTPS answers a body over the limit.
+pub const MAX_PACKET: usize = usher_proto::model::MAX_MESSAGE_BYTES + 4 * 1024;
 
 /// Limits every session enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest packet accepted; a larger one closes the connection. DPS messages are at most 96 KB.
+    /// Largest packet accepted; a larger one closes the connection. See [`MAX_PACKET`].
     pub max_packet: usize,
     /// How long a new connection has to send CONNECT.
     pub connect_timeout: Duration,
@@ -32,7 +39,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_packet: 128 * 1024,
+            max_packet: MAX_PACKET,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30 * 60),
             max_sessions: 10_000,
@@ -57,8 +64,8 @@ enum SessionError {
     ServerPacket(&'static str),
     #[error("CONNECT refused: {0:?}")]
     Refused(ConnectReturnCode),
-    #[error("a PUBLISH to {0:?} without a $rid to answer")]
-    UnanswerablePublish(String),
+    #[error("a PUBLISH to {0:?}, which is not a DPS topic")]
+    NotDpsTopic(String),
     #[error("transport error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -78,6 +85,7 @@ pub async fn run_session<I, O>(
     mut input: I,
     mut output: O,
     peer: SocketAddr,
+    protocol: Protocol,
     shutdown: CancellationToken,
 ) where
     I: Stream<Item = std::io::Result<Bytes>> + Unpin,
@@ -91,7 +99,10 @@ pub async fn run_session<I, O>(
     let limits = app.settings.mqtt;
     let mut session = Session {
         app,
+        peer,
+        protocol,
         connected: None,
+        granted: None,
         next_packet_id: 0,
         buffer: BytesMut::new(),
     };
@@ -122,7 +133,11 @@ async fn refuse_busy<O: Sink<Bytes, Error = std::io::Error> + Unpin>(mut output:
 
 struct Session {
     app: App,
+    peer: SocketAddr,
+    protocol: Protocol,
     connected: Option<Connected>,
+    /// The QoS granted to the response subscription; answers go out at it (never above 1).
+    granted: Option<QoS>,
     next_packet_id: u16,
     buffer: BytesMut,
 }
@@ -197,7 +212,9 @@ impl Session {
                     .iter()
                     .map(|(filter, qos)| {
                         if filter == dps::RESPONSE_FILTER {
-                            (*qos).min(QoS::AtLeastOnce) as u8
+                            let granted = (*qos).min(QoS::AtLeastOnce);
+                            self.granted = Some(granted);
+                            granted as u8
                         } else {
                             0x80
                         }
@@ -267,25 +284,35 @@ impl Session {
                 (status, body, retry_after, request.rid().to_owned())
             }
             Err(e) => {
-                // A request we cannot parse is answered if it names a $rid, else the session ends.
-                let rid = publish
-                    .topic
-                    .split_once("$rid=")
-                    .map(|(_, r)| r.split('&').next().unwrap_or(r).to_owned());
-                let Some(rid) = rid.filter(|r| !r.is_empty()) else {
-                    return Err(SessionError::UnanswerablePublish(publish.topic));
+                // Inside $dps/registrations/ a request DPS cannot serve is answered on its $rid
+                // (empty when it had none, as DPS does); any other topic ends the session.
+                let Some(rid) = e.rid().map(str::to_owned) else {
+                    return Err(SessionError::NotDpsTopic(publish.topic));
                 };
-                let error = ApiError::NoRoute(e.to_string());
-                (error.code().http_status(), json(&error.body()), None, rid)
+                let error = match e {
+                    dps::TopicError::UnknownOperation { .. } => ApiError::NoRoute(e.to_string()),
+                    other => ApiError::InvalidArgument(other.to_string()),
+                };
+                let (status, body, retry_after) = self.refuse(&error);
+                (status, body, retry_after, rid)
             }
         };
-        self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+        // Answers go out at the QoS the subscription was granted (at most 1, as DPS delivers);
+        // before any SUBSCRIBE, at QoS 1 as DPS publishes.
+        let qos = self.granted.unwrap_or(QoS::AtLeastOnce);
+        let packet_id = match qos {
+            QoS::AtMostOnce => None,
+            _ => {
+                self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+                Some(self.next_packet_id)
+            }
+        };
         let response = Publish {
             dup: false,
-            qos: QoS::AtLeastOnce,
+            qos,
             retain: false,
             topic: dps::response_topic(status, &rid, retry_after),
-            packet_id: Some(self.next_packet_id),
+            packet_id,
             payload: body,
         };
         send(output, &Packet::Publish(response)).await?;
@@ -295,10 +322,17 @@ impl Session {
     /// Runs a request through the registration core: (status, JSON body, retry-after).
     async fn answer(&self, request: &Request, payload: &[u8]) -> (u16, Vec<u8>, Option<u32>) {
         let Some(connected) = &self.connected else {
-            return error_answer(&ApiError::Unauthorized(
+            return self.refuse(&ApiError::Unauthorized(
                 crate::error::AuthError::MissingAuthorization,
             ));
         };
+        // The user name's api-version is checked as the HTTPS query's is; one that is absent is
+        // accepted (embedded firmware may leave the query part out).
+        if let Some(version) = &connected.username.api_version
+            && let Err(e) = Api::Device.check(Some(version))
+        {
+            return self.refuse(&e.into());
+        }
         let device = DeviceRequest {
             id_scope: &connected.username.id_scope,
             registration_id: &connected.username.registration_id,
@@ -319,14 +353,15 @@ impl Session {
                 let (code, retry_after) = registration::response_status(&self.app, &status);
                 (code, json(&status), retry_after)
             }
-            Err(e) => error_answer(&e),
+            Err(e) => self.refuse(&e),
         }
     }
-}
 
-fn error_answer(error: &ApiError) -> (u16, Vec<u8>, Option<u32>) {
-    tracing::debug!(error = %error, "MQTT request refused");
-    (error.code().http_status(), json(&error.body()), None)
+    /// Logs a refused request (the same line every transport writes) and renders its answer.
+    fn refuse(&self, error: &ApiError) -> (u16, Vec<u8>, Option<u32>) {
+        error.log(self.protocol, Some(self.peer));
+        (error.code().http_status(), json(&error.body()), None)
+    }
 }
 
 /// Serialises a response body. Our wire types always serialise; should one ever fail, `{}` keeps

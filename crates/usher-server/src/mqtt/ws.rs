@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 
 use super::session::run_session;
-use crate::app::App;
+use crate::app::{App, Protocol};
 use crate::error::ApiError;
 
 /// The peer address of an HTTP connection, added by the accept loop.
@@ -62,5 +62,13 @@ async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
             })
         });
     let shutdown = app.shutdown.clone();
-    run_session(app, Box::pin(input), Box::pin(output), peer, shutdown).await;
+    run_session(
+        app,
+        Box::pin(input),
+        Box::pin(output),
+        peer,
+        Protocol::MqttWs,
+        shutdown,
+    )
+    .await;
 }

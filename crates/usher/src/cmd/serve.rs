@@ -12,7 +12,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let register_response = match args.register_response {
         RegisterResponseArg::Assigned => RegisterResponse::Assigned,
         RegisterResponseArg::Assigning => RegisterResponse::Assigning {
-            retry_after_secs: args.retry_after.clamp(1, 300),
+            retry_after_secs: args.retry_after,
         },
     };
     let mut hostnames = args.hostnames.clone();

@@ -73,7 +73,6 @@ pub struct Settings {
     /// How far past expiry a token is still accepted.
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
-    pub mqtt: crate::mqtt::Limits,
 }
 
 impl Default for Settings {
@@ -83,7 +82,6 @@ impl Default for Settings {
             register_response: RegisterResponse::Assigning {
                 retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
-            mqtt: crate::mqtt::Limits::default(),
         }
     }
 }
@@ -98,8 +96,6 @@ pub struct AppInner {
     /// Host names this instance answers to; service tokens may name any of them.
     pub hostnames: Vec<String>,
     pub settings: Settings,
-    /// Open MQTT sessions (over TLS and WebSockets) are limited to `settings.mqtt.max_sessions`.
-    pub mqtt_sessions: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -118,14 +114,12 @@ impl App {
         hostnames: Vec<String>,
         settings: Settings,
     ) -> Self {
-        let mqtt_sessions = Arc::new(tokio::sync::Semaphore::new(settings.mqtt.max_sessions));
         let shutdown = tokio_util::sync::CancellationToken::new();
         Self(Arc::new(AppInner {
             store,
             instance,
             hostnames,
             settings,
-            mqtt_sessions,
             shutdown,
         }))
     }

@@ -45,6 +45,8 @@ pub enum ApiError {
     BodyTooLarge,
     #[error("the request body could not be read: {0}")]
     BodyUnreadable(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     ApiVersion(#[from] ApiVersionError),
     /// A register body asks for a device certificate, which this Usher does not issue yet.
@@ -99,6 +101,7 @@ impl ApiError {
             Self::InvalidJson(_) => ErrorCode::InvalidJson,
             Self::BodyTooLarge => ErrorCode::RequestEntityTooLarge,
             Self::BodyUnreadable(_) => ErrorCode::BadRequest,
+            Self::BodyTimeout(_) => ErrorCode::RequestTimeout,
             Self::ApiVersion(_) | Self::CertificateIssuanceNotConfigured { .. } => {
                 ErrorCode::ArgumentInvalid
             }

@@ -42,6 +42,16 @@ pub struct ServeConfig {
     /// A certificate chain and key to use instead of the development PKI.
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
+    pub limits: Limits,
+}
+
+/// What the transports enforce on connections, requests and sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Per listener (HTTPS and MQTT each).
+    pub connections: server::ConnectionLimits,
+    pub http: server::HttpLimits,
+    pub mqtt: mqtt::Limits,
 }
 
 /// Why the server could not start.
@@ -65,6 +75,7 @@ pub struct Prepared {
     tls: std::sync::Arc<rustls::ServerConfig>,
     /// The same certificate without ALPN, for MQTT.
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
+    limits: Limits,
     data_dir: PathBuf,
 }
 
@@ -100,6 +111,7 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         overview,
         tls,
         mqtt_tls,
+        limits: config.limits,
         data_dir: config.data_dir,
     })
 }
@@ -140,17 +152,35 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
-        let router = http::router(self.app);
-        let https_task =
-            server::serve_tls(https, self.tls, shutdown.clone(), move |tls, peer, stop| {
-                server::serve_http_connection(tls, peer, router.clone(), stop)
-            });
+        let limits = self.limits;
+        let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
+        let router = http::router(self.app, limits.http, mqtt_endpoint.clone());
+        let https_task = server::serve_tls(
+            https,
+            self.tls,
+            limits.connections,
+            shutdown.clone(),
+            move |tls, peer, stop| {
+                server::serve_http_connection(tls, peer, router.clone(), limits.http, stop)
+            },
+        );
         match mqtt {
             Some(listener) => {
-                let mqtt_task =
-                    server::serve_tls(listener, self.mqtt_tls, shutdown, move |tls, peer, stop| {
-                        mqtt::serve_tls_connection(app.clone(), tls, peer, stop)
-                    });
+                let mqtt_task = server::serve_tls(
+                    listener,
+                    self.mqtt_tls,
+                    limits.connections,
+                    shutdown,
+                    move |tls, peer, stop| {
+                        mqtt::serve_tls_connection(
+                            app.clone(),
+                            mqtt_endpoint.clone(),
+                            tls,
+                            peer,
+                            stop,
+                        )
+                    },
+                );
                 tokio::join!(https_task, mqtt_task);
             }
             None => https_task.await,

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -91,6 +92,51 @@ pub(crate) struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=300)
     )]
     pub(crate) retry_after: u32,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+/// Connection, request and session limits (per listener; see README "Limits").
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LimitArgs {
+    /// Connections one listener serves at once; more wait in the listen backlog.
+    #[arg(long, env = "USHER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+    /// Connections one client address may hold at once on one listener; more are closed at once.
+    #[arg(long, env = "USHER_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections_per_address: u32,
+    /// Time a client has to finish the TLS handshake.
+    #[arg(long, env = "USHER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub(crate) handshake_timeout: Duration,
+    /// Time a client has to send a request's headers, from connecting or from the previous answer
+    /// (so also the idle timeout of a kept-alive HTTPS connection).
+    #[arg(long, env = "USHER_HEADER_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub(crate) header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in (408 after).
+    #[arg(long, env = "USHER_BODY_TIMEOUT", default_value = "30s", value_parser = duration_arg)]
+    pub(crate) body_timeout: Duration,
+    /// Most bytes of request line and headers buffered per HTTPS connection (8192 or more).
+    #[arg(long, env = "USHER_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(8192..=1_048_576))]
+    pub(crate) max_header_bytes: u32,
+    /// Time an MQTT client has from connecting to a complete CONNECT.
+    #[arg(long, env = "USHER_MQTT_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub(crate) mqtt_connect_timeout: Duration,
+    /// The longest silence an MQTT session may keep, whatever keep-alive it asks for (keep-alive
+    /// is enforced at 1.5x the client's value, up to this; keep-alive 0 gets this).
+    #[arg(long, env = "USHER_MQTT_MAX_KEEP_ALIVE", default_value = "20m", value_parser = duration_arg)]
+    pub(crate) mqtt_max_keep_alive: Duration,
+    /// MQTT sessions open at once, over TLS and WebSockets together (over it: CONNACK 3).
+    #[arg(long, env = "USHER_MQTT_MAX_SESSIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) mqtt_max_sessions: u32,
+}
+
+/// A duration flag: a whole number with an optional unit s, m, h or d (at least one second).
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    match usher_proto::ttl::parse_duration(text) {
+        Ok(0) => Err("must be at least 1s".into()),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -21,25 +21,32 @@ use usher_proto::api_version::{self, Api};
 
 use crate::app::{App, Protocol};
 use crate::error::ApiError;
+use crate::server::HttpLimits;
 
 /// Largest request body accepted (the DPS message limit, the same on every transport).
 pub const MAX_BODY: usize = usher_proto::model::MAX_MESSAGE_BYTES;
 
 /// The router for the HTTPS port.
-pub fn router(app: App) -> Router {
+pub fn router(app: App, limits: HttpLimits, mqtt: crate::mqtt::Endpoint) -> Router {
     Router::new()
         .route(
             "/$iothub/websocket",
             axum::routing::get(crate::mqtt::websocket_route),
         )
         .fallback(dispatch)
+        .layer(axum::Extension(limits))
+        .layer(axum::Extension(mqtt))
         .with_state(app)
 }
 
-async fn dispatch(State(app): State<App>, req: Request) -> Response {
+async fn dispatch(
+    State(app): State<App>,
+    axum::Extension(limits): axum::Extension<HttpLimits>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let peer = parts.extensions.get::<crate::mqtt::PeerAddr>().map(|p| p.0);
-    let mut response = match route(&app, &parts, body).await {
+    let mut response = match route(&app, &parts, body, limits).await {
         Ok(response) => response,
         Err(e) => {
             e.log(Protocol::Https, peer);
@@ -59,6 +66,7 @@ async fn route(
     app: &App,
     parts: &axum::http::request::Parts,
     body: Body,
+    limits: HttpLimits,
 ) -> Result<Response, ApiError> {
     let segments = split_path(parts.uri.path())?;
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -75,7 +83,9 @@ async fn route(
             Api::Device | Api::Service => return Err(e.into()),
         });
     }
-    let body = read_body(body).await?;
+    let body = tokio::time::timeout(limits.body_timeout, read_body(body))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
     let ctx = Ctx {
         query: parts.uri.query(),
         app,

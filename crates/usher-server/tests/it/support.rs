@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use usher_device::Credential;
 use usher_device::{Client, Endpoint, Transport};
 use usher_proto::{SymmetricKey, sas};
-use usher_server::{ServeConfig, Settings};
+use usher_server::{Limits, ServeConfig, Settings};
 
 /// The default settings with register answering `200 assigned` at once.
 pub(crate) fn fast() -> Settings {
@@ -51,7 +51,12 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (to test restarts).
     pub(crate) async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Self {
-        Self::start_full(dir, settings, None).await
+        Self::start_full(dir, settings, Limits::default(), None).await
+    }
+
+    /// Starts a server with the fast register answer and the given transport limits.
+    pub(crate) async fn start_with_limits(limits: Limits) -> Self {
+        Self::start_full(tempfile::tempdir().unwrap(), fast(), limits, None).await
     }
 
     /// Starts a server with its own certificate chain and key (PEM files) instead of the
@@ -64,6 +69,7 @@ impl TestServer {
         Self::start_full(
             tempfile::tempdir().unwrap(),
             Settings::default(),
+            Limits::default(),
             Some((cert, key, ca_pem)),
         )
         .await
@@ -72,6 +78,7 @@ impl TestServer {
     async fn start_full(
         dir: tempfile::TempDir,
         settings: Settings,
+        limits: Limits,
         own_tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
     ) -> Self {
         let config = ServeConfig {
@@ -79,6 +86,7 @@ impl TestServer {
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
             tls_cert: own_tls.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             settings,
+            limits,
         };
         let prepared = usher_server::prepare(config).await.unwrap();
         let overview = prepared.overview.clone();

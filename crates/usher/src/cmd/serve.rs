@@ -3,9 +3,10 @@ use std::io::ErrorKind;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_proto::ttl::parse_duration;
-use usher_server::{RegisterResponse, ServeConfig, Settings};
+use usher_server::server::{ConnectionLimits, HttpLimits};
+use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 
-use crate::cli::{RegisterResponseArg, ServeArgs};
+use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let clock_skew_secs = parse_duration(&args.clock_skew).context("invalid --clock-skew")?;
@@ -28,9 +29,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             clock_skew_secs,
             register_response,
-            ..Settings::default()
         },
+        limits: limits(&args.limits),
     };
+    raise_open_file_limit();
     let prepared = usher_server::prepare(config).await?;
     let listener = bind(args.https_addr).await?;
     let mqtt = bind(args.mqtt_addr).await?;
@@ -67,6 +69,36 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     prepared.run(listener, Some(mqtt), shutdown).await?;
     Ok(())
+}
+
+fn limits(a: &LimitArgs) -> Limits {
+    Limits {
+        connections: ConnectionLimits {
+            handshake_timeout: a.handshake_timeout,
+            max_connections: a.max_connections as usize,
+            max_connections_per_address: a.max_connections_per_address as usize,
+        },
+        http: HttpLimits {
+            header_timeout: a.header_timeout,
+            body_timeout: a.body_timeout,
+            max_header_bytes: a.max_header_bytes as usize,
+        },
+        mqtt: usher_server::mqtt::Limits {
+            connect_timeout: a.mqtt_connect_timeout,
+            max_keep_alive: a.mqtt_max_keep_alive,
+            max_sessions: a.mqtt_max_sessions as usize,
+            ..usher_server::mqtt::Limits::default()
+        },
+    }
+}
+
+/// Every connection holds a file descriptor: raise the soft limit to the hard one, so the
+/// connection caps, not the descriptor limit, decide how many are served.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {

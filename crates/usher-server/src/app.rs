@@ -9,6 +9,7 @@ use usher_proto::{IdScope, SymmetricKey};
 use crate::error::ApiError;
 use crate::http::now_text;
 use crate::pki::{self, PkiError, PkiFiles};
+use crate::secrets::KekSource;
 use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
 
 /// The owner policy every instance starts with.
@@ -165,12 +166,17 @@ pub fn new_key(n: usize) -> Result<String, ApiError> {
 pub async fn open_data_dir(
     data_dir: &Path,
     service_host: &str,
+    kek: &KekSource,
 ) -> Result<(Store, Instance), SetupError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| SetupError::DataDir {
+    let private = |source| SetupError::DataDir {
         path: data_dir.to_owned(),
         source,
-    })?;
-    let store = Store::open_sqlite(&data_dir.join(DB_FILE))?;
+    };
+    crate::files::create_private_dir(data_dir).map_err(private)?;
+    // A data directory from before file modes were enforced gets them now.
+    crate::files::restrict_tree(data_dir).map_err(private)?;
+    let kek = kek.load(data_dir, true).map_err(StoreError::from)?;
+    let store = Store::open_sqlite(&data_dir.join(DB_FILE), &kek)?;
     if let Some(instance) = store.instance().await? {
         return Ok((store, instance));
     }
@@ -207,12 +213,16 @@ pub async fn open_data_dir(
 }
 
 /// Opens an existing data directory without creating anything.
-pub async fn open_existing(data_dir: &Path) -> Result<(Store, Instance), SetupError> {
+pub async fn open_existing(
+    data_dir: &Path,
+    kek: &KekSource,
+) -> Result<(Store, Instance), SetupError> {
     let db = data_dir.join(DB_FILE);
     if !db.exists() {
         return Err(SetupError::NoInstance(data_dir.to_owned()));
     }
-    let store = Store::open_sqlite(&db)?;
+    let kek = kek.load(data_dir, false).map_err(StoreError::from)?;
+    let store = Store::open_sqlite(&db, &kek)?;
     let instance = store
         .instance()
         .await?

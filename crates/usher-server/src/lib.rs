@@ -14,12 +14,14 @@
 
 pub mod app;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod hub;
 pub mod management;
 pub mod mqtt;
 pub mod pki;
 pub mod registration;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -43,6 +45,8 @@ pub struct ServeConfig {
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
     pub limits: Limits,
+    /// Where the key-encryption key comes from.
+    pub kek: secrets::KekSource,
 }
 
 /// What the transports enforce on connections, requests and sessions.
@@ -86,7 +90,8 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         .first()
         .cloned()
         .unwrap_or_else(|| "localhost".into());
-    let (store, instance) = app::open_data_dir(&config.data_dir, &service_host).await?;
+    let (store, instance) =
+        app::open_data_dir(&config.data_dir, &service_host, &config.kek).await?;
     app::ensure_hub_policies(&store).await?;
     let (cert, key) = match &config.tls_cert {
         Some((cert, key)) => (cert.clone(), key.clone()),
@@ -142,7 +147,7 @@ impl Prepared {
             "mqttAddr": mqtt_addr.map(|a| a.to_string()),
         })
         .to_string();
-        std::fs::write(&runtime, text).map_err(io)?;
+        files::write_private(&runtime, text.as_bytes()).map_err(io)?;
         tracing::info!(%https_addr, ?mqtt_addr, "serving");
 
         let app = self.app.clone();

@@ -24,6 +24,9 @@ pub(crate) enum Command {
     /// Show a provisioning instance's overview.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Manage the key-encryption key that protects the keys at rest.
+    #[command(subcommand)]
+    Kek(KekCommand),
     /// Manage individual enrollments.
     #[command(subcommand)]
     Enrollment(EnrollmentCommand),
@@ -94,6 +97,34 @@ pub(crate) struct ServeArgs {
     pub(crate) retry_after: u32,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+    #[command(flatten)]
+    pub(crate) kek: KekArgs,
+}
+
+/// Where the key-encryption key (KEK) comes from. Without `--kek-file`: the file named by
+/// `USHER_KEK_FILE`, the key in `USHER_KEK` (base64 of 32 bytes), the systemd credential
+/// `usher-kek`, else the data directory's `kek` file, generated on first run.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KekArgs {
+    /// File holding the key-encryption key (base64 of 32 bytes).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) kek_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KekCommand {
+    /// Re-wrap the instance's data key with a new key-encryption key. A KEK kept in the data
+    /// directory is replaced there; a KEK from elsewhere needs --new-kek-file, which is created
+    /// (with a new random key) if it does not exist. The server may keep running.
+    Rotate {
+        #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
+        /// Where the new KEK is (or is to be written, 0600).
+        #[arg(long, value_name = "FILE")]
+        new_kek_file: Option<PathBuf>,
+    },
 }
 
 /// Connection, request and session limits (per listener; see README "Limits").
@@ -158,6 +189,8 @@ pub(crate) struct Login {
     /// CA certificate (PEM) to trust for the service's TLS certificate.
     #[arg(long, env = "USHER_CA_CERT")]
     pub(crate) ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) kek: KekArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +201,11 @@ pub(crate) enum InstanceCommand {
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Print the connection strings with their keys (hidden otherwise).
+        #[arg(long)]
+        show_keys: bool,
+        #[command(flatten)]
+        kek: KekArgs,
     },
 }
 

@@ -87,6 +87,7 @@ impl TestServer {
             tls_cert: own_tls.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             settings,
             limits,
+            kek: usher_server::secrets::KekSource::default(),
         };
         let prepared = usher_server::prepare(config).await.unwrap();
         let overview = prepared.overview.clone();

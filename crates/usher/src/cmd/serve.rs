@@ -31,6 +31,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             register_response,
         },
         limits: limits(&args.limits),
+        kek: args.kek.source(),
     };
     raise_open_file_limit();
     let prepared = usher_server::prepare(config).await?;
@@ -45,9 +46,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         mqtt.local_addr()?
     );
+    // Keys stay out of the banner, which ends up in journald and container logs.
     println!(
-        "  Service connection string:  {}",
-        o.service_connection_string
+        "  Service connection string:  usher instance show --show-keys --data-dir {}",
+        args.data_dir.display()
     );
     if let Some(ca) = &o.ca_certificate {
         println!("  CA certificate:             {ca}");
@@ -57,8 +59,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "  Hub:                        {} ({}, weight {})",
             hub.name, hub.hostname, hub.weight
         );
-        if let Some(cs) = &hub.connection_string {
-            println!("    Hub connection string:    {cs}");
+        if hub.connection_string.is_some() {
+            println!("    Hub connection string:    usher instance show --show-keys");
         }
     }
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -74,6 +74,8 @@ pub struct Settings {
     /// How far past expiry a token is still accepted.
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
+    /// Failed-attestation budgets.
+    pub throttle: crate::throttle::ThrottleSettings,
 }
 
 impl Default for Settings {
@@ -83,6 +85,7 @@ impl Default for Settings {
             register_response: RegisterResponse::Assigning {
                 retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
+            throttle: crate::throttle::ThrottleSettings::default(),
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct AppInner {
     /// Host names this instance answers to; service tokens may name any of them.
     pub hostnames: Vec<String>,
     pub settings: Settings,
+    /// The failed-attestation budgets of every client address and registration ID.
+    pub throttle: crate::throttle::Throttle,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -116,11 +121,13 @@ impl App {
         settings: Settings,
     ) -> Self {
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let throttle = crate::throttle::Throttle::new(settings.throttle);
         Self(Arc::new(AppInner {
             store,
             instance,
             hostnames,
             settings,
+            throttle,
             shutdown,
         }))
     }

@@ -88,6 +88,11 @@ pub enum ApiError {
     NoRoute(String),
     #[error("{0} is not allowed on this path")]
     MethodNotAllowed(String),
+    #[error("too many failed attestations for this {}; retry after {retry_after_secs} s", by.as_str())]
+    Throttled {
+        by: crate::throttle::ThrottledBy,
+        retry_after_secs: u32,
+    },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
 }
@@ -123,6 +128,7 @@ impl ApiError {
             Self::EtagMismatch => ErrorCode::PreconditionFailed,
             Self::NoRoute(_) => ErrorCode::RouteNotFound,
             Self::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Self::Throttled { .. } => ErrorCode::Throttled,
             Self::Store(_) => ErrorCode::InternalServerError,
         }
     }
@@ -132,6 +138,16 @@ impl ApiError {
         match self {
             Self::Unauthorized(_) | Self::Store(_) => self.code().message().to_owned(),
             other => other.to_string(),
+        }
+    }
+
+    /// The Retry-After that goes with this error, in seconds.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Throttled {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 
@@ -157,7 +173,7 @@ impl ApiError {
         let protocol = protocol.as_str();
         match self {
             Self::Store(_) => tracing::error!(protocol, peer, error = %self, "request failed"),
-            Self::Unauthorized(_) | Self::MissingRight { .. } => {
+            Self::Unauthorized(_) | Self::MissingRight { .. } | Self::Throttled { .. } => {
                 tracing::info!(protocol, peer, error = %self, "request refused");
             }
             _ => tracing::debug!(protocol, peer, error = %self, "request refused"),
@@ -192,6 +208,9 @@ impl IntoResponse for ApiError {
         }
         if let Ok(v) = HeaderValue::from_str(&code.name()) {
             headers.insert("x-ms-error-code", v);
+        }
+        if let Some(secs) = self.retry_after() {
+            headers.insert("retry-after", HeaderValue::from(secs));
         }
         response
     }

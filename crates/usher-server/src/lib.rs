@@ -24,6 +24,7 @@ pub mod registration;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -25,6 +25,8 @@ pub struct DeviceRequest<'a> {
     pub registration_id: &'a str,
     /// The SAS token (HTTP `Authorization`, MQTT password).
     pub authorization: Option<&'a str>,
+    /// The client's address, for the failure budget (`throttle`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The enrollment a device proved it belongs to.
@@ -312,14 +314,32 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
     }
 }
 
+/// Attests a device, within the failure budgets of its address and registration ID: a request
+/// whose budget is spent is refused (429) before any key is looked at, and a refused credential
+/// spends from both budgets.
+async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+    if let Err((by, retry_after_secs)) = app.throttle.check(req.peer, req.registration_id) {
+        return Err(ApiError::Throttled {
+            by,
+            retry_after_secs,
+        });
+    }
+    let result = check_credential(app, req).await;
+    if let Err(ApiError::Unauthorized(_)) = &result {
+        app.throttle.failed(req.peer, req.registration_id);
+    }
+    result
+}
+
 /// Checks the device's token against its individual enrollment (primary, then secondary key) or,
 /// if it has none, against every symmetric-key group (keys derived from the group's primary, then
 /// secondary key, with the registration ID as the device spelled it).
-async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
     let DeviceRequest {
         id_scope,
         registration_id,
         authorization,
+        peer: _,
     } = req;
     let registration_id =
         RegistrationId::parse(registration_id).map_err(ApiError::InvalidRegistrationId)?;

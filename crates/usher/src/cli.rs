@@ -97,6 +97,13 @@ pub(crate) struct ServeArgs {
     pub(crate) retry_after: u32,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+    /// Failed attestations a client address may have per minute before it is answered 429 (all may
+    /// come at once).
+    #[arg(long, env = "USHER_AUTH_FAILURES_PER_ADDRESS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) auth_failures_per_address: u32,
+    /// Failed attestations a registration ID may have per minute before it is answered 429.
+    #[arg(long, env = "USHER_AUTH_FAILURES_PER_REGISTRATION", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) auth_failures_per_registration: u32,
     #[command(flatten)]
     pub(crate) kek: KekArgs,
 }

@@ -46,7 +46,7 @@ async fn dispatch(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let peer = parts.extensions.get::<crate::mqtt::PeerAddr>().map(|p| p.0);
-    let mut response = match route(&app, &parts, body, limits).await {
+    let mut response = match route(&app, &parts, body, limits, peer).await {
         Ok(response) => response,
         Err(e) => {
             e.log(Protocol::Https, peer);
@@ -67,6 +67,7 @@ async fn route(
     parts: &axum::http::request::Parts,
     body: Body,
     limits: HttpLimits,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Response, ApiError> {
     let segments = split_path(parts.uri.path())?;
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -88,6 +89,7 @@ async fn route(
         .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
     let ctx = Ctx {
         query: parts.uri.query(),
+        peer,
         app,
         method: &parts.method,
         headers: &parts.headers,
@@ -103,6 +105,7 @@ async fn route(
 /// What a route handler sees of the request.
 pub(crate) struct Ctx<'a> {
     pub(crate) app: &'a App,
+    pub(crate) peer: Option<std::net::SocketAddr>,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) query: Option<&'a str>,

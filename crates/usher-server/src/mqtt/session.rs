@@ -378,6 +378,7 @@ impl Session {
             id_scope: &connected.username.id_scope,
             registration_id: &connected.username.registration_id,
             authorization: connected.password.as_deref(),
+            peer: Some(self.peer.ip()),
         };
         let result = match request {
             Request::Register { .. } => match registration::parse_registration_body(payload) {
@@ -401,7 +402,11 @@ impl Session {
     /// Logs a refused request (the same line every transport writes) and renders its answer.
     fn refuse(&self, error: &ApiError) -> (u16, Vec<u8>, Option<u32>) {
         error.log(self.protocol, Some(self.peer));
-        (error.code().http_status(), json(&error.body()), None)
+        (
+            error.code().http_status(),
+            json(&error.body()),
+            error.retry_after(),
+        )
     }
 }
 

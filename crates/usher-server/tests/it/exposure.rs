@@ -60,8 +60,22 @@ async fn closed_within<R: tokio::io::AsyncRead + Unpin>(io: &mut R, within: Dura
     }
 }
 
-/// A legitimate device, from an address of its own (127.0.0.2), registers.
+/// A legitimate device, from an address of its own (127.0.0.2), registers over HTTPS, and one
+/// registers over MQTT through the device library.
 async fn a_device_still_registers(s: &TestServer, id: &str) {
+    a_device_registers_from_another_address(s, id).await;
+    let (key, _) = s.enroll(&format!("{id}-mqtt"), json!({})).await;
+    let cred = Credential::individual(&format!("{id}-mqtt"), &key).unwrap();
+    let result = s
+        .client_over(usher_device::Transport::Mqtt)
+        .provision(&cred, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(result.status, RegistrationStatus::Assigned);
+}
+
+/// A legitimate device, from an address of its own (127.0.0.2), registers over HTTPS.
+async fn a_device_registers_from_another_address(s: &TestServer, id: &str) {
     let (key, _) = s.enroll(id, json!({})).await;
     let http = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&s.ca_pem).unwrap()])
@@ -83,14 +97,6 @@ async fn a_device_still_registers(s: &TestServer, id: &str) {
     assert_eq!(response.status(), 200, "{id}");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "assigned");
-    // And over MQTT, through the device library.
-    let cred = Credential::individual(id, &key).unwrap();
-    let result = s
-        .client_over(usher_device::Transport::Mqtt)
-        .provision(&cred, None, |_| {})
-        .await
-        .unwrap();
-    assert_eq!(result.status, RegistrationStatus::Assigned);
 }
 
 #[tokio::test]
@@ -296,4 +302,82 @@ async fn http2_is_refused_without_alpn() {
     let tls = tls_connect(&s, s.addr.port(), &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     a_device_still_registers(&s, "after-h2").await;
+}
+
+#[tokio::test]
+async fn failed_attestations_are_throttled_per_address_and_per_registration_id() {
+    let s = TestServer::start_with(usher_server::Settings {
+        throttle: usher_server::throttle::ThrottleSettings {
+            failures_per_address: 60,
+            failures_per_registration: 30,
+        },
+        ..crate::support::fast()
+    })
+    .await;
+    let (key, _) = s.enroll("victim", json!({})).await;
+    let wrong = "V3Jvbmcga2V5IGZvciB0aGUgdGhyb3R0bGUgdGVzdCE=";
+    let register = |id: &str| format!("/{}/registrations/{id}/register", s.scope);
+    // Thirty bad tokens for one registration ID are refused as usual...
+    for _ in 0..30 {
+        let (status, _, body) = s
+            .device_request(
+                reqwest::Method::PUT,
+                &register("victim"),
+                Some(&s.token("victim", wrong)),
+                Some(b"{}".to_vec()),
+            )
+            .await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // ...then that ID is answered 429 with Retry-After, before any key is checked.
+    let (status, headers, body) = s
+        .device_request(
+            reqwest::Method::PUT,
+            &register("victim"),
+            Some(&s.token("victim", &key)),
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    crate::support::assert_error(status, &headers, &body, 429, 429_001);
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("registration ID")
+    );
+    // Over MQTT too, with retry-after on the response topic.
+    let cred = Credential::individual("victim", &key).unwrap();
+    let err = s
+        .client_over(usher_device::Transport::Mqtt)
+        .provision(&cred, None, |_| {})
+        .await;
+    assert!(format!("{err:?}").contains("429"), "{err:?}");
+    // The budget refills: after Retry-After the right key works again.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let result = s
+        .device_client()
+        .provision(&cred, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(result.status, RegistrationStatus::Assigned);
+
+    // Bad tokens for many registration IDs from one address: the address's budget (60, of which
+    // 30 are spent above) runs out; another address is not affected.
+    let mut last = 0;
+    for n in 0..40 {
+        let id = format!("nobody-{n}");
+        let (status, _, _) = s
+            .device_request(
+                reqwest::Method::PUT,
+                &register(&id),
+                Some(&s.token(&id, wrong)),
+                Some(b"{}".to_vec()),
+            )
+            .await;
+        last = status.as_u16();
+    }
+    assert_eq!(last, 429, "the address's budget is spent");
+    a_device_registers_from_another_address(&s, "other-address").await;
 }

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_proto::ttl::parse_duration;
 use usher_server::server::{ConnectionLimits, HttpLimits};
+use usher_server::throttle::ThrottleSettings;
 use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 
 use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
@@ -29,6 +30,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             clock_skew_secs,
             register_response,
+            throttle: ThrottleSettings {
+                failures_per_address: args.auth_failures_per_address,
+                failures_per_registration: args.auth_failures_per_registration,
+            },
         },
         limits: limits(&args.limits),
         kek: args.kek.source(),

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod error;
 pub mod files;
 pub mod http;
@@ -158,6 +159,10 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
+        tokio::spawn(audit::prune_periodically(
+            self.app.clone(),
+            self.app.settings.audit_retention,
+        ));
         let limits = self.limits;
         let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
         let router = http::router(self.app, limits.http, mqtt_endpoint.clone());

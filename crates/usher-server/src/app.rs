@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use usher_proto::{IdScope, SymmetricKey};
 
+use crate::clock::now_text;
 use crate::error::ApiError;
-use crate::http::now_text;
 use crate::pki::{self, PkiError, PkiFiles};
 use crate::secrets::KekSource;
 use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
@@ -78,6 +78,8 @@ pub struct Settings {
     pub throttle: crate::throttle::ThrottleSettings,
     /// How long audit entries are kept.
     pub audit_retention: std::time::Duration,
+    /// How custom allocation webhooks are called.
+    pub webhook: crate::webhook::WebhookSettings,
 }
 
 impl Default for Settings {
@@ -89,6 +91,7 @@ impl Default for Settings {
             },
             throttle: crate::throttle::ThrottleSettings::default(),
             audit_retention: crate::audit::DEFAULT_RETENTION,
+            webhook: crate::webhook::WebhookSettings::default(),
         }
     }
 }
@@ -208,6 +211,7 @@ pub async fn open_data_dir(
         apply_allocation_policy: true,
         builtin: true,
         created: created.clone(),
+        location: None,
     };
     let first = Bootstrap {
         instance: Instance {

@@ -12,12 +12,14 @@
 //! - [`error_code`]: the one catalogue of six-digit DPS error codes and their HTTP statuses.
 //! - [`service`]: the management-API wire model (enrollments, groups, attestation).
 //! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
+//! - [`amqp`]: the DPS grammar inside AMQP 1.0 (SASL PLAIN identity, link addresses, request properties).
 //! - [`mqtt`]: a sans-IO MQTT 3.1.1 codec for the subset DPS uses, and the DPS topic grammar.
 //! - [`query`]: the management API's query language (DPS's `SELECT *`, plus `WHERE` filters).
 //! - [`ttl`]: human durations (`90s`, `15m`, `1h`, `7d`) for token lifetimes.
 #![forbid(unsafe_code)]
 
 pub mod allocation;
+pub mod amqp;
 pub mod error_code;
 pub mod ids;
 pub mod keys;

@@ -45,6 +45,7 @@ pub struct Settings {
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
     pub mqtt: crate::mqtt::Limits,
+    pub amqp: crate::amqp::Limits,
 }
 
 impl Default for Settings {
@@ -53,6 +54,7 @@ impl Default for Settings {
             clock_skew_secs: 300,
             register_response: RegisterResponse::Assigned,
             mqtt: crate::mqtt::Limits::default(),
+            amqp: crate::amqp::Limits::default(),
         }
     }
 }
@@ -69,6 +71,9 @@ pub struct AppInner {
     pub settings: Settings,
     /// Open MQTT sessions (over TLS and WebSockets) are limited to `settings.mqtt.max_sessions`.
     pub mqtt_sessions: Arc<tokio::sync::Semaphore>,
+    /// Open AMQP connections (over TLS and WebSockets) are limited to
+    /// `settings.amqp.max_connections`.
+    pub amqp_connections: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -88,6 +93,8 @@ impl App {
         settings: Settings,
     ) -> Self {
         let mqtt_sessions = Arc::new(tokio::sync::Semaphore::new(settings.mqtt.max_sessions));
+        let amqp_connections =
+            Arc::new(tokio::sync::Semaphore::new(settings.amqp.max_connections));
         let shutdown = tokio_util::sync::CancellationToken::new();
         Self(Arc::new(AppInner {
             store,
@@ -95,6 +102,7 @@ impl App {
             hostnames,
             settings,
             mqtt_sessions,
+            amqp_connections,
             shutdown,
         }))
     }

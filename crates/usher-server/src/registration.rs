@@ -231,6 +231,13 @@ pub async fn registration_status(
     Ok(registration_result(&record))
 }
 
+/// Checks a device's credentials without acting on them. AMQP devices present their token once,
+/// at SASL, and DPS refuses a connection whose token does not attest (`device-protocol.md` §6);
+/// every request is still checked again by [`register`] and [`operation_status`].
+pub async fn authenticate(app: &App, req: DeviceRequest<'_>) -> Result<(), ApiError> {
+    attest(app, req).await.map(|_| ())
+}
+
 /// Parses a register body (DeviceRegistration JSON); an empty or blank body reads as `{}`.
 pub fn parse_registration_body(body: &[u8]) -> Result<DeviceRegistration, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {

@@ -1,5 +1,5 @@
 //! The TLS accept loop: our own, rather than `axum::serve`, so that TLS uses our `ServerConfig`,
-//! handshakes time out, connections are limited, and HTTPS and MQTT share one shape.
+//! handshakes time out, connections are limited, and HTTPS, MQTT and AMQP share one shape.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,7 +74,7 @@ pub async fn serve_tls<H, F>(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
 }
 
-/// Serves HTTP/1.1 (with upgrades, for MQTT over WebSockets) on one TLS connection.
+/// Serves HTTP/1.1 (with upgrades, for MQTT and AMQP over WebSockets) on one TLS connection.
 pub async fn serve_http_connection(
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
@@ -82,7 +82,7 @@ pub async fn serve_http_connection(
     shutdown: CancellationToken,
 ) {
     let service =
-        TowerToHyperService::new(router.layer(axum::Extension(crate::mqtt::PeerAddr(peer))));
+        TowerToHyperService::new(router.layer(axum::Extension(crate::websocket::PeerAddr(peer))));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);

@@ -53,12 +53,15 @@ pub(crate) struct ServeArgs {
     /// Where the database, the development PKI and the runtime file live.
     #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
     pub(crate) data_dir: PathBuf,
-    /// Address for HTTPS (device API, management API, MQTT over WebSockets).
+    /// Address for HTTPS (device API, management API, MQTT and AMQP over WebSockets).
     #[arg(long, env = "USHER_HTTPS_ADDR", default_value = "0.0.0.0:443")]
     pub(crate) https_addr: SocketAddr,
     /// Address for MQTT over TLS (device API).
     #[arg(long, env = "USHER_MQTT_ADDR", default_value = "0.0.0.0:8883")]
     pub(crate) mqtt_addr: SocketAddr,
+    /// Address for AMQP 1.0 over TLS (device API).
+    #[arg(long, env = "USHER_AMQP_ADDR", default_value = "0.0.0.0:5671")]
+    pub(crate) amqp_addr: SocketAddr,
     /// Extra host names (or IP addresses) for the server certificate. localhost, 127.0.0.1 and ::1
     /// are always included; the first name given becomes the service host name on first run.
     #[arg(long = "hostname", value_name = "NAME")]
@@ -379,7 +382,7 @@ pub(crate) struct ProvisionArgs {
     /// An enrollment group's key (base64); the device key is derived from it.
     #[arg(long)]
     pub(crate) group_key: Option<String>,
-    /// The service host, optionally with :port (default port: 443, or 8883 for mqtt).
+    /// The service host, optionally with :port (default port: 443, 8883 for mqtt, 5671 for amqp).
     #[arg(long, default_value = "localhost")]
     pub(crate) host: String,
     /// How the device talks to the service.
@@ -404,6 +407,10 @@ pub(crate) enum TransportArg {
     Mqtt,
     /// MQTT over WebSockets (port 443, /$iothub/websocket).
     MqttWs,
+    /// AMQP 1.0 over TLS (port 5671).
+    Amqp,
+    /// AMQP over WebSockets (port 443, /$iothub/websocket).
+    AmqpWs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -52,6 +52,8 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
                 "127.0.0.1:0",
                 "--mqtt-addr",
                 "127.0.0.1:0",
+                "--amqp-addr",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .current_dir(dir)
@@ -420,7 +422,15 @@ fn serve_reports_a_port_in_use() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = usher(
         tmp.path(),
-        &["serve", "--https-addr", &addr, "--mqtt-addr", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--https-addr",
+            &addr,
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--amqp-addr",
+            "127.0.0.1:0",
+        ],
     );
 
     assert!(!out.status.success());
@@ -727,6 +737,8 @@ fn serve_explains_how_to_bind_a_privileged_port() {
         "--https-addr",
         "127.0.0.1:443",
         "--mqtt-addr",
+        "127.0.0.1:0",
+        "--amqp-addr",
         "127.0.0.1:0",
     ];
     let is_root = Command::new("id")

@@ -28,7 +28,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route(
             "/$iothub/websocket",
-            axum::routing::get(crate::mqtt::websocket_route),
+            axum::routing::get(crate::websocket::websocket_route),
         )
         .fallback(dispatch)
         .with_state(app)

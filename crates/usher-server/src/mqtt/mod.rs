@@ -18,7 +18,7 @@ use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 pub use session::{Limits, run_session};
-pub use ws::{PeerAddr, websocket_route};
+pub(crate) use ws::session as websocket_session;
 
 use crate::app::App;
 

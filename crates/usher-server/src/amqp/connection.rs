@@ -1,0 +1,244 @@
+//! One AMQP connection: SASL PLAIN, the open deadline, the device's credentials checked by the
+//! registration core, and a task per session.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
+use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SaslAcceptor, SessionAcceptor};
+use fe2o3_amqp::types::definitions::{self, AmqpError};
+use fe2o3_amqp::types::primitives::{Array, Symbol};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use usher_proto::amqp::{self as dps, DeviceIdentity};
+
+use super::session;
+use crate::app::App;
+use crate::error::ApiError;
+use crate::registration::{self, DeviceRequest};
+
+/// The only SASL mechanism DPS offers devices with symmetric keys.
+const PLAIN: &str = "PLAIN";
+/// Frames (and session frames) buffered between fe2o3's engine tasks and ours. Small, so that a
+/// peer that floods is slowed down by TCP back-pressure instead of filling memory.
+pub(super) const BUFFER: usize = 64;
+/// How long a close may wait for the peer's Close or Detach.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a device presented at SASL: who it says it is and its SAS token.
+#[derive(Clone)]
+pub(super) struct Device {
+    pub(super) identity: DeviceIdentity,
+    pub(super) token: String,
+}
+
+impl std::fmt::Debug for Device {
+    /// The token never reaches `Debug` output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// The registration core's view of this device's requests.
+    pub(super) fn request(&self) -> DeviceRequest<'_> {
+        DeviceRequest {
+            id_scope: &self.identity.id_scope,
+            registration_id: &self.identity.registration_id,
+            authorization: Some(&self.token),
+        }
+    }
+}
+
+/// SASL PLAIN for one connection: the initial response is parsed (`usher_proto::amqp`) and kept
+/// for the connection task, which checks it once the connection is open. fe2o3-amqp's acceptor
+/// asks synchronously, so no token can be verified here (that needs the store); a user name that
+/// is not `{idScope}/registrations/{registrationId}` is refused at once.
+#[derive(Clone, Default)]
+struct DeviceSasl(Arc<Mutex<Option<Device>>>);
+
+impl DeviceSasl {
+    fn take(&self) -> Option<Device> {
+        self.0.lock().ok().and_then(|mut d| d.take())
+    }
+
+    fn outcome(code: SaslCode) -> SaslServerFrame {
+        SaslServerFrame::Outcome(SaslOutcome {
+            code,
+            additional_data: None,
+        })
+    }
+}
+
+impl SaslAcceptor for DeviceSasl {
+    fn mechanisms(&self) -> Array<Symbol> {
+        Array::from(vec![Symbol::from(PLAIN)])
+    }
+
+    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+        if init.mechanism.as_str() != PLAIN {
+            tracing::debug!(mechanism = %init.mechanism.as_str(), "SASL mechanism refused");
+            return Self::outcome(SaslCode::Auth);
+        }
+        let response = init.initial_response.map(|r| r.into_vec()).unwrap_or_default();
+        let device = dps::parse_sasl_plain(&response).and_then(|plain| {
+            Ok(Device {
+                identity: dps::parse_identity(plain.authcid)?,
+                token: plain.password.to_owned(),
+            })
+        });
+        match device {
+            Ok(device) => {
+                if let Ok(mut slot) = self.0.lock() {
+                    *slot = Some(device);
+                }
+                Self::outcome(SaslCode::Ok)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "SASL PLAIN refused");
+                Self::outcome(SaslCode::Auth)
+            }
+        }
+    }
+
+    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
+        // PLAIN has no challenge, so there is nothing to respond to.
+        Self::outcome(SaslCode::Auth)
+    }
+}
+
+/// Serves one AMQP connection over any byte stream (TLS, or a WebSocket) until the device closes
+/// it, misbehaves, or `shutdown` is cancelled.
+pub async fn serve<Io>(app: App, io: Io, peer: SocketAddr, shutdown: CancellationToken)
+where
+    Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    let Ok(_permit) = Arc::clone(&app.amqp_connections).try_acquire_owned() else {
+        tracing::warn!(%peer, "AMQP connection limit reached");
+        return;
+    };
+    let limits = app.settings.amqp;
+    let sasl = DeviceSasl::default();
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id("usher")
+        .max_frame_size(limits.max_frame_size)
+        .session_max(limits.max_sessions)
+        .idle_time_out(u32::try_from(limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
+        .buffer_size(BUFFER)
+        .sasl_acceptor(sasl.clone())
+        .build();
+    let mut connection =
+        match tokio::time::timeout(limits.open_timeout, acceptor.accept(io)).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "AMQP connection not opened");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, timeout = ?limits.open_timeout, "AMQP connection not opened in time");
+                return;
+            }
+        };
+    let Some(device) = sasl.take() else {
+        // The acceptor only opens after a successful SASL outcome, which stores the device.
+        close(&mut connection, Some(amqp_error(AmqpError::InternalError, None))).await;
+        return;
+    };
+    // DPS checks a symmetric-key device's token when the connection opens and refuses it with
+    // the error JSON as the description (`device-protocol.md` §6).
+    if let Err(e) = registration::authenticate(&app, device.request()).await {
+        tracing::info!(%peer, device = ?device.identity, error = %e, "AMQP connection refused");
+        close(&mut connection, Some(error_for(&e))).await;
+        return;
+    }
+    tracing::debug!(%peer, device = ?device.identity, "AMQP connection opened");
+
+    let device = Arc::new(device);
+    let mut sessions = JoinSet::new();
+    let mut reason = None;
+    loop {
+        tokio::select! {
+            incoming = connection.next_incoming_session() => {
+                let Some(incoming) = incoming else { break };
+                // fe2o3 already refuses a Begin beyond channel-max; this is the same limit,
+                // counted where a refusal can say why.
+                if sessions.len() >= usize::from(limits.max_sessions) {
+                    reason = Some(amqp_error(
+                        AmqpError::ResourceLimitExceeded,
+                        Some(format!("at most {} sessions per connection", limits.max_sessions)),
+                    ));
+                    break;
+                }
+                let acceptor = SessionAcceptor::builder()
+                    .handle_max(limits.max_links.saturating_sub(1))
+                    .buffer_size(BUFFER)
+                    .build();
+                match acceptor.accept_incoming_session(incoming, &mut connection).await {
+                    Ok(handle) => {
+                        sessions.spawn(session::run(app.clone(), Arc::clone(&device), handle, limits, peer));
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, error = %e, "AMQP session not begun");
+                        break;
+                    }
+                }
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    close(&mut connection, reason).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    sessions.abort_all();
+    tracing::debug!(%peer, "AMQP connection ended");
+}
+
+/// Closes the connection (with an error, if any), waiting a little for the peer's Close.
+async fn close(connection: &mut ListenerConnectionHandle, error: Option<definitions::Error>) {
+    let closing = async {
+        match error {
+            Some(error) => connection.close_with_error(error).await,
+            None => connection.close().await,
+        }
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        tracing::debug!(error = %e, "AMQP connection closed with an error");
+    }
+}
+
+pub(super) fn amqp_error(condition: AmqpError, description: Option<String>) -> definitions::Error {
+    definitions::Error::new(condition, description, None)
+}
+
+/// The AMQP error a refused request (or connection) gets: the condition the SDKs map to the same
+/// class of failure as the HTTP status, and the DPS error JSON as the description.
+pub(super) fn error_for(error: &ApiError) -> definitions::Error {
+    let code = error.code();
+    let status = code.http_status();
+    if status >= 500 {
+        tracing::error!(error = %error, "AMQP request failed");
+    } else {
+        tracing::debug!(error = %error, "AMQP request refused");
+    }
+    let condition: definitions::ErrorCondition = match status {
+        401 | 403 => AmqpError::UnauthorizedAccess.into(),
+        404 => AmqpError::NotFound.into(),
+        // Retryable for Node (ThrottlingError, InternalServerError): it registers again later.
+        429 => definitions::ErrorCondition::Custom(Symbol::from(
+            "com.microsoft:device-container-throttled",
+        )),
+        s if s >= 500 => AmqpError::InternalError.into(),
+        412 => definitions::ErrorCondition::Custom(Symbol::from("com.microsoft:precondition-failed")),
+        _ => definitions::ErrorCondition::Custom(Symbol::from("com.microsoft:argument-error")),
+    };
+    let description = serde_json::to_string(&error.body()).unwrap_or_else(|_| code.name());
+    definitions::Error::new(condition, Some(description), None)
+}

@@ -335,7 +335,9 @@ impl WsStream {
         let input: WsInput = Box::pin(stream.filter_map(|m| {
             std::future::ready(match m {
                 Ok(WsMessage::Binary(b)) => Some(Ok(b)),
-                Ok(WsMessage::Close(_)) => Some(Err(io::Error::from(io::ErrorKind::ConnectionAborted))),
+                Ok(WsMessage::Close(_)) => {
+                    Some(Err(io::Error::from(io::ErrorKind::ConnectionAborted)))
+                }
                 Ok(_) => None,
                 Err(e) => Some(Err(io::Error::other(e))),
             })

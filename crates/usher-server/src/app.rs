@@ -93,8 +93,7 @@ impl App {
         settings: Settings,
     ) -> Self {
         let mqtt_sessions = Arc::new(tokio::sync::Semaphore::new(settings.mqtt.max_sessions));
-        let amqp_connections =
-            Arc::new(tokio::sync::Semaphore::new(settings.amqp.max_connections));
+        let amqp_connections = Arc::new(tokio::sync::Semaphore::new(settings.amqp.max_connections));
         let shutdown = tokio_util::sync::CancellationToken::new();
         Self(Arc::new(AppInner {
             store,

@@ -19,15 +19,25 @@ fn sasl_plain_of_every_sdk() {
     assert_eq!(plain.password, "SharedAccessSignature sr=x&sig=y&se=1");
     let with_authzid = parse_sasl_plain(b"admin\0user\0pw").unwrap();
     assert_eq!(with_authzid.authzid, "admin");
-    assert!(!format!("{with_authzid:?}").contains("pw"), "no password in Debug");
+    assert!(
+        !format!("{with_authzid:?}").contains("pw"),
+        "no password in Debug"
+    );
 }
 
 #[test]
 fn bad_sasl_plain() {
     for bad in [&b""[..], b"user", b"\0user", b"\0\0pw", b"a\0b\0c\0d"] {
-        assert_eq!(parse_sasl_plain(bad), Err(AmqpDpsError::BadPlainResponse), "{bad:?}");
+        assert_eq!(
+            parse_sasl_plain(bad),
+            Err(AmqpDpsError::BadPlainResponse),
+            "{bad:?}"
+        );
     }
-    assert_eq!(parse_sasl_plain(b"\0\xff\0pw"), Err(AmqpDpsError::PlainNotText));
+    assert_eq!(
+        parse_sasl_plain(b"\0\xff\0pw"),
+        Err(AmqpDpsError::PlainNotText)
+    );
 }
 
 #[test]
@@ -49,7 +59,10 @@ fn identities() {
         "0ne00000001/devices/dev",
         "0ne00000001/registrations/dev/extra",
     ] {
-        assert!(matches!(parse_identity(bad), Err(AmqpDpsError::BadIdentity(_))), "{bad:?}");
+        assert!(
+            matches!(parse_identity(bad), Err(AmqpDpsError::BadIdentity(_))),
+            "{bad:?}"
+        );
     }
     assert!(identity("0NE00000001", "DEV").same_device(&identity("0ne00000001", "dev")));
     assert!(!identity("0ne00000001", "dev").same_device(&identity("0ne00000002", "dev")));
@@ -89,7 +102,10 @@ fn link_addresses_of_node_and_c() {
         "amqps://localhost/0ne00000001/registrations/dev/x",
         "$cbs",
     ] {
-        assert!(matches!(parse_link_address(bad), Err(AmqpDpsError::BadAddress(_))), "{bad:?}");
+        assert!(
+            matches!(parse_link_address(bad), Err(AmqpDpsError::BadAddress(_))),
+            "{bad:?}"
+        );
     }
 }
 
@@ -121,10 +137,15 @@ fn requests() {
         parse_request(Some(GET_OPERATION_STATUS), Some(""), None),
         Err(AmqpDpsError::MissingOperationId)
     );
-    assert_eq!(parse_request(None, Some("x"), None), Err(AmqpDpsError::MissingOperationType));
+    assert_eq!(
+        parse_request(None, Some("x"), None),
+        Err(AmqpDpsError::MissingOperationType)
+    );
     assert_eq!(
         parse_request(Some("iotdps-get-registration"), None, None),
-        Err(AmqpDpsError::UnknownOperationType("iotdps-get-registration".into()))
+        Err(AmqpDpsError::UnknownOperationType(
+            "iotdps-get-registration".into()
+        ))
     );
 }
 
@@ -146,5 +167,68 @@ proptest! {
         prop_assert_eq!(parsed.host.as_deref(), Some(host.as_str()));
         prop_assert_eq!(parsed.identity, identity(&scope, &id));
         prop_assert_eq!(parse_identity(&relative).unwrap(), identity(&scope, &id));
+    }
+}
+
+/// A frame of `size` bytes (size field included), all zero after the header.
+fn frame(size: u32) -> Vec<u8> {
+    let mut f = size.to_be_bytes().to_vec();
+    f.extend_from_slice(&[2, 0, 0, 0]);
+    f.resize(size as usize, 0);
+    f
+}
+
+#[test]
+fn frame_guard_follows_a_whole_connection_in_any_pieces() {
+    let mut stream = b"AMQP\x03\x01\x00\x00".to_vec();
+    stream.extend(frame(40)); // sasl-init
+    stream.extend(b"AMQP\x00\x01\x00\x00");
+    stream.extend(frame(8)); // an empty (heartbeat) frame
+    stream.extend(frame(300));
+    stream.extend(frame(65_536));
+    for piece in [1, 3, 7, 64, 100_000] {
+        let mut guard = FrameGuard::new();
+        for chunk in stream.chunks(piece) {
+            assert_eq!(guard.check(chunk), Ok(()), "pieces of {piece}");
+        }
+        assert_eq!(guard, {
+            let mut g = FrameGuard::new();
+            g.check(&stream).unwrap();
+            g
+        });
+    }
+}
+
+#[test]
+fn frame_guard_refuses_frames_shorter_than_their_header() {
+    for size in 0..8u32 {
+        let mut stream = b"AMQP\x03\x01\x00\x00".to_vec();
+        stream.extend(frame(16));
+        stream.extend(size.to_be_bytes());
+        stream.extend([2, 0, 0, 0]);
+        let mut guard = FrameGuard::new();
+        assert_eq!(
+            guard.check(&stream),
+            Err(FrameError::ShorterThanHeader(size))
+        );
+        assert_eq!(
+            guard.check(&frame(8)),
+            Err(FrameError::ShorterThanHeader(size)),
+            "stays refused"
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn frame_guard_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16)) {
+        let mut guard = FrameGuard::new();
+        let mut refused = false;
+        for chunk in &chunks {
+            let result = guard.check(chunk);
+            // Once refused, refused for good (an empty chunk checks nothing).
+            prop_assert!(!refused || result.is_err() || chunk.is_empty());
+            refused |= result.is_err();
+        }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
-use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SaslAcceptor, SessionAcceptor};
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, ListenerConnectionHandle, SaslAcceptor, SessionAcceptor,
+};
 use fe2o3_amqp::types::definitions::{self, AmqpError};
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
@@ -85,7 +87,10 @@ impl SaslAcceptor for DeviceSasl {
             tracing::debug!(mechanism = %init.mechanism.as_str(), "SASL mechanism refused");
             return Self::outcome(SaslCode::Auth);
         }
-        let response = init.initial_response.map(|r| r.into_vec()).unwrap_or_default();
+        let response = init
+            .initial_response
+            .map(|r| r.into_vec())
+            .unwrap_or_default();
         let device = dps::parse_sasl_plain(&response).and_then(|plain| {
             Ok(Device {
                 identity: dps::parse_identity(plain.authcid)?,
@@ -132,21 +137,26 @@ where
         .buffer_size(BUFFER)
         .sasl_acceptor(sasl.clone())
         .build();
-    let mut connection =
-        match tokio::time::timeout(limits.open_timeout, acceptor.accept(io)).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "AMQP connection not opened");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, timeout = ?limits.open_timeout, "AMQP connection not opened in time");
-                return;
-            }
-        };
+    let io = super::guard::Guarded::new(io);
+    let mut connection = match tokio::time::timeout(limits.open_timeout, acceptor.accept(io)).await
+    {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "AMQP connection not opened");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, timeout = ?limits.open_timeout, "AMQP connection not opened in time");
+            return;
+        }
+    };
     let Some(device) = sasl.take() else {
         // The acceptor only opens after a successful SASL outcome, which stores the device.
-        close(&mut connection, Some(amqp_error(AmqpError::InternalError, None))).await;
+        close(
+            &mut connection,
+            Some(amqp_error(AmqpError::InternalError, None)),
+        )
+        .await;
         return;
     };
     // DPS checks a symmetric-key device's token when the connection opens and refuses it with
@@ -236,7 +246,9 @@ pub(super) fn error_for(error: &ApiError) -> definitions::Error {
             "com.microsoft:device-container-throttled",
         )),
         s if s >= 500 => AmqpError::InternalError.into(),
-        412 => definitions::ErrorCondition::Custom(Symbol::from("com.microsoft:precondition-failed")),
+        412 => {
+            definitions::ErrorCondition::Custom(Symbol::from("com.microsoft:precondition-failed"))
+        }
         _ => definitions::ErrorCondition::Custom(Symbol::from("com.microsoft:argument-error")),
     };
     let description = serde_json::to_string(&error.body()).unwrap_or_else(|_| code.name());

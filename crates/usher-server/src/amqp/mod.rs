@@ -9,9 +9,12 @@
 //! - [`session`]: which links it may attach (its own address only) and how each request message
 //!   is answered: parse the application properties, call the registration core, render the
 //!   answer in a data section with the correlation ID echoed;
-//! - [`ws`]: the byte stream of an AMQP-over-WebSockets connection.
+//! - [`ws`]: the byte stream of an AMQP-over-WebSockets connection;
+//! - [`guard`]: every byte a client sends passes `usher_proto::amqp::FrameGuard` first, which
+//!   refuses the frames fe2o3-amqp's decoders would panic on.
 
 mod connection;
+mod guard;
 mod session;
 mod ws;
 

@@ -66,11 +66,11 @@ pub(super) async fn run(
                 };
                 match (refusal, link) {
                     // Refusing a link is attaching it and detaching it at once with the error.
-                    (Some(error), LinkEndpoint::Sender(l)) => detach_sender(l, error).await,
-                    (Some(error), LinkEndpoint::Receiver(l)) => detach_receiver(l, error).await,
+                    (Some(error), LinkEndpoint::Sender(l)) => detach_sender(l, error),
+                    (Some(error), LinkEndpoint::Receiver(l)) => detach_receiver(l, error),
                     (None, LinkEndpoint::Sender(l)) => {
                         if let Some(old) = session.answers.replace(l) {
-                            detach_sender(old, replaced()).await;
+                            detach_sender(old, replaced());
                         }
                     }
                     (None, LinkEndpoint::Receiver(mut l)) => {
@@ -81,7 +81,7 @@ pub(super) async fn run(
                             continue;
                         }
                         if let Some(old) = session.requests.replace(l) {
-                            detach_receiver(old, replaced()).await;
+                            detach_receiver(old, replaced());
                         }
                     }
                 }
@@ -149,7 +149,10 @@ impl Session {
         let Some(address) = address else {
             return Some(connection::amqp_error(
                 AmqpError::NotFound,
-                Some("the link has no address; attach at {idScope}/registrations/{registrationId}".into()),
+                Some(
+                    "the link has no address; attach at {idScope}/registrations/{registrationId}"
+                        .into(),
+                ),
             ));
         };
         match dps::parse_link_address(address) {
@@ -164,7 +167,10 @@ impl Session {
             Ok(_) => Some(connection::error_for(&ApiError::Unauthorized(
                 AuthError::AddressOfAnotherDevice,
             ))),
-            Err(e) => Some(connection::amqp_error(AmqpError::NotFound, Some(e.to_string()))),
+            Err(e) => Some(connection::amqp_error(
+                AmqpError::NotFound,
+                Some(e.to_string()),
+            )),
         }
     }
 
@@ -186,7 +192,9 @@ impl Session {
         let result = match read_request(message) {
             Ok(Request::Register { .. }) => {
                 match registration::parse_registration_body(&body_bytes(&message.body)) {
-                    Ok(body) => registration::register(&self.app, self.device.request(), &body).await,
+                    Ok(body) => {
+                        registration::register(&self.app, self.device.request(), &body).await
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -201,7 +209,9 @@ impl Session {
         let status = match result {
             Ok(status) => status,
             Err(e) => {
-                requests.reject(&delivery, connection::error_for(&e)).await?;
+                requests
+                    .reject(&delivery, connection::error_for(&e))
+                    .await?;
                 return Ok(());
             }
         };
@@ -314,10 +324,17 @@ fn replaced() -> definitions::Error {
     )
 }
 
-async fn detach_sender(link: Sender, error: definitions::Error) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.close_with_error(error)).await;
+/// Detaches a link with an error, in the background: the peer's Detach is awaited for at most
+/// [`CLOSE_TIMEOUT`], and the session goes on meanwhile.
+fn detach_sender(link: Sender, error: definitions::Error) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.close_with_error(error)).await;
+    });
 }
 
-async fn detach_receiver(link: Receiver, error: definitions::Error) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.close_with_error(error)).await;
+/// As [`detach_sender`], for our receiving end of a link.
+fn detach_receiver(link: Receiver, error: definitions::Error) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.close_with_error(error)).await;
+    });
 }

@@ -527,14 +527,14 @@ async fn websocket_echoes_the_client_spelling_of_the_subprotocol() {
         };
         assert_eq!(p.topic, "$dps/registrations/res/200/?$rid=1");
     }
-    // Another subprotocol is refused.
+    // A subprotocol that is neither MQTT nor AMQP is refused.
     let tls = tls_connect(&s, s.addr.port(), &[b"http/1.1"]).await;
     let mut request = format!("wss://localhost:{}/$iothub/websocket", s.addr.port())
         .into_client_request()
         .unwrap();
     request
         .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "AMQPWSB10".parse().unwrap());
+        .insert("Sec-WebSocket-Protocol", "v12.stomp".parse().unwrap());
     assert!(tokio_tungstenite::client_async(request, tls).await.is_err());
 }
 
@@ -554,7 +554,7 @@ fn connect_packet(s: &TestServer, id: &str, key: &str) -> Connect {
     }
 }
 
-async fn tls_connect(s: &TestServer, port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+pub(crate) async fn tls_connect(s: &TestServer, port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&s.ca_pem) {
         roots.add(cert.unwrap()).unwrap();

@@ -67,7 +67,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         signal::wait_for_signal().await;
         signal.cancel();
     });
-    prepared.run(listener, Some(mqtt), Some(amqp), shutdown).await?;
+    prepared
+        .run(listener, Some(mqtt), Some(amqp), shutdown)
+        .await?;
     Ok(())
 }
 

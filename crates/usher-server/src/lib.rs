@@ -17,14 +17,17 @@
 pub mod amqp;
 pub mod app;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod hub;
 pub mod management;
 pub mod mqtt;
 pub mod pki;
 pub mod registration;
+pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod websocket;
 
@@ -46,6 +49,19 @@ pub struct ServeConfig {
     /// A certificate chain and key to use instead of the development PKI.
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
+    pub limits: Limits,
+    /// Where the key-encryption key comes from.
+    pub kek: secrets::KekSource,
+}
+
+/// What the transports enforce on connections, requests and sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Per listener (HTTPS, MQTT and AMQP each).
+    pub connections: server::ConnectionLimits,
+    pub http: server::HttpLimits,
+    pub mqtt: mqtt::Limits,
+    pub amqp: amqp::Limits,
 }
 
 /// Why the server could not start.
@@ -69,6 +85,7 @@ pub struct Prepared {
     tls: std::sync::Arc<rustls::ServerConfig>,
     /// The same certificate without ALPN, for MQTT and AMQP.
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
+    limits: Limits,
     data_dir: PathBuf,
 }
 
@@ -79,7 +96,8 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         .first()
         .cloned()
         .unwrap_or_else(|| "localhost".into());
-    let (store, instance) = app::open_data_dir(&config.data_dir, &service_host).await?;
+    let (store, instance) =
+        app::open_data_dir(&config.data_dir, &service_host, &config.kek).await?;
     app::ensure_hub_policies(&store).await?;
     let (cert, key) = match &config.tls_cert {
         Some((cert, key)) => (cert.clone(), key.clone()),
@@ -104,6 +122,7 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         overview,
         tls,
         mqtt_tls,
+        limits: config.limits,
         data_dir: config.data_dir,
     })
 }
@@ -141,7 +160,7 @@ impl Prepared {
             "amqpAddr": amqp_addr.map(|a| a.to_string()),
         })
         .to_string();
-        std::fs::write(&runtime, text).map_err(io)?;
+        files::write_private(&runtime, text.as_bytes()).map_err(io)?;
         tracing::info!(%https_addr, ?mqtt_addr, ?amqp_addr, "serving");
 
         let app = self.app.clone();
@@ -151,26 +170,45 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
-        let router = http::router(self.app);
-        let https_task =
-            server::serve_tls(https, self.tls, shutdown.clone(), move |tls, peer, stop| {
-                server::serve_http_connection(tls, peer, router.clone(), stop)
-            });
+        let limits = self.limits;
+        let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
+        let amqp_endpoint = amqp::Endpoint::new(limits.amqp);
+        let router = http::router(
+            self.app,
+            limits.http,
+            mqtt_endpoint.clone(),
+            amqp_endpoint.clone(),
+        );
+        let https_task = server::serve_tls(
+            https,
+            self.tls,
+            limits.connections,
+            shutdown.clone(),
+            move |tls, peer, stop| {
+                server::serve_http_connection(tls, peer, router.clone(), limits.http, stop)
+            },
+        );
         let mqtt_task = mqtt.map(|listener| {
             let app = app.clone();
             server::serve_tls(
                 listener,
                 std::sync::Arc::clone(&self.mqtt_tls),
+                limits.connections,
                 shutdown.clone(),
-                move |tls, peer, stop| mqtt::serve_tls_connection(app.clone(), tls, peer, stop),
+                move |tls, peer, stop| {
+                    mqtt::serve_tls_connection(app.clone(), mqtt_endpoint.clone(), tls, peer, stop)
+                },
             )
         });
         let amqp_task = amqp.map(|listener| {
             server::serve_tls(
                 listener,
                 std::sync::Arc::clone(&self.mqtt_tls),
+                limits.connections,
                 shutdown.clone(),
-                move |tls, peer, stop| amqp::serve_tls_connection(app.clone(), tls, peer, stop),
+                move |tls, peer, stop| {
+                    amqp::serve_tls_connection(app.clone(), amqp_endpoint.clone(), tls, peer, stop)
+                },
             )
         });
         tokio::join!(https_task, optional(mqtt_task), optional(amqp_task));

@@ -38,6 +38,8 @@ impl Protocol {
 /// The upgrade handler: the first subprotocol the client offers that Usher speaks wins.
 pub async fn websocket_route(
     State(app): State<App>,
+    Extension(mqtt): Extension<crate::mqtt::Endpoint>,
+    Extension(amqp): Extension<crate::amqp::Endpoint>,
     peer: Option<Extension<PeerAddr>>,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -59,9 +61,9 @@ pub async fn websocket_route(
         |Extension(PeerAddr(p))| p,
     );
     let max = match protocol {
-        Protocol::Mqtt => app.settings.mqtt.max_packet,
+        Protocol::Mqtt => mqtt.limits.max_packet,
         // AMQP frames may be split across messages or share one; a message holds at most two.
-        Protocol::Amqp => usize::try_from(app.settings.amqp.max_frame_size)
+        Protocol::Amqp => usize::try_from(amqp.limits.max_frame_size)
             .unwrap_or(usize::MAX)
             .saturating_mul(2),
     };
@@ -71,10 +73,10 @@ pub async fn websocket_route(
         .max_frame_size(max);
     match protocol {
         Protocol::Mqtt => {
-            ws.on_upgrade(move |socket| crate::mqtt::websocket_session(app, socket, peer))
+            ws.on_upgrade(move |socket| crate::mqtt::websocket_session(app, mqtt, socket, peer))
         }
         Protocol::Amqp => {
-            ws.on_upgrade(move |socket| crate::amqp::websocket_session(app, socket, peer))
+            ws.on_upgrade(move |socket| crate::amqp::websocket_session(app, amqp, socket, peer))
         }
     }
 }

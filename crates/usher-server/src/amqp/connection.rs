@@ -9,8 +9,8 @@ use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, ListenerConnectionHandle, SaslAcceptor, SessionAcceptor,
 };
-use fe2o3_amqp::types::definitions::{self, AmqpError};
-use fe2o3_amqp::types::primitives::{Array, Symbol};
+use fe2o3_amqp::types::definitions::{self, AmqpError, Fields};
+use fe2o3_amqp::types::primitives::{Array, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use usher_proto::amqp::{self as dps, DeviceIdentity};
 
 use super::session;
-use crate::app::App;
+use crate::app::{App, Protocol};
 use crate::error::ApiError;
 use crate::registration::{self, DeviceRequest};
 
@@ -30,11 +30,14 @@ pub(super) const BUFFER: usize = 64;
 /// How long a close may wait for the peer's Close or Detach.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What a device presented at SASL: who it says it is and its SAS token.
+/// What a device presented at SASL (who it says it is, its SAS token), and where it connected
+/// from.
 #[derive(Clone)]
 pub(super) struct Device {
     pub(super) identity: DeviceIdentity,
     pub(super) token: String,
+    pub(super) peer: SocketAddr,
+    pub(super) protocol: Protocol,
 }
 
 impl std::fmt::Debug for Device {
@@ -53,7 +56,15 @@ impl Device {
             id_scope: &self.identity.id_scope,
             registration_id: &self.identity.registration_id,
             authorization: Some(&self.token),
+            peer: Some(self.peer.ip()),
         }
+    }
+
+    /// The AMQP error a refused request (or connection) gets, after the log line every transport
+    /// writes for a refusal.
+    pub(super) fn refuse(&self, error: &ApiError) -> definitions::Error {
+        error.log(self.protocol, Some(self.peer));
+        error_for(error)
     }
 }
 
@@ -62,10 +73,10 @@ impl Device {
 /// asks synchronously, so no token can be verified here (that needs the store); a user name that
 /// is not `{idScope}/registrations/{registrationId}` is refused at once.
 #[derive(Clone, Default)]
-struct DeviceSasl(Arc<Mutex<Option<Device>>>);
+struct DeviceSasl(Arc<Mutex<Option<(DeviceIdentity, String)>>>);
 
 impl DeviceSasl {
-    fn take(&self) -> Option<Device> {
+    fn take(&self) -> Option<(DeviceIdentity, String)> {
         self.0.lock().ok().and_then(|mut d| d.take())
     }
 
@@ -92,10 +103,10 @@ impl SaslAcceptor for DeviceSasl {
             .map(|r| r.into_vec())
             .unwrap_or_default();
         let device = dps::parse_sasl_plain(&response).and_then(|plain| {
-            Ok(Device {
-                identity: dps::parse_identity(plain.authcid)?,
-                token: plain.password.to_owned(),
-            })
+            Ok((
+                dps::parse_identity(plain.authcid)?,
+                plain.password.to_owned(),
+            ))
         });
         match device {
             Ok(device) => {
@@ -119,15 +130,21 @@ impl SaslAcceptor for DeviceSasl {
 
 /// Serves one AMQP connection over any byte stream (TLS, or a WebSocket) until the device closes
 /// it, misbehaves, or `shutdown` is cancelled.
-pub async fn serve<Io>(app: App, io: Io, peer: SocketAddr, shutdown: CancellationToken)
-where
+pub async fn serve<Io>(
+    app: App,
+    endpoint: &super::Endpoint,
+    io: Io,
+    peer: SocketAddr,
+    protocol: Protocol,
+    shutdown: CancellationToken,
+) where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
-    let Ok(_permit) = Arc::clone(&app.amqp_connections).try_acquire_owned() else {
+    let Ok(_permit) = Arc::clone(&endpoint.connections).try_acquire_owned() else {
         tracing::warn!(%peer, "AMQP connection limit reached");
         return;
     };
-    let limits = app.settings.amqp;
+    let limits = endpoint.limits;
     let sasl = DeviceSasl::default();
     let acceptor = ConnectionAcceptor::builder()
         .container_id("usher")
@@ -150,7 +167,7 @@ where
             return;
         }
     };
-    let Some(device) = sasl.take() else {
+    let Some((identity, token)) = sasl.take() else {
         // The acceptor only opens after a successful SASL outcome, which stores the device.
         close(
             &mut connection,
@@ -159,11 +176,16 @@ where
         .await;
         return;
     };
+    let device = Device {
+        identity,
+        token,
+        peer,
+        protocol,
+    };
     // DPS checks a symmetric-key device's token when the connection opens and refuses it with
     // the error JSON as the description (`device-protocol.md` §6).
     if let Err(e) = registration::authenticate(&app, device.request()).await {
-        tracing::info!(%peer, device = ?device.identity, error = %e, "AMQP connection refused");
-        close(&mut connection, Some(error_for(&e))).await;
+        close(&mut connection, Some(device.refuse(&e))).await;
         return;
     }
     tracing::debug!(%peer, device = ?device.identity, "AMQP connection opened");
@@ -229,15 +251,11 @@ pub(super) fn amqp_error(condition: AmqpError, description: Option<String>) -> d
 }
 
 /// The AMQP error a refused request (or connection) gets: the condition the SDKs map to the same
-/// class of failure as the HTTP status, and the DPS error JSON as the description.
-pub(super) fn error_for(error: &ApiError) -> definitions::Error {
+/// class of failure as the HTTP status, the DPS error JSON as the description, and the
+/// retry-after of a throttled request in `info` (where Node and .NET read it).
+fn error_for(error: &ApiError) -> definitions::Error {
     let code = error.code();
     let status = code.http_status();
-    if status >= 500 {
-        tracing::error!(error = %error, "AMQP request failed");
-    } else {
-        tracing::debug!(error = %error, "AMQP request refused");
-    }
     let condition: definitions::ErrorCondition = match status {
         401 | 403 => AmqpError::UnauthorizedAccess.into(),
         404 => AmqpError::NotFound.into(),
@@ -252,5 +270,12 @@ pub(super) fn error_for(error: &ApiError) -> definitions::Error {
         _ => definitions::ErrorCondition::Custom(Symbol::from("com.microsoft:argument-error")),
     };
     let description = serde_json::to_string(&error.body()).unwrap_or_else(|_| code.name());
-    definitions::Error::new(condition, Some(description), None)
+    let info = error.retry_after().map(|secs| {
+        let secs = Value::Int(i32::try_from(secs).unwrap_or(i32::MAX));
+        let mut info = Fields::default();
+        info.insert(Symbol::from(dps::RETRY_AFTER), secs.clone());
+        info.insert(Symbol::from(dps::RETRY_AFTER_DOTNET), secs);
+        info
+    });
+    definitions::Error::new(condition, Some(description), info)
 }

@@ -19,16 +19,18 @@ mod session;
 mod ws;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 pub use connection::serve;
 pub(crate) use ws::session as websocket_session;
 
-use crate::app::App;
+use crate::app::{App, Protocol};
 
 /// Limits every AMQP connection enforces.
 #[derive(Debug, Clone, Copy)]
@@ -44,8 +46,9 @@ pub struct Limits {
     pub max_sessions: u16,
     /// Links one session may attach; a device needs two (a sender and a receiver).
     pub max_links: u32,
-    /// Largest request message (announced as the link's max-message-size). DPS messages are at
-    /// most 96 KB; a larger one detaches the link with `amqp:link:message-size-exceeded`.
+    /// Largest request message (announced as the link's max-message-size): the DPS message limit
+    /// (96 KB), the same on every transport. A larger one detaches the link with
+    /// `amqp:link:message-size-exceeded`.
     pub max_message: u64,
     /// How long an answer may wait for the device's link credit and settlement.
     pub answer_timeout: Duration,
@@ -61,9 +64,26 @@ impl Default for Limits {
             max_frame_size: 64 * 1024,
             max_sessions: 4,
             max_links: 8,
-            max_message: 96 * 1024,
+            max_message: usher_proto::model::MAX_MESSAGE_BYTES as u64,
             answer_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+        }
+    }
+}
+
+/// What every AMQP connection shares, over TLS and WebSockets alike: the limits, and the count of
+/// open connections (over `Limits::max_connections` a connection is closed at once).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub limits: Limits,
+    connections: Arc<Semaphore>,
+}
+
+impl Endpoint {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
         }
     }
 }
@@ -71,9 +91,10 @@ impl Default for Limits {
 /// Serves AMQP on a TLS connection (port 5671).
 pub async fn serve_tls_connection(
     app: App,
+    endpoint: Endpoint,
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    serve(app, tls, peer, shutdown).await;
+    serve(app, &endpoint, tls, peer, Protocol::Amqp, shutdown).await;
 }

@@ -16,6 +16,7 @@ use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
 use fe2o3_amqp::{Receiver, Sender};
 use usher_proto::amqp::{self as dps, Request};
+use usher_proto::api_version::Api;
 
 use super::Limits;
 use super::connection::{self, CLOSE_TIMEOUT, Device};
@@ -157,16 +158,21 @@ impl Session {
         };
         match dps::parse_link_address(address) {
             Ok(parsed) if parsed.identity.same_device(&self.device.identity) => {
-                tracing::debug!(
-                    link = %attach.name,
-                    api_version = ?api_version(attach),
-                    "AMQP link attached"
-                );
+                // The attach property's api-version is checked as the HTTPS query's is; one that
+                // is absent is accepted.
+                let version = api_version(attach);
+                if let Some(version) = &version
+                    && let Err(e) = Api::Device.check(Some(version))
+                {
+                    return Some(self.device.refuse(&e.into()));
+                }
+                tracing::debug!(link = %attach.name, api_version = ?version, "AMQP link attached");
                 None
             }
-            Ok(_) => Some(connection::error_for(&ApiError::Unauthorized(
-                AuthError::AddressOfAnotherDevice,
-            ))),
+            Ok(_) => Some(
+                self.device
+                    .refuse(&ApiError::Unauthorized(AuthError::AddressOfAnotherDevice)),
+            ),
             Err(e) => Some(connection::amqp_error(
                 AmqpError::NotFound,
                 Some(e.to_string()),
@@ -209,9 +215,7 @@ impl Session {
         let status = match result {
             Ok(status) => status,
             Err(e) => {
-                requests
-                    .reject(&delivery, connection::error_for(&e))
-                    .await?;
+                requests.reject(&delivery, self.device.refuse(&e)).await?;
                 return Ok(());
             }
         };

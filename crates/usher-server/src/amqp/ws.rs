@@ -12,7 +12,7 @@ use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 
-use crate::app::App;
+use crate::app::{App, Protocol};
 
 type Input = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 type Output = Pin<Box<dyn Sink<Bytes, Error = io::Error> + Send>>;
@@ -60,7 +60,12 @@ impl AsyncWrite for WsStream {
 }
 
 /// Serves one AMQP connection on an upgraded WebSocket.
-pub(crate) async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
+pub(crate) async fn session(
+    app: App,
+    endpoint: super::Endpoint,
+    socket: WebSocket,
+    peer: SocketAddr,
+) {
     let (sink, stream) = socket.split();
     let output: Output = Box::pin(
         sink.sink_map_err(io::Error::other)
@@ -83,5 +88,5 @@ pub(crate) async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
         writer: SinkWriter::new(CopyToBytes::new(output)),
     };
     let shutdown = app.shutdown.clone();
-    super::serve(app, io, peer, shutdown).await;
+    super::serve(app, &endpoint, io, peer, Protocol::AmqpWs, shutdown).await;
 }

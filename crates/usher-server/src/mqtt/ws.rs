@@ -9,10 +9,15 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 
 use super::session::run_session;
-use crate::app::App;
+use crate::app::{App, Protocol};
 
 /// Runs an MQTT session on an upgraded WebSocket (`crate::websocket` picks the protocol).
-pub(crate) async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
+pub(crate) async fn session(
+    app: App,
+    endpoint: super::Endpoint,
+    socket: WebSocket,
+    peer: SocketAddr,
+) {
     let (sink, stream) = socket.split();
     let output = sink
         .sink_map_err(std::io::Error::other)
@@ -28,5 +33,14 @@ pub(crate) async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
             })
         });
     let shutdown = app.shutdown.clone();
-    run_session(app, Box::pin(input), Box::pin(output), peer, shutdown).await;
+    run_session(
+        app,
+        &endpoint,
+        Box::pin(input),
+        Box::pin(output),
+        peer,
+        Protocol::MqttWs,
+        shutdown,
+    )
+    .await;
 }

@@ -30,11 +30,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use usher_device::{Credential, ProvisionError, Transport as DeviceTransport};
 use usher_proto::model::RegistrationStatus;
-use usher_server::amqp::Limits;
-use usher_server::{RegisterResponse, Settings};
+use usher_server::amqp::Limits as AmqpLimits;
+use usher_server::{Limits, RegisterResponse, Settings};
 
-use crate::mqtt::tls_connect;
-use crate::support::TestServer;
+use crate::support::{TestServer, fast, tls_connect};
 
 const SASL_HEADER: &[u8; 8] = b"AMQP\x03\x01\x00\x00";
 const AMQP_HEADER: &[u8; 8] = b"AMQP\x00\x01\x00\x00";
@@ -42,10 +41,7 @@ const AMQP_HEADER: &[u8; 8] = b"AMQP\x00\x01\x00\x00";
 const WAIT: Duration = Duration::from_secs(5);
 
 fn assigned() -> Settings {
-    Settings {
-        register_response: RegisterResponse::Assigned,
-        ..Settings::default()
-    }
+    fast()
 }
 
 fn assigning() -> Settings {
@@ -506,16 +502,15 @@ async fn websocket_echoes_amqpwsb10_in_the_client_spelling() {
 #[tokio::test]
 async fn limits_and_garbage_input() {
     let panics = count_panics();
-    let limits = Limits {
-        open_timeout: Duration::from_millis(500),
-        idle_timeout: Duration::from_secs(1),
-        max_sessions: 2,
-        max_links: 3,
+    let s = TestServer::start_with_limits(Limits {
+        amqp: AmqpLimits {
+            open_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(1),
+            max_sessions: 2,
+            max_links: 3,
+            ..AmqpLimits::default()
+        },
         ..Limits::default()
-    };
-    let s = TestServer::start_with(Settings {
-        amqp: limits,
-        ..assigned()
     })
     .await;
     let (key, _) = s.enroll("lim-dev", json!({})).await;
@@ -723,12 +718,12 @@ async fn limits_and_garbage_input() {
 
 #[tokio::test]
 async fn connections_over_the_limit_are_closed() {
-    let s = TestServer::start_with(Settings {
-        amqp: Limits {
+    let s = TestServer::start_with_limits(Limits {
+        amqp: AmqpLimits {
             max_connections: 1,
-            ..Limits::default()
+            ..AmqpLimits::default()
         },
-        ..assigned()
+        ..Limits::default()
     })
     .await;
     let (key, _) = s.enroll("one-dev", json!({})).await;

@@ -4,6 +4,8 @@
 
 mod amqp;
 mod device;
+mod exposure;
+mod fidelity;
 mod management;
 mod mqtt;
 mod parity;

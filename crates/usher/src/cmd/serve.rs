@@ -3,16 +3,18 @@ use std::io::ErrorKind;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_proto::ttl::parse_duration;
-use usher_server::{RegisterResponse, ServeConfig, Settings};
+use usher_server::server::{ConnectionLimits, HttpLimits};
+use usher_server::throttle::ThrottleSettings;
+use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 
-use crate::cli::{RegisterResponseArg, ServeArgs};
+use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let clock_skew_secs = parse_duration(&args.clock_skew).context("invalid --clock-skew")?;
     let register_response = match args.register_response {
         RegisterResponseArg::Assigned => RegisterResponse::Assigned,
         RegisterResponseArg::Assigning => RegisterResponse::Assigning {
-            retry_after_secs: args.retry_after.clamp(1, 300),
+            retry_after_secs: args.retry_after,
         },
     };
     let mut hostnames = args.hostnames.clone();
@@ -28,9 +30,15 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             clock_skew_secs,
             register_response,
-            ..Settings::default()
+            throttle: ThrottleSettings {
+                failures_per_address: args.auth_failures_per_address,
+                failures_per_registration: args.auth_failures_per_registration,
+            },
         },
+        limits: limits(&args.limits),
+        kek: args.kek.source(),
     };
+    raise_open_file_limit();
     let prepared = usher_server::prepare(config).await?;
     let listener = bind(args.https_addr).await?;
     let mqtt = bind(args.mqtt_addr).await?;
@@ -45,9 +53,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         mqtt.local_addr()?,
         amqp.local_addr()?
     );
+    // Keys stay out of the banner, which ends up in journald and container logs.
     println!(
-        "  Service connection string:  {}",
-        o.service_connection_string
+        "  Service connection string:  usher instance show --show-keys --data-dir {}",
+        args.data_dir.display()
     );
     if let Some(ca) = &o.ca_certificate {
         println!("  CA certificate:             {ca}");
@@ -57,8 +66,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "  Hub:                        {} ({}, weight {})",
             hub.name, hub.hostname, hub.weight
         );
-        if let Some(cs) = &hub.connection_string {
-            println!("    Hub connection string:    {cs}");
+        if hub.connection_string.is_some() {
+            println!("    Hub connection string:    usher instance show --show-keys");
         }
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -71,6 +80,42 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .run(listener, Some(mqtt), Some(amqp), shutdown)
         .await?;
     Ok(())
+}
+
+fn limits(a: &LimitArgs) -> Limits {
+    Limits {
+        connections: ConnectionLimits {
+            handshake_timeout: a.handshake_timeout,
+            max_connections: a.max_connections as usize,
+            max_connections_per_address: a.max_connections_per_address as usize,
+        },
+        http: HttpLimits {
+            header_timeout: a.header_timeout,
+            body_timeout: a.body_timeout,
+            max_header_bytes: a.max_header_bytes as usize,
+        },
+        mqtt: usher_server::mqtt::Limits {
+            connect_timeout: a.mqtt_connect_timeout,
+            max_keep_alive: a.mqtt_max_keep_alive,
+            max_sessions: a.mqtt_max_sessions as usize,
+            ..usher_server::mqtt::Limits::default()
+        },
+        amqp: usher_server::amqp::Limits {
+            open_timeout: a.amqp_open_timeout,
+            idle_timeout: a.amqp_idle_timeout,
+            max_connections: a.amqp_max_connections as usize,
+            ..usher_server::amqp::Limits::default()
+        },
+    }
+}
+
+/// Every connection holds a file descriptor: raise the soft limit to the hard one, so the
+/// connection caps, not the descriptor limit, decide how many are served.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {

@@ -175,8 +175,14 @@ fn serve_enroll_derive_provision_and_list_hub_devices() {
         out.contains("hub localhost, deviceId sensor-001, status assigned"),
         "{out}"
     );
-    // Over MQTT and MQTT over WebSockets too.
-    for (transport, at) in [("mqtt", &mqtt_host), ("mqtt-ws", &host)] {
+    // Over MQTT, AMQP and both over WebSockets too.
+    let amqp_host = format!("localhost:{}", port_of("amqpAddr"));
+    for (transport, at) in [
+        ("mqtt", &mqtt_host),
+        ("mqtt-ws", &host),
+        ("amqp", &amqp_host),
+        ("amqp-ws", &host),
+    ] {
         let out = ok(&usher(
             dir,
             &[
@@ -842,6 +848,8 @@ fn every_transport_logs_a_refused_device_once_at_info_without_secrets() {
         ("https", "httpsAddr"),
         ("mqtt", "mqttAddr"),
         ("mqtt-ws", "httpsAddr"),
+        ("amqp", "amqpAddr"),
+        ("amqp-ws", "httpsAddr"),
     ] {
         let out = usher(
             dir,
@@ -866,7 +874,7 @@ fn every_transport_logs_a_refused_device_once_at_info_without_secrets() {
     // The log is written as the requests are answered; give the last line a moment.
     std::thread::sleep(Duration::from_millis(300));
     let text = std::fs::read_to_string(&log_path).unwrap();
-    for protocol in ["https", "mqtt", "mqtt-ws"] {
+    for protocol in ["https", "mqtt", "mqtt-ws", "amqp", "amqp-ws"] {
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| {

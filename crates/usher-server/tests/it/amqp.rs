@@ -462,6 +462,61 @@ async fn refusals_carry_the_dps_error_json() {
     assert_still_serves(&s, "ref-dev", &key).await;
 }
 
+/// A spent failure budget closes the connection at open with the condition Node retries on
+/// (`com.microsoft:device-container-throttled`), the 429 JSON, and the retry-after in `info`.
+#[tokio::test]
+async fn throttled_devices_are_told_when_to_retry() {
+    let s = TestServer::start_with(Settings {
+        throttle: usher_server::throttle::ThrottleSettings {
+            failures_per_address: 100,
+            failures_per_registration: 2,
+        },
+        ..assigned()
+    })
+    .await;
+    let (key, _) = s.enroll("thr-dev", json!({})).await;
+    let user = format!("{}/registrations/thr-dev", s.scope);
+    let wrong = s.token("thr-dev", "V3Jvbmcga2V5IGZvciB0aGUgdGhyb3R0bGUgdGVzdCE=");
+    for _ in 0..2 {
+        let (close, _) = raw_open(&s, &user, &wrong).await.unwrap();
+        assert_eq!(
+            close.unwrap().condition,
+            ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
+        );
+    }
+    let (close, _) = raw_open(&s, &user, &s.token("thr-dev", &key))
+        .await
+        .unwrap();
+    let error = close.expect("closed with an error");
+    assert_eq!(
+        error.condition,
+        ErrorCondition::Custom(Symbol::from("com.microsoft:device-container-throttled"))
+    );
+    let body: Json = serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
+    assert_eq!(body["errorCode"], 429_001, "{body}");
+    let info = error.info.unwrap();
+    let Some(Value::Int(secs)) = info.get(&Symbol::from("retry-after")) else {
+        panic!("{info:?}")
+    };
+    assert!((1..=60).contains(secs), "{secs}");
+    assert_eq!(
+        info.get(&Symbol::from("Retry-After")),
+        Some(&Value::Int(*secs))
+    );
+    let err = s
+        .client_over(DeviceTransport::Amqp)
+        .provision(
+            &Credential::individual("thr-dev", &key).unwrap(),
+            None,
+            |_| {},
+        )
+        .await;
+    assert!(
+        matches!(err, Err(ProvisionError::Refused { status: 429, .. })),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn websocket_echoes_amqpwsb10_in_the_client_spelling() {
     let s = TestServer::start_with(assigned()).await;

@@ -8,8 +8,9 @@
 // For each transport: an individual enrollment and a group device provision, a wrong key is
 // refused when the connection opens (amqp:unauthorized-access with the DPS error JSON as the
 // description), a disabled enrollment is answered with status "disabled", a device re-registers,
-// and the transport's own register/poll exchange follows the server's register answer (assigned
-// at once, or assigning + retry-after 1 s and a poll). The devices are then listed in the hub.
+// and the transport's own register/poll exchange follows the server's register answer (assigning
+// with retry-after and a poll, usher serve's default; or assigned at once). The devices are then
+// listed in the hub.
 //
 // Top-level tests in one file run in order; the hub listing test at the end relies on the devices
 // registered before it.
@@ -39,6 +40,7 @@ import {
 
 const TIMEOUT = { timeout: 60_000 };
 const registerResponse = process.env.USHER_REGISTER_RESPONSE;
+const retryAfter = process.env.USHER_RETRY_AFTER;
 
 const transports = [
   { name: 'Amqp', tag: 'amqp', create: () => new Amqp() },
@@ -140,11 +142,16 @@ for (const { name, tag, create } of transports) {
         assert.equal(answer.status, 'assigned', `register: ${JSON.stringify(answer)}`);
         assert.equal(answer.registrationState?.assignedHub, builtInHub().hostname);
       } else {
-        // 202 assigning with retry-after 1 (tests/sdk/run's second pass, DPS's own flow): the
-        // transport reads the retry-after application property.
+        // 202 assigning with a retry-after (usher serve's default, DPS's own flow): the transport
+        // reads the retry-after application property.
         assert.equal(registerResponse, 'assigning', 'USHER_REGISTER_RESPONSE is assigned or assigning');
         assert.equal(answer.status, 'assigning', `register: ${JSON.stringify(answer)}`);
-        assert.equal(registered.pollingInterval, 1000, `polling interval from retry-after: ${registered.pollingInterval}`);
+        assert.match(String(retryAfter), /^[0-9]+$/, 'USHER_RETRY_AFTER is set with assigning');
+        assert.equal(
+          registered.pollingInterval,
+          Number(retryAfter) * 1000,
+          `polling interval from retry-after ${retryAfter}: ${registered.pollingInterval}`,
+        );
       }
       const polled = await call(transport, 'queryOperationStatus', request, answer.operationId);
       assert.equal(polled.result?.operationId, answer.operationId, `operationId in ${JSON.stringify(polled.result)}`);

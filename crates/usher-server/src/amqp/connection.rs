@@ -279,3 +279,47 @@ fn error_for(error: &ApiError) -> definitions::Error {
     });
     definitions::Error::new(condition, Some(description), info)
 }
+
+#[cfg(test)]
+mod tests {
+    use fe2o3_amqp::types::definitions::ErrorCondition;
+
+    use super::*;
+    use crate::error::AuthError;
+    use crate::store::StoreError;
+
+    fn condition(error: &ApiError) -> ErrorCondition {
+        error_for(error).condition
+    }
+
+    #[test]
+    fn refusals_map_to_the_conditions_the_sdks_read() {
+        assert_eq!(
+            condition(&ApiError::Unauthorized(AuthError::NoMatchingEnrollment)),
+            ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
+        );
+        assert_eq!(
+            condition(&ApiError::OperationNotFound("x".into())),
+            ErrorCondition::AmqpError(AmqpError::NotFound)
+        );
+        assert_eq!(
+            condition(&ApiError::InvalidJson("x".into())),
+            ErrorCondition::Custom(Symbol::from("com.microsoft:argument-error"))
+        );
+        // Retryable for Node: amqp:internal-error becomes InternalServerError.
+        let fault = error_for(&ApiError::Store(StoreError::Database("down".into())));
+        assert_eq!(
+            fault.condition,
+            ErrorCondition::AmqpError(AmqpError::InternalError)
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(fault.description.as_deref().unwrap_or_default())
+                .unwrap_or_default();
+        assert_eq!(body["errorCode"], 500_001, "{body}");
+        assert!(
+            !fault.description.unwrap_or_default().contains("down"),
+            "server faults say no more than their code"
+        );
+        assert!(fault.info.is_none(), "no retry-after without throttling");
+    }
+}

@@ -76,6 +76,8 @@ pub struct Settings {
     pub register_response: RegisterResponse,
     /// Failed-attestation budgets.
     pub throttle: crate::throttle::ThrottleSettings,
+    /// How long audit entries are kept.
+    pub audit_retention: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
                 retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
             throttle: crate::throttle::ThrottleSettings::default(),
+            audit_retention: crate::audit::DEFAULT_RETENTION,
         }
     }
 }

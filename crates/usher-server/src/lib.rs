@@ -16,6 +16,7 @@
 
 pub mod amqp;
 pub mod app;
+pub mod audit;
 pub mod error;
 pub mod files;
 pub mod http;
@@ -170,6 +171,10 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
+        tokio::spawn(audit::prune_periodically(
+            self.app.clone(),
+            self.app.settings.audit_retention,
+        ));
         let limits = self.limits;
         let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
         let amqp_endpoint = amqp::Endpoint::new(limits.amqp);

@@ -34,6 +34,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 failures_per_address: args.auth_failures_per_address,
                 failures_per_registration: args.auth_failures_per_registration,
             },
+            audit_retention: args.audit_retention,
         },
         limits: limits(&args.limits),
         kek: args.kek.source(),

@@ -155,6 +155,11 @@ pub async fn put(
     }
     validate_attestation(&attestation)?;
     validate_hubs(app, &settings).await?;
+    if let Some(v) = settings.other.get(crate::testing::FIELD) {
+        let modes: crate::testing::TestingModes = serde_json::from_value(v.clone())
+            .map_err(|e| ApiError::InvalidArgument(format!("invalid usherTesting: {e}")))?;
+        modes.validate().map_err(ApiError::InvalidArgument)?;
+    }
     // Drawn before entering the writer; used only for keys the request and the stored record lack.
     let fresh = [new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?];
     let id = body_id;

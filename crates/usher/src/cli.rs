@@ -121,7 +121,49 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "USHER_WEBHOOK_CA", value_name = "FILE")]
     pub(crate) webhook_ca: Option<PathBuf>,
     #[command(flatten)]
+    pub(crate) testing: TestingArgs,
+    #[command(flatten)]
     pub(crate) kek: KekArgs,
+}
+
+/// Firmware-testing modes for every device (off by default; an enrollment's `usherTesting` field
+/// replaces them for its devices). See README "Firmware-testing modes".
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TestingArgs {
+    /// Register answers 202 assigning and the first N polls of each operation do too.
+    #[arg(long, env = "USHER_TESTING_POLLS_ASSIGNING", default_value_t = 0)]
+    pub(crate) testing_polls_assigning: u32,
+    /// Retry-After of those answers, in seconds (default: --retry-after).
+    #[arg(long, env = "USHER_TESTING_RETRY_AFTER", value_parser = clap::value_parser!(u32).range(1..=300))]
+    pub(crate) testing_retry_after: Option<u32>,
+    /// Inject this status (429, 500 or 503) with Retry-After...
+    #[arg(long, env = "USHER_TESTING_FAULT", value_parser = clap::builder::PossibleValuesParser::new(["429", "500", "503"]))]
+    pub(crate) testing_fault: Option<String>,
+    /// ...to the first N requests (register or poll) of each device...
+    #[arg(
+        long,
+        env = "USHER_TESTING_FAULT_FIRST",
+        default_value_t = 0,
+        requires = "testing_fault"
+    )]
+    pub(crate) testing_fault_first: u32,
+    /// ...and to this fraction (0 to 1) of all requests.
+    #[arg(
+        long,
+        env = "USHER_TESTING_FAULT_FRACTION",
+        default_value_t = 0.0,
+        requires = "testing_fault"
+    )]
+    pub(crate) testing_fault_fraction: f64,
+    /// Retry-After of injected faults, in seconds.
+    #[arg(long, env = "USHER_TESTING_FAULT_RETRY_AFTER", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=300))]
+    pub(crate) testing_fault_retry_after: u32,
+    /// Enforce DPS's quotas: 5 polls per 10 s per device, and --testing-registrations-per-minute.
+    #[arg(long, env = "USHER_TESTING_QUOTAS")]
+    pub(crate) testing_quotas: bool,
+    /// The instance's registrations per minute under --testing-quotas (DPS: 1,000).
+    #[arg(long, env = "USHER_TESTING_REGISTRATIONS_PER_MINUTE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) testing_registrations_per_minute: u32,
 }
 
 /// Where the key-encryption key (KEK) comes from. Without `--kek-file`: the file named by

@@ -11,3 +11,4 @@ mod management;
 mod mqtt;
 mod parity;
 mod support;
+mod testing_modes;

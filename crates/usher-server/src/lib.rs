@@ -20,6 +20,7 @@ pub mod audit;
 pub mod clock;
 pub mod error;
 pub mod files;
+pub mod groups;
 pub mod http;
 pub mod hub;
 pub mod management;

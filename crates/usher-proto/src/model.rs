@@ -232,5 +232,10 @@ pub fn format_timestamp(at: OffsetDateTime) -> String {
     )
 }
 
+/// Reads a timestamp as DPS and the SDKs write them (RFC 3339, any number of fractional digits).
+pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use usher_proto::{IdScope, SymmetricKey};
 
-use crate::clock::now_text;
 use crate::error::ApiError;
 use crate::pki::{self, PkiError, PkiFiles};
 use crate::secrets::KekSource;
-use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
+use crate::store::{Bootstrap, Hub, Instance, Policy, Right, Store, StoreError};
 
 /// The owner policy every instance starts with.
 pub const OWNER_POLICY: &str = "provisioningserviceowner";
@@ -177,6 +176,14 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], SetupError> {
     Ok(buf)
 }
 
+/// A new random key of `n` bytes (16 to 64).
+pub fn new_symmetric_key(n: usize) -> Result<SymmetricKey, ApiError> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf)
+        .map_err(|e| StoreError::Database(format!("cannot draw random bytes: {e}")))?;
+    SymmetricKey::generate(&buf).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
 /// A new random key of `n` bytes (16 to 64), as base64.
 pub fn new_key(n: usize) -> Result<String, ApiError> {
     let mut buf = vec![0u8; n];
@@ -206,16 +213,16 @@ pub async fn open_data_dir(
     if let Some(instance) = store.instance().await? {
         return Ok((store, instance));
     }
-    let created = now_text();
+    let created = crate::clock::now();
     let key = || {
-        new_key(crate::management::GENERATED_KEY_BYTES)
+        new_symmetric_key(crate::management::GENERATED_KEY_BYTES)
             .map_err(|e| SetupError::Random(e.to_string()))
     };
     let owner = Policy {
         name: OWNER_POLICY.into(),
         primary_key: key()?,
         secondary_key: key()?,
-        rights: RIGHTS.iter().map(|r| (*r).to_owned()).collect(),
+        rights: RIGHTS.iter().filter_map(|r| Right::parse(r)).collect(),
     };
     let hub = Hub {
         name: BUILTIN_HUB.into(),
@@ -223,7 +230,7 @@ pub async fn open_data_dir(
         weight: 1,
         apply_allocation_policy: true,
         builtin: true,
-        created: created.clone(),
+        created,
         location: None,
     };
     let first = Bootstrap {
@@ -313,7 +320,9 @@ pub async fn overview(
             .map(|p| {
                 format!(
                     "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
-                    instance.service_host, p.name, p.primary_key
+                    instance.service_host,
+                    p.name,
+                    p.primary_key.to_base64()
                 )
             })
             .unwrap_or_default(),
@@ -336,7 +345,9 @@ async fn hub_overviews(store: &Store) -> Result<Vec<HubOverview>, SetupError> {
             connection_string: owner.map(|p| {
                 format!(
                     "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
-                    h.hostname, p.name, p.primary_key
+                    h.hostname,
+                    p.name,
+                    p.primary_key.to_base64()
                 )
             }),
             name: h.name,

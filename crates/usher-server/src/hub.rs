@@ -5,11 +5,12 @@
 use serde_json::{Map, Value, json};
 use usher_proto::SymmetricKey;
 
-use crate::app::new_key;
-use crate::clock::{new_etag, now_text};
+use crate::app::new_symmetric_key;
+use crate::clock::{new_etag, now};
 use crate::error::ApiError;
 use crate::management::{GENERATED_KEY_BYTES, Precondition};
-use crate::store::{HubDevice, Policy};
+use crate::store::{HubDevice, Policy, Right};
+use usher_proto::model::format_timestamp;
 
 /// Rights a hub policy can hold.
 pub const HUB_RIGHTS: &[&str] = &[
@@ -35,9 +36,9 @@ pub fn default_policies() -> Result<Vec<Policy>, ApiError> {
     ] {
         out.push(Policy {
             name: name.to_owned(),
-            primary_key: new_key(GENERATED_KEY_BYTES)?,
-            secondary_key: new_key(GENERATED_KEY_BYTES)?,
-            rights: rights.iter().map(|r| (*r).to_owned()).collect(),
+            primary_key: new_symmetric_key(GENERATED_KEY_BYTES)?,
+            secondary_key: new_symmetric_key(GENERATED_KEY_BYTES)?,
+            rights: rights.iter().filter_map(|r| Right::parse(r)).collect(),
         });
     }
     Ok(out)
@@ -54,11 +55,11 @@ pub fn new_generation_id() -> String {
 pub fn assigned_device(
     hub: &str,
     device_id: &str,
-    keys: [String; 2],
+    keys: [SymmetricKey; 2],
     capabilities: Option<&Value>,
     initial_twin: Option<&Value>,
 ) -> HubDevice {
-    let now = now_text();
+    let now = now();
     let [primary_key, secondary_key] = keys;
     let iot_edge = capabilities
         .and_then(|c| c.get("iotEdge"))
@@ -78,7 +79,7 @@ pub fn assigned_device(
         status: "enabled".into(),
         primary_key,
         secondary_key,
-        created: now.clone(),
+        created: now,
         updated: now,
         etag: new_etag(),
         generation_id: new_generation_id(),
@@ -121,7 +122,7 @@ pub fn device_json(d: &HubDevice) -> Value {
         .cloned()
         .unwrap_or_else(|| json!({"primaryThumbprint": null, "secondaryThumbprint": null}));
     let symmetric_key = if auth_type == "sas" {
-        json!({"primaryKey": d.primary_key, "secondaryKey": d.secondary_key})
+        json!({"primaryKey": d.primary_key.to_base64(), "secondaryKey": d.secondary_key.to_base64()})
     } else {
         json!({"primaryKey": null, "secondaryKey": null})
     };
@@ -155,7 +156,10 @@ pub fn twin_json(d: &HubDevice) -> Value {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        props.insert("$metadata".into(), json!({"$lastUpdated": d.updated}));
+        props.insert(
+            "$metadata".into(),
+            json!({"$lastUpdated": format_timestamp(d.updated)}),
+        );
         props.insert("$version".into(), json!(version));
         Value::Object(props)
     };
@@ -239,22 +243,23 @@ pub fn put_device(
             "invalid authentication type {auth_type:?}"
         )));
     }
-    let key = |name: &str, stored: Option<&str>| -> Result<String, HubError> {
+    let key = |name: &str, stored: Option<&SymmetricKey>| -> Result<SymmetricKey, HubError> {
         match auth
             .pointer(&format!("/symmetricKey/{name}"))
             .and_then(Value::as_str)
             .filter(|k| !k.is_empty())
         {
-            Some(k) => SymmetricKey::from_base64(k)
-                .map(|_| k.to_owned())
-                .map_err(|e| HubError::Argument(format!("{name}: {e}"))),
+            Some(k) => {
+                SymmetricKey::from_base64(k).map_err(|e| HubError::Argument(format!("{name}: {e}")))
+            }
             // Missing, null or empty keys are generated (Node sends empty strings to ask for that).
-            None => stored
-                .map(str::to_owned)
-                .map_or_else(|| new_key(GENERATED_KEY_BYTES).map_err(HubError::from), Ok),
+            None => stored.cloned().map_or_else(
+                || new_symmetric_key(GENERATED_KEY_BYTES).map_err(HubError::from),
+                Ok,
+            ),
         }
     };
-    let keep = |f: fn(&HubDevice) -> &str| {
+    let keep = |f: fn(&HubDevice) -> &SymmetricKey| {
         current
             .as_ref()
             .filter(|d| d.doc.get("authenticationType").and_then(Value::as_str) == Some("sas"))
@@ -267,7 +272,11 @@ pub fn put_device(
             key("secondaryKey", keep(|d| &d.secondary_key))?,
         )
     } else {
-        (String::new(), String::new())
+        // Keys a certificate-authenticated device never shows or uses.
+        (
+            new_symmetric_key(GENERATED_KEY_BYTES)?,
+            new_symmetric_key(GENERATED_KEY_BYTES)?,
+        )
     };
     let mut doc = Map::new();
     doc.insert("authenticationType".into(), json!(auth_type));
@@ -284,10 +293,10 @@ pub fn put_device(
             doc.insert(field.into(), v.clone());
         }
     }
-    let now = now_text();
+    let now = now();
     let status_changed = current.as_ref().is_none_or(|d| d.status != status);
     let status_time = if status_changed {
-        json!(now)
+        json!(format_timestamp(now))
     } else {
         current
             .as_ref()
@@ -311,7 +320,7 @@ pub fn put_device(
             status: status.into(),
             primary_key,
             secondary_key,
-            created: now.clone(),
+            created: now,
             updated: now,
             etag: new_etag(),
             generation_id: new_generation_id(),
@@ -363,7 +372,7 @@ pub fn change_twin(
     }
     d.twin = Value::Object(twin);
     d.twin_version += 1;
-    d.updated = now_text();
+    d.updated = now();
     Ok(d)
 }
 
@@ -475,12 +484,16 @@ impl HubError {
 mod tests {
     use super::*;
 
+    fn key(n: u8) -> SymmetricKey {
+        SymmetricKey::from_bytes(vec![n; 32]).unwrap()
+    }
+
     #[test]
     fn twin_patch_merges_and_null_deletes() {
         let d = assigned_device(
             "h",
             "d",
-            ["a".into(), "b".into()],
+            [key(1), key(2)],
             None,
             Some(&json!({"tags": {"t": 1, "u": 2}, "properties": {"desired": {"x": {"y": 1}}}})),
         );
@@ -512,13 +525,7 @@ mod tests {
     fn put_device_rules() {
         let body = json!({"deviceId": "d1", "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}}});
         let created = put_device("h", "d1", &body, &Precondition::None, None).unwrap();
-        assert_eq!(
-            SymmetricKey::from_base64(&created.primary_key)
-                .unwrap()
-                .as_bytes()
-                .len(),
-            32
-        );
+        assert_eq!(created.primary_key.as_bytes().len(), 32);
         assert!(matches!(
             put_device("h", "d1", &body, &Precondition::None, Some(created.clone())),
             Err(HubError::DeviceAlreadyExists(_))

@@ -10,7 +10,7 @@ use usher_proto::service::{
 };
 use usher_proto::{RegistrationId, SymmetricKey};
 
-use crate::app::{App, new_key};
+use crate::app::{App, new_key, new_symmetric_key};
 use crate::clock::{new_etag, now_text};
 use crate::error::ApiError;
 use crate::registration::registration_result;
@@ -574,14 +574,15 @@ pub async fn add_policy(app: &App, name: &str, body: &[u8]) -> Result<Value, Api
         let known = crate::app::RIGHTS
             .iter()
             .find(|r| r.eq_ignore_ascii_case(right.trim()))
+            .and_then(|r| crate::store::Right::parse(r))
             .ok_or_else(|| {
                 ApiError::InvalidArgument(format!(
                     "unknown right {right:?}; rights are {}",
                     crate::app::RIGHTS.join(", ")
                 ))
             })?;
-        if !rights.contains(&(*known).to_owned()) {
-            rights.push((*known).to_owned());
+        if !rights.contains(&known) {
+            rights.push(known);
         }
     }
     if rights.is_empty() {
@@ -589,12 +590,11 @@ pub async fn add_policy(app: &App, name: &str, body: &[u8]) -> Result<Value, Api
             "a policy needs at least one right".into(),
         ));
     }
-    let key = |given: Option<String>, what: &str| -> Result<String, ApiError> {
+    let key = |given: Option<String>, what: &str| -> Result<SymmetricKey, ApiError> {
         match given {
             Some(k) => SymmetricKey::from_base64(&k)
-                .map(|_| k)
                 .map_err(|e| ApiError::InvalidArgument(format!("{what}: {e}"))),
-            None => new_key(GENERATED_KEY_BYTES),
+            None => new_symmetric_key(GENERATED_KEY_BYTES),
         }
     };
     let policy = crate::store::Policy {
@@ -632,12 +632,21 @@ pub async fn rotate_policy_key(app: &App, name: &str, which: &str) -> Result<Val
         .await?
         .ok_or_else(|| ApiError::PolicyNotFound(name.to_owned()))?;
     let (primary, secondary) = match which.to_ascii_lowercase().as_str() {
-        "primary" => (new_key(GENERATED_KEY_BYTES)?, policy.secondary_key),
-        "secondary" => (policy.primary_key, new_key(GENERATED_KEY_BYTES)?),
-        "both" => (new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?),
+        "primary" => (
+            new_symmetric_key(GENERATED_KEY_BYTES)?,
+            policy.secondary_key,
+        ),
+        "secondary" => (policy.primary_key, new_symmetric_key(GENERATED_KEY_BYTES)?),
+        "both" => (
+            new_symmetric_key(GENERATED_KEY_BYTES)?,
+            new_symmetric_key(GENERATED_KEY_BYTES)?,
+        ),
         // Swap: the secondary becomes primary and the old primary is replaced, so clients can move
         // to the secondary first and nothing breaks.
-        "swap" => (policy.secondary_key, new_key(GENERATED_KEY_BYTES)?),
+        "swap" => (
+            policy.secondary_key,
+            new_symmetric_key(GENERATED_KEY_BYTES)?,
+        ),
         other => {
             return Err(ApiError::InvalidArgument(format!(
                 "unknown key {other:?}; use primary, secondary, both or swap"
@@ -654,7 +663,8 @@ pub async fn rotate_policy_key(app: &App, name: &str, which: &str) -> Result<Val
 
 fn policy_json(p: &crate::store::Policy) -> Value {
     serde_json::json!({
-        "keyName": p.name, "primaryKey": p.primary_key, "secondaryKey": p.secondary_key, "rights": p.rights.join(", "),
+        "keyName": p.name, "primaryKey": p.primary_key.to_base64(),
+        "secondaryKey": p.secondary_key.to_base64(), "rights": p.rights_text(),
     })
 }
 
@@ -694,7 +704,7 @@ pub async fn add_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiErr
         weight,
         apply_allocation_policy: req.apply_allocation_policy.unwrap_or(true),
         builtin: true,
-        created: now_text(),
+        created: crate::clock::now(),
         location: req.location.map(|l| check_location(&l)).transpose()?,
     };
     if !app.store.add_hub(hub.clone()).await? {
@@ -814,14 +824,16 @@ pub async fn hub_devices(app: &App, name: &str) -> Result<Vec<Value>, ApiError> 
 fn hub_json(h: &Hub) -> Value {
     serde_json::json!({
         "name": h.name, "hostname": h.hostname, "weight": h.weight, "location": h.location,
-        "applyAllocationPolicy": h.apply_allocation_policy, "builtin": h.builtin, "createdDateTimeUtc": h.created,
+        "applyAllocationPolicy": h.apply_allocation_policy, "builtin": h.builtin,
+        "createdDateTimeUtc": usher_proto::model::format_timestamp(h.created),
     })
 }
 
 fn device_json(d: &HubDevice) -> Value {
     serde_json::json!({
         "deviceId": d.device_id, "status": d.status,
-        "createdDateTimeUtc": d.created, "lastUpdatedDateTimeUtc": d.updated,
+        "createdDateTimeUtc": usher_proto::model::format_timestamp(d.created),
+        "lastUpdatedDateTimeUtc": usher_proto::model::format_timestamp(d.updated),
     })
 }
 

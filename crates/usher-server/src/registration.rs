@@ -14,7 +14,7 @@ use usher_proto::{RegistrationId, SymmetricKey};
 
 use crate::app::App;
 use crate::audit;
-use crate::clock::{new_etag, now_text, unix_now};
+use crate::clock::{new_etag, unix_now};
 use crate::error::{ApiError, AuthError};
 use crate::store::{
     Assignment, Collection, DeviceWrite, Doc, RegisterView, Registration, StoreError, TwinWrite,
@@ -239,17 +239,13 @@ fn decide_in_transaction(
     let previous = view.previous.as_ref().map(|p| decision::Previous {
         assigned: match (&p.assigned_hub, &p.device_id) {
             (Some(hub), Some(device_id))
-                if p.status == RegistrationStatus::Assigned.as_str()
-                    || p.status == RegistrationStatus::Assigning.as_str() =>
+                if p.status == RegistrationStatus::Assigned
+                    || p.status == RegistrationStatus::Assigning =>
             {
                 Some(decision::Assignment {
                     hub: hub.clone(),
                     device_id: device_id.clone(),
-                    substatus: p
-                        .substatus
-                        .as_deref()
-                        .and_then(Substatus::parse)
-                        .unwrap_or(Substatus::InitialAssignment),
+                    substatus: p.substatus.unwrap_or(Substatus::InitialAssignment),
                 })
             }
             _ => None,
@@ -294,20 +290,17 @@ fn decide_in_transaction(
         webhook: webhook.as_ref(),
     });
 
-    let now = now_text();
+    let now = crate::clock::now();
     let mut record = Registration {
         registration_id: registration_id.to_owned(),
         enrollment_group_id: enrollment.group_id().map(str::to_owned),
-        status: RegistrationStatus::Assigned.as_str().to_owned(),
+        status: RegistrationStatus::Assigned,
         substatus: None,
         assigned_hub: None,
         device_id: None,
         error_code: None,
         error_message: None,
-        created: view
-            .previous
-            .as_ref()
-            .map_or_else(|| now.clone(), |p| p.created.clone()),
+        created: view.previous.as_ref().map_or(now, |p| p.created),
         updated: now,
         etag: new_etag(),
         operation_id,
@@ -330,10 +323,10 @@ fn decide_in_transaction(
             // The operation is assigning while the webhook is called; the previous assignment
             // stays on the record, for the decision the webhook's answer completes.
             let prev = view.previous.as_ref();
-            record.status = RegistrationStatus::Assigning.as_str().to_owned();
+            record.status = RegistrationStatus::Assigning;
             record.assigned_hub = prev.and_then(|p| p.assigned_hub.clone());
             record.device_id = prev.and_then(|p| p.device_id.clone());
-            record.substatus = prev.and_then(|p| p.substatus.clone());
+            record.substatus = prev.and_then(|p| p.substatus);
             audit.result = "assigning".into();
             let call = crate::webhook::Call {
                 job: RegisterJob {
@@ -356,7 +349,7 @@ fn decide_in_transaction(
             Decided::Pending { request: call }
         }
         decision::Outcome::Failed { code, message } => {
-            record.status = RegistrationStatus::Failed.as_str().to_owned();
+            record.status = RegistrationStatus::Failed;
             record.error_code = Some(code.code());
             record.error_message = Some(message);
             audit.result = format!("failed {}", code.code());
@@ -371,7 +364,7 @@ fn decide_in_transaction(
         } => {
             record.assigned_hub = Some(to.hub.clone());
             record.device_id = Some(to.device_id.clone());
-            record.substatus = Some(to.substatus.as_str().to_owned());
+            record.substatus = Some(to.substatus);
             record.payload = payload;
             record.initial_hub = Some(initial_hub);
             audit.result = "assigned".into();
@@ -391,7 +384,7 @@ fn decide_in_transaction(
                 let device = crate::hub::assigned_device(
                     &hub_name,
                     &to.device_id,
-                    [attested.keys[0].to_base64(), attested.keys[1].to_base64()],
+                    attested.keys.clone(),
                     settings.other.get("capabilities"),
                     initial.as_ref(),
                 );
@@ -634,15 +627,15 @@ pub fn response_status(app: &App, status: &RegistrationOperationStatus) -> (u16,
 
 /// The device's view of a registration record.
 pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
-    let status = RegistrationStatus::parse(&r.status).unwrap_or(RegistrationStatus::Failed);
+    let status = r.status;
     DeviceRegistrationResult {
-        created_date_time_utc: Some(r.created.clone()),
+        created_date_time_utc: Some(usher_proto::model::format_timestamp(r.created)),
         assigned_hub: r.assigned_hub.clone(),
         device_id: r.device_id.clone(),
-        substatus: r.substatus.as_deref().and_then(Substatus::parse),
+        substatus: r.substatus,
         error_code: r.error_code,
         error_message: r.error_message.clone(),
-        last_updated_date_time_utc: Some(r.updated.clone()),
+        last_updated_date_time_utc: Some(usher_proto::model::format_timestamp(r.updated)),
         etag: Some(r.etag.clone()),
         payload: r.payload.clone(),
         symmetric_key: Some(SymmetricKeyRegistrationResult {

@@ -148,3 +148,15 @@ fn timestamps_have_seven_fractional_digits() {
         "2023-05-09T20:31:23.1234567Z"
     );
 }
+
+#[test]
+fn timestamps_round_trip_through_dps_format() {
+    let text = "2022-08-31T22:02:50.5163352Z";
+    let at = parse_timestamp(text).unwrap();
+    assert_eq!(format_timestamp(at), text);
+    assert_eq!(
+        format_timestamp(parse_timestamp("2023-05-09T20:31:22Z").unwrap()),
+        "2023-05-09T20:31:22.0000000Z"
+    );
+    assert_eq!(parse_timestamp("yesterday"), None);
+}

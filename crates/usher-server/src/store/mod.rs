@@ -35,22 +35,103 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// A point in time. Stored as 100-ns ticks since the Unix epoch (DPS shows seven fractional
+/// digits); shown with `usher_proto::model::format_timestamp`.
+pub type Time = time::OffsetDateTime;
+
+/// A time as stored.
+pub fn to_ticks(t: Time) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 100).unwrap_or(i64::MAX)
+}
+
+/// A stored time.
+pub fn from_ticks(ticks: i64) -> Time {
+    Time::from_unix_timestamp_nanos(i128::from(ticks) * 100).unwrap_or(Time::UNIX_EPOCH)
+}
+
+/// A right a shared access policy grants: the DPS rights, then the IoT Hub ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Right {
+    ServiceConfig,
+    EnrollmentRead,
+    EnrollmentWrite,
+    DeviceConnect,
+    RegistrationStatusRead,
+    RegistrationStatusWrite,
+    RegistryRead,
+    RegistryWrite,
+    ServiceConnect,
+}
+
+impl Right {
+    pub const ALL: [Self; 9] = [
+        Self::ServiceConfig,
+        Self::EnrollmentRead,
+        Self::EnrollmentWrite,
+        Self::DeviceConnect,
+        Self::RegistrationStatusRead,
+        Self::RegistrationStatusWrite,
+        Self::RegistryRead,
+        Self::RegistryWrite,
+        Self::ServiceConnect,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServiceConfig => "ServiceConfig",
+            Self::EnrollmentRead => "EnrollmentRead",
+            Self::EnrollmentWrite => "EnrollmentWrite",
+            Self::DeviceConnect => "DeviceConnect",
+            Self::RegistrationStatusRead => "RegistrationStatusRead",
+            Self::RegistrationStatusWrite => "RegistrationStatusWrite",
+            Self::RegistryRead => "RegistryRead",
+            Self::RegistryWrite => "RegistryWrite",
+            Self::ServiceConnect => "ServiceConnect",
+        }
+    }
+
+    /// A right by its name (case-insensitively).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Its bit in the stored set.
+    pub fn bit(self) -> i64 {
+        1 << (self as u32)
+    }
+
+    /// The rights of a stored set.
+    pub fn from_bits(bits: i64) -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|r| bits & r.bit() != 0)
+            .collect()
+    }
+
+    /// A stored set.
+    pub fn to_bits(rights: &[Self]) -> i64 {
+        rights.iter().fold(0, |bits, r| bits | r.bit())
+    }
+}
+
 /// The identity of this provisioning instance, made once on first run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub id_scope: String,
     /// The host name service tokens are signed for, and the device endpoint.
     pub service_host: String,
-    pub created: String,
+    pub created: Time,
 }
 
 /// A shared access policy: a name, two keys and the rights it grants. `Debug` leaves the keys out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
-    pub primary_key: String,
-    pub secondary_key: String,
-    pub rights: Vec<String>,
+    pub primary_key: SymmetricKey,
+    pub secondary_key: SymmetricKey,
+    pub rights: Vec<Right>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -64,18 +145,23 @@ impl std::fmt::Debug for Policy {
 
 impl Policy {
     /// Checks a token's signature against this policy's keys (primary, then secondary) and returns
-    /// the index of the key that signed it. A stored key that does not decode matches nothing.
+    /// the index of the key that signed it.
     pub fn check_signature(&self, token: &SasToken) -> Result<usize, SasError> {
-        let keys: Vec<SymmetricKey> = [&self.primary_key, &self.secondary_key]
-            .iter()
-            .filter_map(|k| SymmetricKey::from_base64(k).ok())
-            .collect();
-        token.check_signature(&keys.iter().collect::<Vec<_>>())
+        token.check_signature(&[&self.primary_key, &self.secondary_key])
     }
 
-    /// Whether the policy holds `right`.
+    /// Whether the policy holds the right named `right`.
     pub fn grants(&self, right: &str) -> bool {
-        self.rights.iter().any(|r| r == right)
+        Right::parse(right).is_some_and(|r| self.rights.contains(&r))
+    }
+
+    /// The rights' names, comma-separated.
+    pub fn rights_text(&self) -> String {
+        self.rights
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -89,7 +175,7 @@ pub struct Hub {
     pub apply_allocation_policy: bool,
     /// Whether Usher's own registry holds the hub's device identities.
     pub builtin: bool,
-    pub created: String,
+    pub created: Time,
     /// An Azure-style region name, for `geoLatency` allocation.
     pub location: Option<String>,
 }
@@ -135,11 +221,12 @@ impl AllocationSettings {
 pub struct HubDevice {
     pub hub: String,
     pub device_id: String,
+    /// `enabled` or `disabled`.
     pub status: String,
-    pub primary_key: String,
-    pub secondary_key: String,
-    pub created: String,
-    pub updated: String,
+    pub primary_key: SymmetricKey,
+    pub secondary_key: SymmetricKey,
+    pub created: Time,
+    pub updated: Time,
     /// Changes on every write to the device.
     pub etag: String,
     /// Changes when the device is deleted and created again.
@@ -196,14 +283,14 @@ pub struct Registration {
     /// As the device spelled it on its latest registration.
     pub registration_id: String,
     pub enrollment_group_id: Option<String>,
-    pub status: String,
-    pub substatus: Option<String>,
+    pub status: usher_proto::model::RegistrationStatus,
+    pub substatus: Option<usher_proto::model::Substatus>,
     pub assigned_hub: Option<String>,
     pub device_id: Option<String>,
     pub error_code: Option<u32>,
     pub error_message: Option<String>,
-    pub created: String,
-    pub updated: String,
+    pub created: Time,
+    pub updated: Time,
     pub etag: String,
     /// The latest operation; operation-status requests must name it.
     pub operation_id: String,
@@ -317,8 +404,8 @@ impl Store {
     pub async fn set_policy_keys(
         &self,
         name: &str,
-        primary_key: String,
-        secondary_key: String,
+        primary_key: SymmetricKey,
+        secondary_key: SymmetricKey,
     ) -> Result<Option<Policy>, StoreError> {
         dispatch!(self, s => s.set_policy_keys(name, primary_key, secondary_key).await)
     }

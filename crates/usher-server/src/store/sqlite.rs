@@ -14,8 +14,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AllocationSettings, Assignment, Bootstrap, Collection, Doc, Hub, HubDevice, Instance, Policy,
-    RegisterView, Registration, StoreError, TwinWrite,
+    RegisterView, Registration, Right, StoreError, TwinWrite, from_ticks, to_ticks,
 };
+use usher_proto::SymmetricKey;
+use usher_proto::model::{RegistrationStatus, Substatus};
+
+use super::Time;
 use crate::secrets::{DataKey, Kek, Sealer};
 use usher_proto::audit::{Entry as AuditEntry, Record as AuditRecord};
 
@@ -28,11 +32,12 @@ const READ_POOL: usize = 8;
 
 /// Schema migrations, applied in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/0001_initial.sql"),
-    include_str!("migrations/0002_hub_registry.sql"),
-    include_str!("migrations/0003_keyring.sql"),
-    include_str!("migrations/0004_audit_log.sql"),
-    include_str!("migrations/0005_allocation.sql"),
+    include_str!("migrations/sqlite/0001_initial.sql"),
+    include_str!("migrations/sqlite/0002_hub_registry.sql"),
+    include_str!("migrations/sqlite/0003_keyring.sql"),
+    include_str!("migrations/sqlite/0004_audit_log.sql"),
+    include_str!("migrations/sqlite/0005_allocation.sql"),
+    include_str!("migrations/sqlite/0006_typed_rows.sql"),
 ];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
@@ -185,13 +190,10 @@ impl SqliteStore {
             let i = &first.instance;
             c.execute(
                 "INSERT INTO instance (id, id_scope, service_host, created) VALUES (1, ?1, ?2, ?3)",
-                params![i.id_scope, i.service_host, i.created],
+                params![i.id_scope, i.service_host, to_ticks(i.created)],
             )?;
             for p in &first.policies {
-                c.execute(
-                    "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)",
-                    params![p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
-                )?;
+                insert_policy(c, &sealer, "policies", None, p)?;
             }
             for h in &first.hubs {
                 insert_hub(c, h)?;
@@ -205,11 +207,10 @@ impl SqliteStore {
         let name = name.to_owned();
         let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
-                [name],
-                policy_row,
-            )
+            )?
+            .query_row([name], raw_policy)
             .optional()?
             .map(|p| open_policy(&sealer, p))
             .transpose()
@@ -223,7 +224,7 @@ impl SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT name, primary_key, secondary_key, rights FROM policies ORDER BY name",
             )?;
-            let rows: Vec<Policy> = stmt.query_map([], policy_row)?.collect::<Result<_, _>>()?;
+            let rows: Vec<RawPolicy> = stmt.query_map([], raw_policy)?.collect::<Result<_, _>>()?;
             rows.into_iter().map(|p| open_policy(&sealer, p)).collect()
         })
         .await
@@ -231,15 +232,8 @@ impl SqliteStore {
 
     pub(super) async fn add_policy(&self, p: Policy) -> Result<bool, StoreError> {
         let sealer = Arc::clone(&self.sealer);
-        self.write(move |c| {
-            let n = c.execute(
-                "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
-                params![p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
-            )?;
-            Ok(n == 1)
-        })
-        .await
+        self.write(move |c| insert_policy(c, &sealer, "policies", None, &p))
+            .await
     }
 
     pub(super) async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
@@ -251,8 +245,8 @@ impl SqliteStore {
     pub(super) async fn set_policy_keys(
         &self,
         name: &str,
-        primary_key: String,
-        secondary_key: String,
+        primary_key: SymmetricKey,
+        secondary_key: SymmetricKey,
     ) -> Result<Option<Policy>, StoreError> {
         let name = name.to_owned();
         let sealer = Arc::clone(&self.sealer);
@@ -261,14 +255,14 @@ impl SqliteStore {
                 "UPDATE policies SET primary_key = ?2, secondary_key = ?3 WHERE name = ?1",
                 params![
                     name,
-                    sealer.seal(&primary_key)?,
-                    sealer.seal(&secondary_key)?
+                    sealer.seal(&primary_key.to_base64())?,
+                    sealer.seal(&secondary_key.to_base64())?
                 ],
             )?;
             c.query_row(
                 "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
                 [&name],
-                policy_row,
+                raw_policy,
             )
             .optional()?
             .map(|p| open_policy(&sealer, p))
@@ -278,14 +272,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT name, hostname, weight, apply_allocation_policy, builtin, created, location FROM hubs ORDER BY rowid",
-            )?;
-            let rows = stmt.query_map([], hub_row)?.collect::<Result<_, _>>()?;
-            Ok(rows)
-        })
-        .await
+        self.read(|c| Ok(load_hubs(c)?)).await
     }
 
     pub(super) async fn add_hub(&self, hub: Hub) -> Result<bool, StoreError> {
@@ -308,9 +295,8 @@ impl SqliteStore {
         let hub = hub.to_owned();
         let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            let sql = format!(
-                "SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 ORDER BY rowid"
-            );
+            let sql =
+                format!("SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 ORDER BY seq");
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt
                 .query_map([hub], raw_hub_device)?
@@ -387,11 +373,10 @@ impl SqliteStore {
         let (hub, name) = (hub.to_owned(), name.to_owned());
         let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT name, primary_key, secondary_key, rights FROM hub_policies WHERE hub = ?1 AND name = ?2",
-                params![hub, name],
-                policy_row,
-            )
+            )?
+            .query_row(params![hub, name], raw_policy)
             .optional()?
             .map(|p| open_policy(&sealer, p))
             .transpose()
@@ -408,11 +393,7 @@ impl SqliteStore {
         let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             for p in &policies {
-                c.execute(
-                    "INSERT INTO hub_policies (hub, name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (hub, name) DO NOTHING",
-                    params![hub, p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
-                )?;
+                insert_policy(c, &sealer, "hub_policies", Some(&hub), p)?;
             }
             Ok(())
         })
@@ -434,13 +415,13 @@ impl SqliteStore {
         let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
             let sql = format!(
-                "SELECT rowid, id, doc, etag FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                "SELECT seq, {DOC_COLUMNS} FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 table(coll)
             );
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params![clamp(after), clamp(limit)], |r| {
-                    Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+                    Ok((r.get::<_, i64>(0)?, raw_doc_at(r, 1)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
@@ -464,13 +445,7 @@ impl SqliteStore {
         self.write(move |c| {
             let current = load_doc(c, &sealer, coll, &key)?;
             let doc = decide(current)?;
-            let json = seal_doc(&sealer, &doc.json)?;
-            let sql = format!(
-                "INSERT INTO {} (key, id, doc, etag) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (key) DO UPDATE SET id = excluded.id, doc = excluded.doc, etag = excluded.etag",
-                table(coll)
-            );
-            c.execute(&sql, params![key, doc.id, json, doc.etag]).map_err(StoreError::from)?;
+            write_doc(c, &sealer, coll, &key, &doc)?;
             Ok(doc)
         })
         .await
@@ -532,7 +507,7 @@ impl SqliteStore {
         let key = group_id.to_ascii_lowercase();
         self.read(move |c| {
             let sql = format!(
-                "SELECT {REGISTRATION_COLUMNS}, rowid FROM registrations WHERE enrollment_group_key = ?1 ORDER BY rowid"
+                "SELECT {REGISTRATION_COLUMNS}, seq FROM registrations WHERE enrollment_group_key = ?1 ORDER BY seq"
             );
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt
@@ -731,14 +706,14 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
         .execute(params![
             r.registration_id,
             r.enrollment_group_id,
-            r.status,
-            r.substatus,
+            r.status.as_str(),
+            r.substatus.map(Substatus::as_str),
             r.assigned_hub,
             r.device_id,
             r.error_code,
             r.error_message,
-            r.created,
-            r.updated,
+            to_ticks(r.created),
+            to_ticks(r.updated),
             r.etag,
             r.operation_id,
             payload,
@@ -764,7 +739,7 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
                 status: d.status.clone(),
                 primary_key: d.primary_key.clone(),
                 secondary_key: d.secondary_key.clone(),
-                updated: d.updated.clone(),
+                updated: d.updated,
                 etag: d.etag.clone(),
                 doc: merge_capabilities(existing.doc.clone(), &d.doc),
                 twin: if *twin == TwinWrite::Replace {
@@ -810,40 +785,61 @@ const REGISTRATION_COLUMNS: &str = "registration_id, enrollment_group_id, status
 const HUB_DEVICE_COLUMNS: &str = "hub, device_id, status, primary_key, secondary_key, created, updated, etag, \
      generation_id, doc, twin, twin_version";
 
-type RawHubDevice = (HubDevice, String, String);
-
-fn raw_hub_device(r: &Row<'_>) -> rusqlite::Result<RawHubDevice> {
-    Ok((
-        HubDevice {
-            hub: r.get(0)?,
-            device_id: r.get(1)?,
-            status: r.get(2)?,
-            primary_key: r.get(3)?,
-            secondary_key: r.get(4)?,
-            created: r.get(5)?,
-            updated: r.get(6)?,
-            etag: r.get(7)?,
-            generation_id: r.get(8)?,
-            doc: Value::Null,
-            twin: Value::Null,
-            twin_version: r.get(11)?,
-        },
-        r.get(9)?,
-        r.get(10)?,
-    ))
+/// A hub device row before its keys are opened and its JSON parsed.
+struct RawHubDevice {
+    hub: String,
+    device_id: String,
+    status: String,
+    keys: [String; 2],
+    created: i64,
+    updated: i64,
+    etag: String,
+    generation_id: String,
+    doc: String,
+    twin: String,
+    twin_version: i64,
 }
 
-fn parse_hub_device(
-    sealer: &Sealer,
-    (mut d, doc, twin): RawHubDevice,
-) -> Result<HubDevice, StoreError> {
+fn raw_hub_device(r: &Row<'_>) -> rusqlite::Result<RawHubDevice> {
+    Ok(RawHubDevice {
+        hub: r.get(0)?,
+        device_id: r.get(1)?,
+        status: r.get(2)?,
+        keys: [r.get(3)?, r.get(4)?],
+        created: r.get(5)?,
+        updated: r.get(6)?,
+        etag: r.get(7)?,
+        generation_id: r.get(8)?,
+        doc: r.get(9)?,
+        twin: r.get(10)?,
+        twin_version: r.get(11)?,
+    })
+}
+
+fn parse_hub_device(sealer: &Sealer, d: RawHubDevice) -> Result<HubDevice, StoreError> {
     let corrupt =
         |e: serde_json::Error| StoreError::Corrupt(format!("hub device {}: {e}", d.device_id));
-    d.doc = serde_json::from_str(&doc).map_err(corrupt)?;
-    d.twin = serde_json::from_str(&twin).map_err(corrupt)?;
-    d.primary_key = sealer.open(&d.primary_key)?;
-    d.secondary_key = sealer.open(&d.secondary_key)?;
-    Ok(d)
+    let [primary, secondary] = &d.keys;
+    Ok(HubDevice {
+        doc: serde_json::from_str(&d.doc).map_err(corrupt)?,
+        twin: serde_json::from_str(&d.twin).map_err(corrupt)?,
+        primary_key: open_key(sealer, primary)?,
+        secondary_key: open_key(sealer, secondary)?,
+        created: from_ticks(d.created),
+        updated: from_ticks(d.updated),
+        hub: d.hub,
+        device_id: d.device_id,
+        status: d.status,
+        etag: d.etag,
+        generation_id: d.generation_id,
+        twin_version: d.twin_version,
+    })
+}
+
+/// Opens a sealed key column.
+fn open_key(sealer: &Sealer, sealed: &str) -> Result<SymmetricKey, StoreError> {
+    SymmetricKey::from_base64(&sealer.open(sealed)?)
+        .map_err(|e| StoreError::Corrupt(format!("a stored key: {e}")))
 }
 
 fn load_hub_device(
@@ -873,10 +869,10 @@ fn write_hub_device(c: &Connection, sealer: &Sealer, d: &HubDevice) -> Result<()
             d.hub,
             d.device_id,
             d.status,
-            sealer.seal(&d.primary_key)?,
-            sealer.seal(&d.secondary_key)?,
-            d.created,
-            d.updated,
+            sealer.seal(&d.primary_key.to_base64())?,
+            sealer.seal(&d.secondary_key.to_base64())?,
+            to_ticks(d.created),
+            to_ticks(d.updated),
             d.etag,
             d.generation_id,
             d.doc.to_string(),
@@ -907,12 +903,27 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             supported,
         });
     }
+    // Some migrations rebuild tables others refer to: foreign keys are checked once, after.
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as i64 + 1;
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; INSERT INTO schema_version (version) VALUES ({version}); COMMIT;"))
             .inspect_err(|_| {
                 let _ = conn.execute_batch("ROLLBACK");
             })?;
+    }
+    let broken: Option<String> = conn
+        .query_row(
+            "SELECT \"table\" FROM pragma_foreign_key_check LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    if let Some(table) = broken {
+        return Err(StoreError::Corrupt(format!(
+            "a row of {table} refers to a row that does not exist"
+        )));
     }
     Ok(())
 }
@@ -968,7 +979,7 @@ fn load_instance(c: &Connection) -> rusqlite::Result<Option<Instance>> {
             Ok(Instance {
                 id_scope: r.get(0)?,
                 service_host: r.get(1)?,
-                created: r.get(2)?,
+                created: from_ticks(r.get(2)?),
             })
         },
     )
@@ -977,8 +988,9 @@ fn load_instance(c: &Connection) -> rusqlite::Result<Option<Instance>> {
 
 fn insert_hub(c: &Connection, h: &Hub) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO hubs (name, hostname, weight, apply_allocation_policy, builtin, created, location) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![h.name, h.hostname, h.weight, h.apply_allocation_policy, h.builtin, h.created, h.location],
+        "INSERT INTO hubs (name, hostname, weight, apply_allocation_policy, builtin, created, location, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT coalesce(max(seq), 0) + 1 FROM hubs))",
+        params![h.name, h.hostname, h.weight, h.apply_allocation_policy, h.builtin, to_ticks(h.created), h.location],
     )?;
     Ok(())
 }
@@ -990,14 +1002,14 @@ fn hub_row(r: &Row<'_>) -> rusqlite::Result<Hub> {
         weight: r.get(2)?,
         apply_allocation_policy: r.get(3)?,
         builtin: r.get(4)?,
-        created: r.get(5)?,
+        created: from_ticks(r.get(5)?),
         location: r.get(6)?,
     })
 }
 
 fn load_hubs(c: &Connection) -> rusqlite::Result<Vec<Hub>> {
     c.prepare_cached(
-        "SELECT name, hostname, weight, apply_allocation_policy, builtin, created, location FROM hubs ORDER BY rowid",
+        "SELECT name, hostname, weight, apply_allocation_policy, builtin, created, location FROM hubs ORDER BY seq",
     )?
     .query_map([], hub_row)?
     .collect()
@@ -1022,18 +1034,44 @@ fn load_allocation(c: &Connection) -> Result<AllocationSettings, StoreError> {
     })
 }
 
-fn policy_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
-    let rights: String = r.get(3)?;
-    Ok(Policy {
-        name: r.get(0)?,
-        primary_key: r.get(1)?,
-        secondary_key: r.get(2)?,
-        rights: rights
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
+/// A policy row before its keys are opened.
+type RawPolicy = (String, String, String, i64);
+
+fn raw_policy(r: &Row<'_>) -> rusqlite::Result<RawPolicy> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+/// Inserts a policy (into `policies`, or a hub's into `hub_policies`) unless one of that name
+/// exists; whether it was inserted.
+fn insert_policy(
+    c: &Connection,
+    sealer: &Sealer,
+    table: &str,
+    hub: Option<&str>,
+    p: &Policy,
+) -> Result<bool, StoreError> {
+    let (primary, secondary) = (
+        sealer.seal(&p.primary_key.to_base64())?,
+        sealer.seal(&p.secondary_key.to_base64())?,
+    );
+    let bits = Right::to_bits(&p.rights);
+    let n = match hub {
+        None => c.execute(
+            &format!(
+                "INSERT INTO {table} (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING"
+            ),
+            params![p.name, primary, secondary, bits],
+        )?,
+        Some(hub) => c.execute(
+            &format!(
+                "INSERT INTO {table} (hub, name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING"
+            ),
+            params![hub, p.name, primary, secondary, bits],
+        )?,
+    };
+    Ok(n == 1)
 }
 
 fn table(coll: Collection) -> &'static str {
@@ -1047,19 +1085,39 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn raw_doc(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+/// The columns a document is read from.
+const DOC_COLUMNS: &str = "id, doc, etag, primary_key, secondary_key";
+
+/// A document row: (id, JSON without keys, etag, sealed primary key, sealed secondary key).
+type RawDoc = (String, String, String, Option<String>, Option<String>);
+
+fn raw_doc_at(r: &Row<'_>, at: usize) -> rusqlite::Result<RawDoc> {
+    Ok((
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        r.get(at + 3)?,
+        r.get(at + 4)?,
+    ))
 }
 
+/// A document as the domain sees it: its keys opened and put back into its attestation.
 fn parse_doc(
     sealer: &Sealer,
-    (id, json, etag): (String, String, String),
+    (id, json, etag, primary, secondary): RawDoc,
 ) -> Result<Doc, StoreError> {
     let mut json: Value = serde_json::from_str(&json)
         .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
-    for slot in doc_key_slots(&mut json) {
-        if let Value::String(sealed) = slot {
-            *sealed = sealer.open(sealed)?;
+    for (field, sealed) in [("primaryKey", primary), ("secondaryKey", secondary)] {
+        if let Some(sealed) = sealed
+            && let Some(attestation) = json.get_mut("attestation").and_then(Value::as_object_mut)
+        {
+            let keys = attestation
+                .entry("symmetricKey")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(keys) = keys.as_object_mut() {
+                keys.insert(field.into(), Value::String(sealer.open(&sealed)?));
+            }
         }
     }
     Ok(Doc { id, json, etag })
@@ -1071,40 +1129,87 @@ fn load_doc(
     coll: Collection,
     key: &str,
 ) -> Result<Option<Doc>, StoreError> {
-    let sql = format!("SELECT id, doc, etag FROM {} WHERE key = ?1", table(coll));
-    c.query_row(&sql, [key], raw_doc)
+    let sql = format!("SELECT {DOC_COLUMNS} FROM {} WHERE key = ?1", table(coll));
+    c.prepare_cached(&sql)?
+        .query_row([key], |r| raw_doc_at(r, 0))
         .optional()?
         .map(|raw| parse_doc(sealer, raw))
         .transpose()
 }
 
-/// A document's secret values: its symmetric keys.
-fn doc_key_slots(json: &mut Value) -> impl Iterator<Item = &mut Value> {
-    json.pointer_mut("/attestation/symmetricKey")
+/// Writes a document: its keys sealed in their own columns, its typed fields in theirs, the rest
+/// (every field the client sent) as JSON. An update keeps the row's place in the sequence.
+fn write_doc(
+    c: &Connection,
+    sealer: &Sealer,
+    coll: Collection,
+    key: &str,
+    doc: &Doc,
+) -> Result<(), StoreError> {
+    let mut json = doc.json.clone();
+    let keys = json
+        .pointer_mut("/attestation")
         .and_then(Value::as_object_mut)
-        .into_iter()
-        .flat_map(|keys| {
-            keys.iter_mut()
-                .filter(|(name, _)| *name == "primaryKey" || *name == "secondaryKey")
-                .map(|(_, value)| value)
-        })
+        .and_then(|a| a.remove("symmetricKey"));
+    let key_of = |name: &str| -> Result<Option<String>, StoreError> {
+        keys.as_ref()
+            .and_then(|k| k.get(name))
+            .and_then(Value::as_str)
+            .map(|k| sealer.seal(k).map_err(StoreError::from))
+            .transpose()
+    };
+    let text = |path: &str| json.pointer(path).and_then(Value::as_str);
+    let attestation = text("/attestation/type")
+        .and_then(usher_proto::service::AttestationType::parse)
+        .map_or("none", usher_proto::service::AttestationType::as_str);
+    let status = text("/provisioningStatus")
+        .and_then(usher_proto::service::ProvisioningStatus::parse)
+        .map_or("enabled", usher_proto::service::ProvisioningStatus::as_str);
+    let policy = text("/allocationPolicy")
+        .and_then(usher_proto::service::AllocationPolicy::parse)
+        .map(usher_proto::service::AllocationPolicy::as_str);
+    let ticks = |path: &str| {
+        text(path)
+            .and_then(usher_proto::model::parse_timestamp)
+            .map_or(0, to_ticks)
+    };
+    let sql = format!(
+        "INSERT INTO {} (key, id, attestation, primary_key, secondary_key, provisioning_status,
+                          allocation_policy, created, updated, doc, etag)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (key) DO UPDATE SET id = excluded.id, attestation = excluded.attestation,
+           primary_key = excluded.primary_key, secondary_key = excluded.secondary_key,
+           provisioning_status = excluded.provisioning_status,
+           allocation_policy = excluded.allocation_policy, created = excluded.created,
+           updated = excluded.updated, doc = excluded.doc, etag = excluded.etag",
+        table(coll)
+    );
+    c.prepare_cached(&sql)?.execute(params![
+        key,
+        doc.id,
+        attestation,
+        key_of("primaryKey")?,
+        key_of("secondaryKey")?,
+        status,
+        policy,
+        ticks("/createdDateTimeUtc"),
+        ticks("/lastUpdatedDateTimeUtc"),
+        json.to_string(),
+        doc.etag,
+    ])?;
+    Ok(())
 }
 
-/// The stored text of a document, its keys sealed.
-fn seal_doc(sealer: &Sealer, json: &Value) -> Result<String, StoreError> {
-    let mut json = json.clone();
-    for slot in doc_key_slots(&mut json) {
-        if let Value::String(plain) = slot {
-            *plain = sealer.seal(plain)?;
-        }
-    }
-    serde_json::to_string(&json).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn open_policy(sealer: &Sealer, mut p: Policy) -> Result<Policy, StoreError> {
-    p.primary_key = sealer.open(&p.primary_key)?;
-    p.secondary_key = sealer.open(&p.secondary_key)?;
-    Ok(p)
+fn open_policy(
+    sealer: &Sealer,
+    (name, primary, secondary, bits): RawPolicy,
+) -> Result<Policy, StoreError> {
+    Ok(Policy {
+        name,
+        primary_key: open_key(sealer, &primary)?,
+        secondary_key: open_key(sealer, &secondary)?,
+        rights: Right::from_bits(bits),
+    })
 }
 
 /// The last entry's place and hash (or the anchor's, or the genesis): where the next entry chains on.
@@ -1182,55 +1287,37 @@ fn data_key(c: &Connection, kek: &Kek) -> Result<DataKey, StoreError> {
 fn seal_plaintext(c: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
     c.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| -> Result<(), StoreError> {
-        for table in ["policies", "hub_policies", "hub_devices"] {
-            let rows: Vec<(i64, String, String)> = c
+        for table in [
+            "policies",
+            "hub_policies",
+            "hub_devices",
+            "enrollments",
+            "enrollment_groups",
+        ] {
+            let rows: Vec<(i64, Option<String>, Option<String>)> = c
                 .prepare(&format!(
                     "SELECT rowid, primary_key, secondary_key FROM {table}"
                 ))?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             for (rowid, primary, secondary) in rows {
-                if Sealer::is_sealed(&primary) && Sealer::is_sealed(&secondary) {
+                let plain =
+                    |k: &Option<String>| k.as_deref().is_some_and(|k| !Sealer::is_sealed(k));
+                if !plain(&primary) && !plain(&secondary) {
                     continue;
                 }
-                let seal = |k: &str| -> Result<String, StoreError> {
-                    if Sealer::is_sealed(k) {
-                        Ok(k.to_owned())
-                    } else {
-                        Ok(sealer.seal(k)?)
+                let seal = |k: Option<String>| -> Result<Option<String>, StoreError> {
+                    match k {
+                        Some(k) if !Sealer::is_sealed(&k) => Ok(Some(sealer.seal(&k)?)),
+                        other => Ok(other),
                     }
                 };
                 c.execute(
                     &format!(
                         "UPDATE {table} SET primary_key = ?2, secondary_key = ?3 WHERE rowid = ?1"
                     ),
-                    params![rowid, seal(&primary)?, seal(&secondary)?],
+                    params![rowid, seal(primary)?, seal(secondary)?],
                 )?;
-            }
-        }
-        for table in ["enrollments", "enrollment_groups"] {
-            let rows: Vec<(i64, String)> = c
-                .prepare(&format!("SELECT rowid, doc FROM {table}"))?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (rowid, text) in rows {
-                let mut json: Value = serde_json::from_str(&text)
-                    .map_err(|e| StoreError::Corrupt(format!("{table} row {rowid}: {e}")))?;
-                let mut changed = false;
-                for slot in doc_key_slots(&mut json) {
-                    if let Value::String(k) = slot
-                        && !Sealer::is_sealed(k)
-                    {
-                        *k = sealer.seal(k)?;
-                        changed = true;
-                    }
-                }
-                if changed {
-                    c.execute(
-                        &format!("UPDATE {table} SET doc = ?2 WHERE rowid = ?1"),
-                        params![rowid, json.to_string()],
-                    )?;
-                }
             }
         }
         Ok(())
@@ -1244,41 +1331,64 @@ fn seal_plaintext(c: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
     result
 }
 
-type RawRegistration = (Registration, Option<String>);
+/// A registration row before its enums, times and payload are read.
+type RawRegistration = (
+    Registration,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<String>,
+);
 
 fn raw_registration(r: &Row<'_>) -> rusqlite::Result<RawRegistration> {
     Ok((
         Registration {
             registration_id: r.get(0)?,
             enrollment_group_id: r.get(1)?,
-            status: r.get(2)?,
-            substatus: r.get(3)?,
+            status: RegistrationStatus::Failed,
+            substatus: None,
             assigned_hub: r.get(4)?,
             device_id: r.get(5)?,
             error_code: r.get(6)?,
             error_message: r.get(7)?,
-            created: r.get(8)?,
-            updated: r.get(9)?,
+            created: Time::UNIX_EPOCH,
+            updated: Time::UNIX_EPOCH,
             etag: r.get(10)?,
             operation_id: r.get(11)?,
             payload: None,
             initial_hub: r.get(13)?,
         },
+        r.get(2)?,
+        r.get(3)?,
+        r.get(8)?,
+        r.get(9)?,
         r.get(12)?,
     ))
 }
 
-fn parse_registration((mut reg, payload): RawRegistration) -> Result<Registration, StoreError> {
+fn parse_registration(
+    (mut reg, status, substatus, created, updated, payload): RawRegistration,
+) -> Result<Registration, StoreError> {
+    let corrupt =
+        |what: &str| StoreError::Corrupt(format!("registration {}: {what}", reg.registration_id));
+    reg.status = RegistrationStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
+    reg.substatus = substatus
+        .map(|s| Substatus::parse(&s).ok_or_else(|| corrupt("substatus")))
+        .transpose()?;
+    reg.created = from_ticks(created);
+    reg.updated = from_ticks(updated);
     reg.payload = payload
         .map(|p| serde_json::from_str(&p))
         .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("registration {}: {e}", reg.registration_id)))?;
+        .map_err(|e| corrupt(&e.to_string()))?;
     Ok(reg)
 }
 
 fn load_registration(c: &Connection, key: &str) -> Result<Option<Registration>, StoreError> {
     let sql = format!("SELECT {REGISTRATION_COLUMNS} FROM registrations WHERE key = ?1");
-    c.query_row(&sql, [key], raw_registration)
+    c.prepare_cached(&sql)?
+        .query_row([key], raw_registration)
         .optional()?
         .map(parse_registration)
         .transpose()

@@ -37,13 +37,13 @@ async fn bootstrap_happens_once() {
         instance: Instance {
             id_scope: "0ne00000001".into(),
             service_host: "localhost".into(),
-            created: "t".into(),
+            created: at(1),
         },
         policies: vec![Policy {
             name: "p".into(),
-            primary_key: "a".into(),
-            secondary_key: "b".into(),
-            rights: vec!["R1".into(), "R2".into()],
+            primary_key: key(1),
+            secondary_key: key(2),
+            rights: vec![Right::ServiceConfig, Right::EnrollmentRead],
         }],
         hubs: vec![Hub {
             name: "h".into(),
@@ -51,7 +51,7 @@ async fn bootstrap_happens_once() {
             weight: 1,
             apply_allocation_policy: true,
             builtin: true,
-            created: "t".into(),
+            created: at(1),
             location: None,
         }],
     };
@@ -65,7 +65,7 @@ async fn bootstrap_happens_once() {
     );
     assert_eq!(
         store.policy("p").await.unwrap().unwrap().rights,
-        vec!["R1", "R2"]
+        vec![Right::ServiceConfig, Right::EnrollmentRead]
     );
     assert_eq!(store.hubs().await.unwrap().len(), 1);
 }
@@ -184,7 +184,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
                 weight: 1,
                 apply_allocation_policy: true,
                 builtin: true,
-                created: "t".into(),
+                created: at(1),
                 location: None,
             })
             .await
@@ -192,22 +192,22 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
         let registration = Registration {
             registration_id: "Dev-1".into(),
             enrollment_group_id: Some("G1".into()),
-            status: "assigned".into(),
-            substatus: Some("initialAssignment".into()),
+            status: usher_proto::model::RegistrationStatus::Assigned,
+            substatus: Some(usher_proto::model::Substatus::InitialAssignment),
             assigned_hub: Some("h.example".into()),
             device_id: Some("Dev-1".into()),
             error_code: None,
             error_message: None,
-            created: "t1".into(),
-            updated: "t1".into(),
+            created: at(2),
+            updated: at(2),
             etag: "e".into(),
             operation_id: "op".into(),
             payload: Some(json!({"a": 1})),
             initial_hub: None,
         };
         let device = HubDevice {
-            primary_key: "k1".into(),
-            secondary_key: "k2".into(),
+            primary_key: key(4),
+            secondary_key: key(5),
             ..hub_device("h", "Dev-1")
         };
         record(
@@ -239,7 +239,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
     let reg = store.registration("DEV-1").await.unwrap().unwrap();
     assert_eq!(reg.payload, Some(json!({"a": 1})));
     assert_eq!(store.registrations_of_group("g1").await.unwrap().len(), 1);
-    assert_eq!(store.hub_devices("h").await.unwrap()[0].primary_key, "k1");
+    assert_eq!(store.hub_devices("h").await.unwrap()[0].primary_key, key(4));
     let deleted = store
         .delete_registration("dev-1", |_| Ok::<_, Refused>(()))
         .await
@@ -277,10 +277,10 @@ fn hub_device(hub: &str, id: &str) -> HubDevice {
         hub: hub.into(),
         device_id: id.into(),
         status: "enabled".into(),
-        primary_key: "k".into(),
-        secondary_key: "k".into(),
-        created: "t".into(),
-        updated: "t".into(),
+        primary_key: key(3),
+        secondary_key: key(3),
+        created: at(1),
+        updated: at(1),
         etag: "e1".into(),
         generation_id: "g1".into(),
         doc: json!({"authenticationType": "sas"}),
@@ -296,7 +296,7 @@ fn builtin(name: &str, hostname: &str) -> Hub {
         weight: 1,
         apply_allocation_policy: true,
         builtin: true,
-        created: "t".into(),
+        created: at(1),
         location: None,
     }
 }
@@ -329,21 +329,21 @@ async fn hub_registry_read_modify_write_and_policies() {
     let reg = Registration {
         registration_id: "Dev-1".into(),
         enrollment_group_id: None,
-        status: "assigned".into(),
+        status: usher_proto::model::RegistrationStatus::Assigned,
         substatus: None,
         assigned_hub: Some("h.example".into()),
         device_id: Some("Dev-1".into()),
         error_code: None,
         error_message: None,
-        created: "t".into(),
-        updated: "t".into(),
+        created: at(1),
+        updated: at(1),
         etag: "r".into(),
         operation_id: "op".into(),
         payload: None,
         initial_hub: None,
     };
     let again = HubDevice {
-        primary_key: "new".into(),
+        primary_key: key(6),
         etag: "e2".into(),
         generation_id: "g2".into(),
         twin: json!({}),
@@ -362,11 +362,11 @@ async fn hub_registry_read_modify_write_and_policies() {
     let now = store.hub_device("h", "Dev-1").await.unwrap().unwrap();
     assert_eq!(
         (
-            now.primary_key.as_str(),
+            now.primary_key,
             now.etag.as_str(),
             now.generation_id.as_str()
         ),
-        ("new", "e2", "g1")
+        (key(6), "e2", "g1")
     );
     assert_eq!(now.twin, json!({"tags": {"a": 1}}));
     assert_eq!(
@@ -392,9 +392,9 @@ async fn hub_registry_read_modify_write_and_policies() {
 
     let p = Policy {
         name: "iothubowner".into(),
-        primary_key: "a".into(),
-        secondary_key: "b".into(),
-        rights: vec!["RegistryRead".into()],
+        primary_key: key(1),
+        secondary_key: key(2),
+        rights: vec![Right::RegistryRead],
     };
     store
         .ensure_hub_policies("h", vec![p.clone()])
@@ -404,7 +404,7 @@ async fn hub_registry_read_modify_write_and_policies() {
         .ensure_hub_policies(
             "h",
             vec![Policy {
-                primary_key: "changed".into(),
+                primary_key: key(9),
                 ..p.clone()
             }],
         )
@@ -426,24 +426,24 @@ async fn policies_add_rotate_delete() {
     let (_dir, store) = open();
     let p = Policy {
         name: "reader".into(),
-        primary_key: "a".into(),
-        secondary_key: "b".into(),
-        rights: vec!["EnrollmentRead".into()],
+        primary_key: key(1),
+        secondary_key: key(2),
+        rights: vec![Right::EnrollmentRead],
     };
     assert!(store.add_policy(p.clone()).await.unwrap());
     assert!(!store.add_policy(p.clone()).await.unwrap());
     let rotated = store
-        .set_policy_keys("reader", "c".into(), "d".into())
+        .set_policy_keys("reader", key(7), key(8))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        (rotated.primary_key.as_str(), rotated.secondary_key.as_str()),
-        ("c", "d")
+        (rotated.primary_key, rotated.secondary_key),
+        (key(7), key(8))
     );
     assert_eq!(
         store
-            .set_policy_keys("nobody", "c".into(), "d".into())
+            .set_policy_keys("nobody", key(7), key(8))
             .await
             .unwrap(),
         None
@@ -462,7 +462,7 @@ async fn hubs_are_unique_by_name_and_hostname() {
         weight: 1,
         apply_allocation_policy: true,
         builtin: true,
-        created: "t".into(),
+        created: at(1),
         location: None,
     };
     assert!(store.add_hub(hub.clone()).await.unwrap());
@@ -489,6 +489,16 @@ async fn hubs_are_unique_by_name_and_hostname() {
     );
 }
 
+/// A distinct 32-byte key per `n`.
+fn key(n: u8) -> SymmetricKey {
+    SymmetricKey::from_bytes(vec![n; 32]).unwrap()
+}
+
+/// A distinct time per `n`.
+fn at(n: i64) -> Time {
+    from_ticks(17_000_000_000_000_000 + n * 10_000_000)
+}
+
 /// The same KEK every time, so a test can reopen a database.
 fn test_kek() -> crate::secrets::Kek {
     crate::secrets::Kek::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "test")
@@ -502,22 +512,28 @@ async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
     {
         // A database as Usher wrote it before keys were sealed (schema version 2).
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch(include_str!("migrations/0001_initial.sql"))
+        c.execute_batch(include_str!("migrations/sqlite/0001_initial.sql"))
             .unwrap();
-        c.execute_batch(include_str!("migrations/0002_hub_registry.sql"))
+        c.execute_batch(include_str!("migrations/sqlite/0002_hub_registry.sql"))
             .unwrap();
         c.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL);
              INSERT INTO schema_version VALUES (1), (2);
-             INSERT INTO policies VALUES ('owner', 'cGxhaW4tcHJpbWFyeQ==', 'cGxhaW4tc2Vjb25kYXJ5', 'ServiceConfig');
+             INSERT INTO policies VALUES ('owner', 'cGxhaW4tcHJpbWFyeS1rZXktMA==', 'cGxhaW4tc2Vjb25kYXJ5LWtleS0w', 'ServiceConfig');
              INSERT INTO enrollments VALUES ('dev', 'dev',
-               '{\"registrationId\":\"dev\",\"attestation\":{\"type\":\"symmetricKey\",\"symmetricKey\":{\"primaryKey\":\"ZG9jLXByaW1hcnk=\",\"secondaryKey\":\"ZG9jLXNlY29uZGFyeQ==\"}}}', 'e1');",
+               '{\"registrationId\":\"dev\",\"createdDateTimeUtc\":\"2026-01-02T03:04:05.123Z\",\"attestation\":{\"type\":\"symmetricKey\",\"symmetricKey\":{\"primaryKey\":\"ZG9jLXByaW1hcnkta2V5LTAwMA==\",\"secondaryKey\":\"ZG9jLXNlY29uZGFyeS1rZXktMDA=\"}}}', 'e1');
+             INSERT INTO registrations VALUES ('dev', 'dev', NULL, NULL, 'assigned', 'initialAssignment',
+               'h.example', 'dev', NULL, NULL, '2026-01-02T03:04:05.1234567Z',
+               '2026-01-02T03:04:06.5Z', 'r1', 'op1', NULL);",
         )
         .unwrap();
     }
     let store = Store::open_sqlite(&path, &test_kek()).unwrap();
     let policy = store.policy("owner").await.unwrap().unwrap();
-    assert_eq!(policy.primary_key, "cGxhaW4tcHJpbWFyeQ==");
+    assert_eq!(
+        policy.primary_key.to_base64(),
+        "cGxhaW4tcHJpbWFyeS1rZXktMA=="
+    );
     let doc = store
         .doc(Collection::Enrollments, "dev")
         .await
@@ -525,10 +541,28 @@ async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
         .unwrap();
     assert_eq!(
         doc.json["attestation"]["symmetricKey"]["secondaryKey"],
-        "ZG9jLXNlY29uZGFyeQ=="
+        "ZG9jLXNlY29uZGFyeS1rZXktMDA="
     );
+    // Text times became 100-ns ticks, short fractions padded.
+    let reg = store.registration("dev").await.unwrap().unwrap();
+    assert_eq!(
+        usher_proto::model::format_timestamp(reg.created),
+        "2026-01-02T03:04:05.1234567Z"
+    );
+    assert_eq!(
+        usher_proto::model::format_timestamp(reg.updated),
+        "2026-01-02T03:04:06.5000000Z"
+    );
+    assert_eq!(reg.status, usher_proto::model::RegistrationStatus::Assigned);
     drop(store);
     let c = rusqlite::Connection::open(&path).unwrap();
+    let created: i64 = c
+        .query_row("SELECT created FROM enrollments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        usher_proto::model::format_timestamp(from_ticks(created)),
+        "2026-01-02T03:04:05.1230000Z"
+    );
     let (primary, enrollment): (String, String) = c
         .query_row(
             "SELECT p.primary_key, e.doc FROM policies p, enrollments e",
@@ -537,7 +571,10 @@ async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
         )
         .unwrap();
     assert!(primary.starts_with("sealed:v1:"), "{primary}");
-    assert!(!enrollment.contains("ZG9jLXByaW1hcnk="), "{enrollment}");
+    assert!(
+        !enrollment.contains("ZG9jLXByaW1hcnkta2V5LTAwMA=="),
+        "{enrollment}"
+    );
     // A KEK other than the one the data key is wrapped with opens nothing.
     let other = crate::secrets::Kek::generate("other").unwrap();
     assert!(matches!(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use usher_proto::{IdScope, SymmetricKey};
 
+use crate::auth::Right;
 use crate::error::ApiError;
 use crate::http::now_text;
 use crate::pki::{self, PkiError, PkiFiles};
@@ -13,15 +14,6 @@ use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
 
 /// The owner policy every instance starts with.
 pub const OWNER_POLICY: &str = "provisioningserviceowner";
-/// The rights a DPS access policy can hold.
-pub const RIGHTS: &[&str] = &[
-    "ServiceConfig",
-    "EnrollmentRead",
-    "EnrollmentWrite",
-    "DeviceConnect",
-    "RegistrationStatusRead",
-    "RegistrationStatusWrite",
-];
 /// The name of the hub a new instance gets.
 pub const BUILTIN_HUB: &str = "usher-hub";
 /// The database file inside the data directory.
@@ -158,7 +150,7 @@ pub async fn open_data_dir(
         name: OWNER_POLICY.into(),
         primary_key: key()?,
         secondary_key: key()?,
-        rights: RIGHTS.iter().map(|r| (*r).to_owned()).collect(),
+        rights: Right::ALL.iter().map(|r| r.name().to_owned()).collect(),
     };
     let hub = Hub {
         name: BUILTIN_HUB.into(),

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`app`]: shared state, settings, first-run set-up of a data directory, the overview.
 //! - [`registration`]: the registration core every device transport calls (attest, allocate, record).
+//! - [`auth`]: principals and rights, the one authorization check of the API and the console.
 //! - [`management`]: enrollment, group, registration-record and hub operations.
 //! - [`http`]: the HTTPS dispatcher for the device and management APIs.
 //! - [`mqtt`]: the MQTT device endpoint (TLS and WebSockets), one session task per connection.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod error;
 pub mod http;
 pub mod hub;

@@ -4,10 +4,10 @@
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use usher_proto::sas::{Now, SasToken};
 
-use super::{Ctx, json_response, unix_now};
-use crate::error::{ApiError, AuthError};
+use super::{Ctx, json_response};
+use crate::auth::{self, Principal, Right};
+use crate::error::ApiError;
 use crate::management::{self, DEFAULT_PAGE, Kind, MAX_PAGE, Precondition};
 
 pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiError> {
@@ -26,7 +26,7 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
     match seg {
         [coll, q] if kind_of(coll).is_some() && is(q, "query") && method == Method::POST => {
             let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
-            authorize(ctx, "EnrollmentRead").await?;
+            authorize(ctx, Right::EnrollmentRead).await?;
             let query = management::parse_query(ctx.body)?;
             let (after, page) = paging(ctx)?;
             let (items, next) = management::query(app, kind, &query, after, page).await?;
@@ -42,7 +42,7 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             if method != Method::POST {
                 return Err(ctx.not_allowed());
             }
-            authorize(ctx, "EnrollmentRead").await?;
+            authorize(ctx, Right::EnrollmentRead).await?;
             ok_json(&management::attestation_mechanism(app, kind, id).await?)
         }
         [coll] if kind_of(coll).is_some() => {
@@ -50,7 +50,7 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             if method != Method::POST {
                 return Err(ctx.not_allowed());
             }
-            authorize(ctx, "EnrollmentWrite").await?;
+            authorize(ctx, Right::EnrollmentWrite).await?;
             ok_json(&management::bulk(app, kind, ctx.body).await?)
         }
         [coll, id] if kind_of(coll).is_some() => {
@@ -58,15 +58,15 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             let pre = Precondition::from_header(ctx.header("if-match"));
             match method {
                 Method::GET => {
-                    authorize(ctx, "EnrollmentRead").await?;
+                    authorize(ctx, Right::EnrollmentRead).await?;
                     ok_json(&management::get(app, kind, id).await?)
                 }
                 Method::PUT => {
-                    authorize(ctx, "EnrollmentWrite").await?;
+                    authorize(ctx, Right::EnrollmentWrite).await?;
                     ok_json(&management::put(app, kind, id, ctx.body, pre).await?)
                 }
                 Method::DELETE => {
-                    authorize(ctx, "EnrollmentWrite").await?;
+                    authorize(ctx, Right::EnrollmentWrite).await?;
                     management::delete(app, kind, id, pre).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
@@ -77,11 +77,11 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             let pre = Precondition::from_header(ctx.header("if-match"));
             match method {
                 Method::GET => {
-                    authorize(ctx, "RegistrationStatusRead").await?;
+                    authorize(ctx, Right::RegistrationStatusRead).await?;
                     ok_json(&management::get_registration(app, id).await?)
                 }
                 Method::DELETE => {
-                    authorize(ctx, "RegistrationStatusWrite").await?;
+                    authorize(ctx, Right::RegistrationStatusWrite).await?;
                     management::delete_registration(app, id, pre).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
@@ -89,17 +89,17 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             }
         }
         [r, group_id, q] if is(r, "registrations") && is(q, "query") && method == Method::POST => {
-            authorize(ctx, "RegistrationStatusRead").await?;
+            authorize(ctx, Right::RegistrationStatusRead).await?;
             let (after, page) = paging(ctx)?;
             let (items, next) = management::group_registrations(app, group_id, after, page).await?;
             Ok(query_response(&items, "DeviceRegistration", next))
         }
         [u, p] if is(u, "usher") && is(p, "policies") && method == Method::GET => {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize(ctx, Right::ServiceConfig).await?;
             ok_json(&management::policies(app).await?)
         }
         [u, p, name] if is(u, "usher") && is(p, "policies") => {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize(ctx, Right::ServiceConfig).await?;
             match method {
                 Method::PUT => ok_json(&management::add_policy(app, name, ctx.body).await?),
                 Method::DELETE => {
@@ -112,21 +112,25 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
         [u, p, name, r, which]
             if is(u, "usher") && is(p, "policies") && is(r, "rotate") && method == Method::POST =>
         {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize(ctx, Right::ServiceConfig).await?;
             ok_json(&management::rotate_policy_key(app, name, which).await?)
         }
         [u, h] if is(u, "usher") && is(h, "hubs") && method == Method::GET => {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize(ctx, Right::ServiceConfig).await?;
             ok_json(&management::hubs(app).await?)
         }
-        [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PUT => {
-            authorize(ctx, "ServiceConfig").await?;
-            ok_json(&management::add_hub(app, name, ctx.body).await?)
+        [u, h, name] if is(u, "usher") && is(h, "hubs") => {
+            authorize(ctx, Right::ServiceConfig).await?;
+            match method {
+                Method::PUT => ok_json(&management::add_hub(app, name, ctx.body).await?),
+                Method::PATCH => ok_json(&management::update_hub(app, name, ctx.body).await?),
+                _ => Err(ctx.not_allowed()),
+            }
         }
         [u, h, name, d]
             if is(u, "usher") && is(h, "hubs") && is(d, "devices") && method == Method::GET =>
         {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize(ctx, Right::ServiceConfig).await?;
             ok_json(&management::hub_devices(app, name).await?)
         }
         _ => Err(ApiError::NoRoute(format!("{method} /{}", seg.join("/")))),
@@ -173,46 +177,9 @@ fn paging(ctx: &Ctx<'_>) -> Result<(u64, u64), ApiError> {
     Ok((cursor, page))
 }
 
-/// Checks the service SAS token: a known policy, signed with one of its keys, for one of this
-/// instance's host names, unexpired, and holding `right`.
-async fn authorize(ctx: &Ctx<'_>, right: &'static str) -> Result<String, ApiError> {
-    let app = ctx.app;
-    let text = match ctx.headers.get("authorization") {
-        None => return Err(AuthError::MissingAuthorization.into()),
-        Some(v) => v.to_str().map_err(|_| AuthError::AuthorizationNotText)?,
-    };
-    let token = SasToken::parse(text).map_err(AuthError::from)?;
-    let now = Now {
-        unix_secs: unix_now(),
-        skew_secs: app.settings.clock_skew_secs,
-    };
-    let mut last = None;
-    let mut policy_name = None;
-    for host in &app.hostnames {
-        match token.check_service_claims(host, now) {
-            Ok(p) => {
-                policy_name = Some(p.to_owned());
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let policy_name = match (policy_name, last) {
-        (Some(p), _) => p,
-        (None, Some(e)) => return Err(AuthError::Token(e).into()),
-        (None, None) => return Err(AuthError::UnknownPolicy(String::new()).into()),
-    };
-    let policy = app
-        .store
-        .policy(&policy_name)
-        .await?
-        .ok_or_else(|| AuthError::UnknownPolicy(policy_name.clone()))?;
-    policy.check_signature(&token).map_err(AuthError::from)?;
-    if !policy.grants(right) {
-        return Err(ApiError::MissingRight {
-            policy: policy.name,
-            right,
-        });
-    }
-    Ok(policy.name)
+/// Authenticates the request's service SAS token and checks that its policy holds `right`.
+async fn authorize(ctx: &Ctx<'_>, right: Right) -> Result<Principal, ApiError> {
+    let principal = auth::authenticate_token(ctx.app, ctx.header("authorization")).await?;
+    auth::authorize(&principal, right)?;
+    Ok(principal)
 }

@@ -103,6 +103,16 @@ pub struct HubDevice {
     pub twin_version: i64,
 }
 
+/// How many records the store holds, for the console's overview.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub enrollments: u64,
+    pub enrollment_groups: u64,
+    pub registrations: u64,
+    /// Device identities per built-in hub, by hub name, in hub order (hubs without devices too).
+    pub hub_devices: Vec<(String, u64)>,
+}
+
 /// Which document collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collection {
@@ -225,6 +235,22 @@ impl Store {
         dispatch!(self, s => s.add_hub(hub).await)
     }
 
+    /// Changes a hub's weight and whether it takes part in allocation; `Ok(None)` if there is no
+    /// such hub.
+    pub async fn set_hub(
+        &self,
+        name: &str,
+        weight: u32,
+        apply_allocation_policy: bool,
+    ) -> Result<Option<Hub>, StoreError> {
+        dispatch!(self, s => s.set_hub(name, weight, apply_allocation_policy).await)
+    }
+
+    /// How many enrollments, groups, registration records and hub devices there are.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        dispatch!(self, s => s.counts().await)
+    }
+
     pub async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
         dispatch!(self, s => s.hub_devices(hub).await)
     }
@@ -331,6 +357,21 @@ impl Store {
         group_id: &str,
     ) -> Result<Vec<(u64, Registration)>, StoreError> {
         dispatch!(self, s => s.registrations_of_group(group_id).await)
+    }
+
+    /// Up to `limit` registration records in storage order, each with its position, after position
+    /// `after` (0 for the beginning); positions are stable as for [`Store::docs`].
+    pub async fn registrations(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Registration)>, StoreError> {
+        dispatch!(self, s => s.registrations(after, limit).await)
+    }
+
+    /// The `limit` most recently updated registration records, newest first.
+    pub async fn recent_registrations(&self, limit: u64) -> Result<Vec<Registration>, StoreError> {
+        dispatch!(self, s => s.recent_registrations(limit).await)
     }
 
     /// Writes a registration's effects durably, in one transaction.

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Assignment, Bootstrap, Collection, Doc, Hub, HubDevice, Instance, Policy, Registration,
+    Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance, Policy, Registration,
     StoreError,
 };
 
@@ -240,18 +240,7 @@ impl SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT name, hostname, weight, apply_allocation_policy, builtin, created FROM hubs ORDER BY rowid",
             )?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(Hub {
-                        name: r.get(0)?,
-                        hostname: r.get(1)?,
-                        weight: r.get(2)?,
-                        apply_allocation_policy: r.get(3)?,
-                        builtin: r.get(4)?,
-                        created: r.get(5)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            let rows = stmt.query_map([], hub_row)?.collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
@@ -269,6 +258,54 @@ impl SqliteStore {
             }
             insert_hub(c, &hub)?;
             Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn set_hub(
+        &self,
+        name: &str,
+        weight: u32,
+        apply_allocation_policy: bool,
+    ) -> Result<Option<Hub>, StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE hubs SET weight = ?2, apply_allocation_policy = ?3 WHERE name = ?1",
+                params![name, weight, apply_allocation_policy],
+            )?;
+            Ok(c.query_row(
+                "SELECT name, hostname, weight, apply_allocation_policy, builtin, created FROM hubs WHERE name = ?1",
+                [&name],
+                hub_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
+        self.read(|c| {
+            let count = |table: &str| -> Result<u64, StoreError> {
+                let n: i64 =
+                    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            let mut stmt = c.prepare(
+                "SELECT hubs.name, COUNT(hub_devices.device_id) FROM hubs
+                 LEFT JOIN hub_devices ON hub_devices.hub = hubs.name
+                 WHERE hubs.builtin GROUP BY hubs.name ORDER BY hubs.rowid",
+            )?;
+            let hub_devices = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .map(|row| row.map(|(hub, n)| (hub, u64::try_from(n).unwrap_or(0))))
+                .collect::<Result<_, _>>()?;
+            Ok(Counts {
+                enrollments: count("enrollments")?,
+                enrollment_groups: count("enrollment_groups")?,
+                registrations: count("registrations")?,
+                hub_devices,
+            })
         })
         .await
     }
@@ -479,6 +516,42 @@ impl SqliteStore {
                 .query_map([key], |r| Ok((r.get::<_, i64>(13)?, raw_registration(r)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?))).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn registrations(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Registration)>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {REGISTRATION_COLUMNS}, rowid FROM registrations WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt
+                .query_map(params![clamp(after), clamp(limit)], |r| Ok((r.get::<_, i64>(13)?, raw_registration(r)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?))).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn recent_registrations(
+        &self,
+        limit: u64,
+    ) -> Result<Vec<Registration>, StoreError> {
+        self.read(move |c| {
+            // Timestamps are fixed-width UTC text, so they sort as text.
+            let sql = format!(
+                "SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY updated DESC, rowid DESC LIMIT ?1"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt
+                .query_map([clamp(limit)], raw_registration)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(parse_registration).collect()
         })
         .await
     }
@@ -730,6 +803,17 @@ fn load_instance(c: &Connection) -> rusqlite::Result<Option<Instance>> {
         },
     )
     .optional()
+}
+
+fn hub_row(r: &Row<'_>) -> rusqlite::Result<Hub> {
+    Ok(Hub {
+        name: r.get(0)?,
+        hostname: r.get(1)?,
+        weight: r.get(2)?,
+        apply_allocation_policy: r.get(3)?,
+        builtin: r.get(4)?,
+        created: r.get(5)?,
+    })
 }
 
 fn insert_hub(c: &Connection, h: &Hub) -> rusqlite::Result<()> {

@@ -459,3 +459,96 @@ async fn hubs_are_unique_by_name_and_hostname() {
             .unwrap()
     );
 }
+
+fn registration(id: &str, group: Option<&str>, updated: &str) -> Registration {
+    Registration {
+        registration_id: id.into(),
+        enrollment_group_id: group.map(Into::into),
+        status: "assigned".into(),
+        substatus: None,
+        assigned_hub: Some("h.example".into()),
+        device_id: Some(id.into()),
+        error_code: None,
+        error_message: None,
+        created: updated.into(),
+        updated: updated.into(),
+        etag: "e".into(),
+        operation_id: "op".into(),
+        payload: None,
+    }
+}
+
+#[tokio::test]
+async fn counts_registration_pages_recent_records_and_hub_settings() {
+    let (_dir, store) = open();
+    store.add_hub(builtin("h", "h.example")).await.unwrap();
+    store.add_hub(builtin("empty", "e.example")).await.unwrap();
+    store
+        .upsert_doc(Collection::Enrollments, "e1", |_| {
+            Ok::<_, Refused>(doc("e1", "x"))
+        })
+        .await
+        .unwrap();
+    store
+        .upsert_doc(Collection::EnrollmentGroups, "g1", |_| {
+            Ok::<_, Refused>(doc("g1", "x"))
+        })
+        .await
+        .unwrap();
+    for (id, updated) in [
+        ("r1", "2026-01-01T00:00:01.0000000Z"),
+        ("r2", "2026-01-01T00:00:03.0000000Z"),
+        ("r3", "2026-01-01T00:00:02.0000000Z"),
+    ] {
+        store
+            .record_assignment(Assignment {
+                registration: registration(id, Some("g1"), updated),
+                device: Some(hub_device("h", id)),
+                remove_device: None,
+            })
+            .await
+            .unwrap();
+    }
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        counts,
+        Counts {
+            enrollments: 1,
+            enrollment_groups: 1,
+            registrations: 3,
+            hub_devices: vec![("h".into(), 3), ("empty".into(), 0)],
+        }
+    );
+
+    // Pages in storage order, resumable from a position; an update keeps a record's place.
+    let first = store.registrations(0, 2).await.unwrap();
+    let ids: Vec<&str> = first
+        .iter()
+        .map(|(_, r)| r.registration_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r1", "r2"]);
+    store
+        .record_assignment(Assignment {
+            registration: registration("r1", None, "2026-01-01T00:00:09.0000000Z"),
+            device: None,
+            remove_device: None,
+        })
+        .await
+        .unwrap();
+    let rest = store.registrations(first[1].0, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1.registration_id, "r3");
+
+    // Newest first, by last update.
+    let recent = store.recent_registrations(2).await.unwrap();
+    let ids: Vec<&str> = recent.iter().map(|r| r.registration_id.as_str()).collect();
+    assert_eq!(ids, ["r1", "r2"]);
+
+    let changed = store.set_hub("h", 7, false).await.unwrap().unwrap();
+    assert_eq!(
+        (changed.weight, changed.apply_allocation_policy),
+        (7, false)
+    );
+    assert_eq!(store.hubs().await.unwrap()[0], changed);
+    assert_eq!(store.set_hub("nope", 1, true).await.unwrap(), None);
+}

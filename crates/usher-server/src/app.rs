@@ -37,6 +37,7 @@ pub struct Settings {
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
     pub mqtt: crate::mqtt::Limits,
+    pub console: crate::console::ConsoleSettings,
 }
 
 impl Default for Settings {
@@ -45,6 +46,7 @@ impl Default for Settings {
             clock_skew_secs: 300,
             register_response: RegisterResponse::Assigned,
             mqtt: crate::mqtt::Limits::default(),
+            console: crate::console::ConsoleSettings::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`auth`]: principals and rights, the one authorization check of the API and the console.
 //! - [`management`]: enrollment, group, registration-record and hub operations.
 //! - [`http`]: the HTTPS dispatcher for the device and management APIs.
+//! - [`console`]: the web console under `/console/` on the HTTPS port.
 //! - [`mqtt`]: the MQTT device endpoint (TLS and WebSockets), one session task per connection.
 //! - [`server`]: the TLS accept loop.
 //! - [`store`]: durable state behind one interface, with group commit.
@@ -15,6 +16,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod http;
 pub mod hub;
@@ -142,7 +144,20 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
-        let router = http::router(self.app);
+        let mut router = http::router(self.app.clone());
+        if self.app.settings.console.enabled {
+            let endpoints = console::Endpoints {
+                https_port: https_addr.port(),
+                mqtt_port: mqtt_addr.map(|a| a.port()),
+            };
+            let ca = self.overview.ca_certificate.as_ref().map(PathBuf::from);
+            router = router.merge(console::router(
+                self.app.clone(),
+                endpoints,
+                ca,
+                &self.app.settings.console,
+            ));
+        }
         let https_task =
             server::serve_tls(https, self.tls, shutdown.clone(), move |tls, peer, stop| {
                 server::serve_http_connection(tls, peer, router.clone(), stop)

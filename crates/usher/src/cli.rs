@@ -79,6 +79,12 @@ pub(crate) struct ServeArgs {
     /// Retry-After, in seconds, with --register-response assigning.
     #[arg(long, default_value_t = 2)]
     pub(crate) retry_after: u32,
+    /// Do not serve the web console (https://HOST/console/).
+    #[arg(long)]
+    pub(crate) no_console: bool,
+    /// How long a console sign-in lasts (seconds, or a number with s, m, h or d).
+    #[arg(long, default_value = "1h")]
+    pub(crate) console_session_ttl: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

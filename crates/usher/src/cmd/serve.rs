@@ -3,6 +3,7 @@ use std::io::ErrorKind;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_proto::ttl::parse_duration;
+use usher_server::console::ConsoleSettings;
 use usher_server::{RegisterResponse, ServeConfig, Settings};
 
 use crate::cli::{RegisterResponseArg, ServeArgs};
@@ -15,6 +16,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             retry_after_secs: args.retry_after.clamp(1, 300),
         },
     };
+    let console_ttl =
+        parse_duration(&args.console_session_ttl).context("invalid --console-session-ttl")?;
+    if console_ttl == 0 {
+        anyhow::bail!("invalid --console-session-ttl: a session must last at least a second");
+    }
     let mut hostnames = args.hostnames.clone();
     for default in ["localhost", "127.0.0.1", "::1"] {
         if !hostnames.iter().any(|h| h.eq_ignore_ascii_case(default)) {
@@ -28,6 +34,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             clock_skew_secs,
             register_response,
+            console: ConsoleSettings {
+                enabled: !args.no_console,
+                session_ttl: std::time::Duration::from_secs(console_ttl),
+            },
             ..Settings::default()
         },
     };
@@ -58,6 +68,13 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(cs) = &hub.connection_string {
             println!("    Hub connection string:    {cs}");
         }
+    }
+    if !args.no_console {
+        println!(
+            "  Console:                    https://{}:{}/console/ (sign in with a service connection string)",
+            o.device_endpoint,
+            listener.local_addr()?.port()
+        );
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signal = shutdown.clone();

@@ -1,0 +1,770 @@
+//! The web console over plain HTTP(S), without a browser: sign-in and the session cookie's flags,
+//! CSRF refusal, rights, keys kept out of pages, stale edits, expiry and sign-out. The browser
+//! tests (tests/sdk/node/console.test.mjs) drive the same pages through Chromium.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use usher_server::Settings;
+use usher_server::console::ConsoleSettings;
+
+use crate::support::TestServer;
+
+/// A cookie-less HTTP client that does not follow redirects, with the session cookie kept by hand
+/// so each test sees exactly what the server sets.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: Option<String>,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+
+    fn cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The value a `Set-Cookie` gives `name`, if the response sets it.
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies().iter().find_map(|c| {
+            c.split(';')
+                .next()
+                .and_then(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(str::to_owned)
+        })
+    }
+
+    /// The CSRF token of the page's first form.
+    fn csrf(&self) -> String {
+        hidden(&self.body, "csrf")
+    }
+}
+
+/// The value of the first hidden input called `name`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+impl Browser {
+    fn new(s: &TestServer) -> Self {
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&s.ca_pem).unwrap()])
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            http,
+            base: s.url(""),
+            session: None,
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+        self.send_with(method, path, form, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+        extra_cookies: &[String],
+    ) -> Page {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut cookies: Vec<String> = extra_cookies.to_vec();
+        if let Some(session) = &self.session {
+            cookies.push(format!("__Host-usher-session={session}"));
+        }
+        if !cookies.is_empty() {
+            req = req.header("cookie", cookies.join("; "));
+        }
+        if let Some(form) = form {
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form)
+                .finish();
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+        }
+        let response = req.send().await.unwrap();
+        Page {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.send(Method::POST, path, Some(form)).await
+    }
+
+    /// Signs in through the form; returns the sign-in response.
+    async fn sign_in(&mut self, fields: &[(&str, &str)]) -> Page {
+        let form = self.get("/console/signin").await;
+        assert_eq!(form.status, StatusCode::OK);
+        let token = form.cookie("__Host-usher-signin").unwrap();
+        let mut fields = fields.to_vec();
+        let csrf = form.csrf();
+        fields.push(("csrf", &csrf));
+        let page = self
+            .send_with(
+                Method::POST,
+                "/console/signin",
+                Some(&fields),
+                &[format!("__Host-usher-signin={token}")],
+            )
+            .await;
+        if let Some(session) = page.cookie("__Host-usher-session") {
+            self.session = Some(session);
+        }
+        page
+    }
+
+    async fn signed_in(s: &TestServer) -> Self {
+        let mut b = Self::new(s);
+        let key = s.owner_key.to_base64();
+        let page = b
+            .sign_in(&[("policy", "provisioningserviceowner"), ("key", &key)])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+        b
+    }
+
+    /// The CSRF token of the signed-in session (from the sign-out form every page has).
+    async fn csrf(&self) -> String {
+        self.get("/console/").await.csrf()
+    }
+}
+
+fn owner_connection_string(s: &TestServer) -> String {
+    format!(
+        "HostName=localhost;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={}",
+        s.owner_key.to_base64()
+    )
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_hardened_server_side_session_cookie() {
+    let s = TestServer::start().await;
+    let mut b = Browser::new(&s);
+
+    let anonymous = b.get("/console/enrollments").await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+    assert_eq!(anonymous.location(), "/console/signin");
+
+    let form = b.get("/console/signin").await;
+    let signin_cookie = form
+        .cookies()
+        .into_iter()
+        .find(|c| c.starts_with("__Host-usher-signin="))
+        .unwrap();
+    for flag in [
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=",
+    ] {
+        assert!(signin_cookie.contains(flag), "{flag} in {signin_cookie}");
+    }
+    assert_eq!(
+        form.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next(),
+        Some("default-src 'none'")
+    );
+    assert_eq!(form.headers["cache-control"], "no-store");
+    assert_eq!(form.headers["x-frame-options"], "DENY");
+
+    // A wrong key, a wrong host and garbage are refused without a session.
+    let wrong = b
+        .sign_in(&[
+            ("policy", "provisioningserviceowner"),
+            (
+                "key",
+                &usher_proto::SymmetricKey::from_bytes(vec![9; 32])
+                    .unwrap()
+                    .to_base64(),
+            ),
+        ])
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.body.contains("The policy name or key is wrong."));
+    assert!(wrong.cookie("__Host-usher-session").is_none());
+    let unknown = b
+        .sign_in(&[("policy", "nobody"), ("key", "a2V5a2V5a2V5a2V5a2V5a2V5")])
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        unknown.body.contains("The policy name or key is wrong."),
+        "an unknown policy reads the same as a wrong key"
+    );
+    let other_host = b
+        .sign_in(&[(
+            "connection_string",
+            &owner_connection_string(&s).replace("localhost", "elsewhere.example"),
+        )])
+        .await;
+    assert_eq!(other_host.status, StatusCode::UNAUTHORIZED);
+    assert!(other_host.body.contains("is for elsewhere.example"));
+    assert!(b.session.is_none());
+
+    // The connection string signs in.
+    let ok = b
+        .sign_in(&[("connection_string", &owner_connection_string(&s))])
+        .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.body);
+    assert_eq!(ok.location(), "/console/");
+    let cookie = ok
+        .cookies()
+        .into_iter()
+        .find(|c| c.starts_with("__Host-usher-session="))
+        .unwrap();
+    assert_eq!(
+        cookie.split("; ").skip(1).collect::<Vec<_>>(),
+        [
+            "Path=/",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Max-Age=3600"
+        ]
+    );
+    let value = b.session.clone().unwrap();
+    assert_eq!(value.len(), 43, "256 random bits, base64url");
+    assert!(!cookie.contains(&s.owner_key.to_base64()));
+    assert!(
+        ok.cookies()
+            .iter()
+            .any(|c| c.starts_with("__Host-usher-signin=;") && c.contains("Max-Age=0")),
+        "the sign-in token is cleared"
+    );
+
+    let overview = b.get("/console/").await;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(overview.body.contains(&s.scope));
+    assert!(overview.body.contains(&format!("port {}", s.addr.port())));
+    assert!(
+        overview
+            .body
+            .contains(&format!("port {}", s.mqtt_addr.port()))
+    );
+    // The CA certificate is offered, and is the server's.
+    let ca = b.get("/console/ca.pem").await;
+    assert_eq!(ca.status, StatusCode::OK);
+    assert_eq!(ca.body.as_bytes(), s.ca_pem.as_slice());
+
+    // A made-up session ID opens nothing.
+    let forged = Browser {
+        session: Some("A".repeat(43)),
+        ..Browser::new(&s)
+    };
+    assert_eq!(forged.get("/console/").await.location(), "/console/signin");
+}
+
+#[tokio::test]
+async fn forms_without_the_sessions_csrf_token_are_refused() {
+    let s = TestServer::start().await;
+    let b = Browser::signed_in(&s).await;
+    let other = Browser::signed_in(&s).await;
+    let csrf = b.csrf().await;
+    let theirs = other.csrf().await;
+    assert_ne!(csrf, theirs, "each session has its own token");
+
+    let group = |token: Option<&'static str>| {
+        let mut form = vec![
+            ("kind", "group"),
+            ("id", "csrf-group"),
+            ("auto_keys", "on"),
+            ("provisioning_status", "enabled"),
+            ("allocation", "hashed"),
+        ];
+        if let Some(t) = token {
+            form.push(("csrf", t));
+        }
+        form
+    };
+    let leak = |t: String| -> &'static str { Box::leak(t.into_boxed_str()) };
+    for (token, why) in [
+        (None, "no token"),
+        (Some("wrong"), "a wrong token"),
+        (Some(leak(theirs)), "another session's token"),
+    ] {
+        let page = b.post("/console/enrollments", &group(token)).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{why}");
+        assert!(page.body.contains("CSRF"), "{why}: {}", page.body);
+        let (status, _, _) = s
+            .call(Method::GET, "/enrollmentGroups/csrf-group", None, &[])
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{why}: nothing was written");
+    }
+    // Sign-out is a form too.
+    let page = b.post("/console/signout", &[]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert_eq!(b.get("/console/").await.status, StatusCode::OK);
+
+    let page = b
+        .post("/console/enrollments", &group(Some(leak(csrf))))
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(page.location(), "/console/enrollments/group/csrf-group");
+    let (status, _, _) = s
+        .call(Method::GET, "/enrollmentGroups/csrf-group", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The sign-in form needs its own token (cookie and field must agree).
+    let anonymous = Browser::new(&s);
+    let key = s.owner_key.to_base64();
+    let page = anonymous
+        .post(
+            "/console/signin",
+            &[("policy", "provisioningserviceowner"), ("key", &key)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.cookie("__Host-usher-session").is_none());
+    let page = anonymous
+        .send_with(
+            Method::POST,
+            "/console/signin",
+            Some(&[
+                ("policy", "provisioningserviceowner"),
+                ("key", &key),
+                ("csrf", "forged"),
+            ]),
+            &["__Host-usher-signin=other".to_owned()],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn pages_and_actions_follow_the_policys_rights() {
+    let s = TestServer::start().await;
+    s.enroll_group("rights-group", json!({})).await;
+    let (status, _, reader) = s
+        .call(
+            Method::PUT,
+            "/usher/policies/reader",
+            Some(json!({"rights": ["EnrollmentRead", "RegistrationStatusRead"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut b = Browser::new(&s);
+    let page = b
+        .sign_in(&[
+            ("policy", "reader"),
+            ("key", reader["secondaryKey"].as_str().unwrap()),
+        ])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+
+    let overview = b.get("/console/").await;
+    assert!(overview.body.contains("Manage enrollments"));
+    assert!(overview.body.contains("Registration records"));
+    assert!(!overview.body.contains("Shared access policies"));
+    assert!(!overview.body.contains("Linked IoT hubs"));
+    assert!(!overview.body.contains("Devices in usher-hub"));
+
+    let list = b.get("/console/enrollments?kind=group").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(list.body.contains("rights-group"));
+    assert!(!list.body.contains("Add enrollment group"));
+    let group = b.get("/console/enrollments/group/rights-group").await;
+    assert_eq!(group.status, StatusCode::OK);
+    for control in [
+        "id=\"edit\"",
+        "id=\"disable\"",
+        "id=\"delete\"",
+        "method=\"post\" action=\"/console/enrollments",
+    ] {
+        assert!(!group.body.contains(control), "{control} shown to a reader");
+    }
+
+    for path in [
+        "/console/policies",
+        "/console/hubs",
+        "/console/hubs/usher-hub/devices",
+        "/console/enrollments/new",
+    ] {
+        let page = b.get(path).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(page.body.contains("lacks the"), "{path}: {}", page.body);
+    }
+
+    // Forms it has no controls for are refused by the server too, and write nothing.
+    let csrf = b.csrf().await;
+    let (_, _, stored) = s
+        .call(Method::GET, "/enrollmentGroups/rights-group", None, &[])
+        .await;
+    let etag = stored["etag"].as_str().unwrap().to_owned();
+    for (path, form) in [
+        (
+            "/console/enrollments".to_owned(),
+            vec![
+                ("kind", "group"),
+                ("id", "reader-made"),
+                ("auto_keys", "on"),
+            ],
+        ),
+        (
+            "/console/enrollments/group/rights-group/delete".to_owned(),
+            vec![("etag", etag.as_str())],
+        ),
+        (
+            "/console/enrollments/group/rights-group/status".to_owned(),
+            vec![("status", "disabled")],
+        ),
+        (
+            "/console/policies".to_owned(),
+            vec![("name", "escalated"), ("rights", "ServiceConfig")],
+        ),
+        (
+            "/console/policies/reader/rotate".to_owned(),
+            vec![("which", "primary")],
+        ),
+    ] {
+        let mut form = form.clone();
+        form.push(("csrf", &csrf));
+        let page = b.post(&path, &form).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}: {}", page.body);
+    }
+    assert_eq!(
+        s.call(Method::GET, "/enrollmentGroups/reader-made", None, &[])
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, _, kept) = s
+        .call(Method::GET, "/enrollmentGroups/rights-group", None, &[])
+        .await;
+    assert_eq!(kept["provisioningStatus"], json!(null), "not disabled");
+    let (_, _, policies) = s.call(Method::GET, "/usher/policies", None, &[]).await;
+    assert_eq!(policies.as_array().unwrap().len(), 2, "no policy was added");
+    assert_eq!(
+        policies
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["keyName"] == "reader")
+            .unwrap()["primaryKey"],
+        reader["primaryKey"],
+        "no key was rotated"
+    );
+
+    // The management API refuses the same policy the same way (one authorization check).
+    let token = usher_proto::sas::service_token(
+        "localhost",
+        "reader",
+        &usher_proto::SymmetricKey::from_base64(reader["primaryKey"].as_str().unwrap()).unwrap(),
+        crate::support::unix_now() + 60,
+    );
+    let refused = s
+        .http
+        .put(s.url("/enrollmentGroups/reader-made"))
+        .header("authorization", token)
+        .json(&json!({"enrollmentGroupId": "reader-made", "attestation": {"type": "symmetricKey"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["errorCode"], 401_003);
+}
+
+#[tokio::test]
+async fn keys_stay_out_of_pages_until_asked_for() {
+    let s = TestServer::start().await;
+    let (primary, secondary) = s.enroll_group("secret-group", json!({})).await;
+    let b = Browser::signed_in(&s).await;
+    let owner_key = s.owner_key.to_base64();
+
+    let page = b.get("/console/enrollments/group/secret-group").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains(&primary) && !page.body.contains(&secondary));
+    assert!(page.body.contains("?show=keys"));
+    let list = b.get("/console/enrollments?kind=group").await;
+    assert!(!list.body.contains(&primary));
+    let shown = b
+        .get("/console/enrollments/group/secret-group?show=keys")
+        .await;
+    assert!(shown.body.contains(&primary) && shown.body.contains(&secondary));
+
+    // Deriving a device key reads the group key but shows only the device's.
+    let derived = b
+        .get("/console/enrollments/group/secret-group?derive=sensor-001")
+        .await;
+    let expected = usher_proto::SymmetricKey::from_base64(&primary)
+        .unwrap()
+        .derive_device_key("sensor-001")
+        .to_base64();
+    assert!(derived.body.contains(&expected));
+    assert!(!derived.body.contains(&primary));
+
+    let overview = b.get("/console/").await;
+    assert!(!overview.body.contains(&owner_key));
+    let overview = b.get("/console/?show=connection-string").await;
+    assert!(overview.body.contains(&owner_connection_string(&s)));
+
+    let policies = b.get("/console/policies").await;
+    assert!(!policies.body.contains(&owner_key));
+    let policies = b
+        .get("/console/policies?show=provisioningserviceowner")
+        .await;
+    assert!(policies.body.contains(&owner_key));
+}
+
+#[tokio::test]
+async fn a_stale_edit_is_refused_and_the_stored_version_shown() {
+    let s = TestServer::start().await;
+    let (primary, _) = s.enroll("stale-1", json!({})).await;
+    let b = Browser::signed_in(&s).await;
+
+    let form = b.get("/console/enrollments/individual/stale-1/edit").await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(!form.body.contains(&primary), "the edit form has no keys");
+    let opened_etag = hidden(&form.body, "etag");
+    let csrf = form.csrf();
+
+    // Someone else disables it meanwhile.
+    let (_, _, current) = s.call(Method::GET, "/enrollments/stale-1", None, &[]).await;
+    let mut changed = current.clone();
+    changed["provisioningStatus"] = json!("disabled");
+    let etag = current["etag"].as_str().unwrap().to_owned();
+    let (status, _, _) = s
+        .call(
+            Method::PUT,
+            "/enrollments/stale-1",
+            Some(changed),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let edit = [
+        ("csrf", csrf.as_str()),
+        ("kind", "individual"),
+        ("etag", opened_etag.as_str()),
+        ("provisioning_status", "enabled"),
+        ("allocation", "hashed"),
+        ("tags", "{\"site\": \"berlin\"}"),
+        ("desired", "{}"),
+        ("update_hub_assignment", "on"),
+    ];
+    let page = b
+        .post("/console/enrollments/individual/stale-1/edit", &edit)
+        .await;
+    assert_eq!(page.status, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        page.body
+            .contains("someone changed this individual enrollment")
+    );
+    assert!(page.body.contains("The version stored now"));
+    assert!(page.body.contains("id=\"current-status\">Disabled"));
+    assert!(
+        page.body.contains("berlin"),
+        "the user's changes are kept in the form"
+    );
+    let (_, _, stored) = s.call(Method::GET, "/enrollments/stale-1", None, &[]).await;
+    assert_eq!(stored["provisioningStatus"], "disabled", "not overwritten");
+    assert!(stored.get("initialTwin").is_none());
+
+    // With the current etag the same edit goes through and keeps the keys.
+    let fresh = b.get("/console/enrollments/individual/stale-1/edit").await;
+    let fresh_etag = hidden(&fresh.body, "etag");
+    let mut edit = edit.to_vec();
+    edit[2] = ("etag", &fresh_etag);
+    let page = b
+        .post("/console/enrollments/individual/stale-1/edit", &edit)
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let (_, _, stored) = s
+        .call(
+            Method::POST,
+            "/enrollments/stale-1/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(stored["symmetricKey"]["primaryKey"], primary);
+    let (_, _, stored) = s.call(Method::GET, "/enrollments/stale-1", None, &[]).await;
+    assert_eq!(stored["provisioningStatus"], "enabled");
+    assert_eq!(stored["initialTwin"]["tags"]["site"], "berlin");
+}
+
+#[tokio::test]
+async fn sessions_expire() {
+    let s = TestServer::start_with(Settings {
+        console: ConsoleSettings {
+            enabled: true,
+            session_ttl: Duration::from_secs(1),
+        },
+        ..Settings::default()
+    })
+    .await;
+    let b = Browser::signed_in(&s).await;
+    assert_eq!(b.get("/console/").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let expired = b.get("/console/").await;
+    assert_eq!(expired.status, StatusCode::SEE_OTHER);
+    assert_eq!(expired.location(), "/console/signin?why=expired");
+    let form = Browser::new(&s).get("/console/signin?why=expired").await;
+    assert!(form.body.contains("Your session has expired"));
+    // Forms of an expired session go nowhere either.
+    let page = b.post("/console/signout", &[("csrf", "x")]).await;
+    assert_eq!(page.location(), "/console/signin");
+}
+
+#[tokio::test]
+async fn sign_out_and_key_rotation_end_sessions() {
+    let s = TestServer::start().await;
+    let b = Browser::signed_in(&s).await;
+    let csrf = b.csrf().await;
+    let out = b.post("/console/signout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(out.location(), "/console/signin?why=out");
+    assert!(
+        out.cookies()
+            .iter()
+            .any(|c| c.starts_with("__Host-usher-session=;") && c.contains("Max-Age=0"))
+    );
+    // The server forgot the session: the old cookie opens nothing.
+    assert_eq!(b.get("/console/").await.location(), "/console/signin");
+
+    // Rotating the key a session signed in with ends it at once.
+    let (_, _, reader) = s
+        .call(
+            Method::PUT,
+            "/usher/policies/rotating",
+            Some(json!({"rights": ["EnrollmentRead"]})),
+            &[],
+        )
+        .await;
+    let mut b = Browser::new(&s);
+    b.sign_in(&[
+        ("policy", "rotating"),
+        ("key", reader["primaryKey"].as_str().unwrap()),
+    ])
+    .await;
+    assert_eq!(b.get("/console/").await.status, StatusCode::OK);
+    let (status, _, _) = s
+        .call(
+            Method::POST,
+            "/usher/policies/rotating/rotate/primary",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        b.get("/console/").await.location(),
+        "/console/signin?why=ended"
+    );
+}
+
+#[tokio::test]
+async fn hubs_are_added_and_reweighted_through_the_console_and_the_api() {
+    let s = TestServer::start().await;
+    let b = Browser::signed_in(&s).await;
+    let csrf = b.csrf().await;
+    let page = b
+        .post(
+            "/console/hubs",
+            &[
+                ("csrf", &csrf),
+                ("name", "hub-two"),
+                ("hostname", "hub-two.example"),
+                ("weight", "3"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = b
+        .post(
+            "/console/hubs/usher-hub",
+            &[("csrf", &csrf), ("weight", "5"), ("apply", "on")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let refused = b
+        .post(
+            "/console/hubs/usher-hub",
+            &[("csrf", &csrf), ("weight", "0")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains("invalid weight 0"));
+    let (_, _, hubs) = s.call(Method::GET, "/usher/hubs", None, &[]).await;
+    let summary: Vec<_> = hubs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].clone(),
+                h["weight"].clone(),
+                h["applyAllocationPolicy"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (json!("usher-hub"), json!(5), json!(true)),
+            (json!("hub-two"), json!(3), json!(false)),
+        ]
+    );
+    let (status, _, hub) = s
+        .call(
+            Method::PATCH,
+            "/usher/hubs/hub-two",
+            Some(json!({"applyAllocationPolicy": true})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (hub["weight"].clone(), hub["applyAllocationPolicy"].clone()),
+        (json!(3), json!(true))
+    );
+    let (status, _, _) = s
+        .call(
+            Method::PATCH,
+            "/usher/hubs/nope",
+            Some(json!({"weight": 2})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -374,7 +374,10 @@ impl FormValues {
             "updateHubAssignment": self.update_hub_assignment,
             "migrateDeviceData": self.migrate_device_data,
         });
-        doc["initialTwin"] = json!({"tags": tags, "properties": {"desired": desired}});
+        let empty = |v: &Value| v.as_object().is_none_or(serde_json::Map::is_empty);
+        if doc.get("initialTwin").is_some() || !empty(&tags) || !empty(&desired) {
+            doc["initialTwin"] = json!({"tags": tags, "properties": {"desired": desired}});
+        }
         doc["capabilities"] = json!({"iotEdge": self.iot_edge});
         Ok(doc)
     }

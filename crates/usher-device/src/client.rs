@@ -163,8 +163,8 @@ impl Client {
         let id = credential.registration_id().as_str();
         let body = serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(id.to_owned()),
-            tpm: None,
             payload,
+            ..DeviceRegistration::default()
         })
         .map_err(|e| ProvisionError::BadResponse(e.to_string()))?;
         progress(Progress::Registering);

@@ -26,7 +26,19 @@ pub struct DeviceRegistration {
     /// Custom data for allocation. Any JSON value; `null` reads as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// A PKCS#10 request for a device certificate, base64 DER (api-version 2025-07-01-preview and
+    /// later). `null` reads as absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+    /// A PEM PKCS#10 request (api-version 2021-11-01-preview; IoT Edge's identity service sends
+    /// it). `null` reads as absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_csr: Option<String>,
 }
+
+/// The largest message DPS accepts on any transport (`includes/iot-dps-limits.md`): an HTTPS body,
+/// an MQTT PUBLISH payload, an AMQP message.
+pub const MAX_MESSAGE_BYTES: usize = 96 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,7 +17,11 @@
 //! values are). A path that is absent reads as null, except `provisioningStatus`, whose absence
 //! means `enabled`.
 
+mod msrest;
+
 use serde_json::Value;
+
+pub use msrest::unwrap_query_specification;
 
 /// Why a query was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,7 @@ use crate::auth::Right;
 use crate::error::ApiError;
 use crate::http::now_text;
 use crate::pki::{self, PkiError, PkiFiles};
+use crate::secrets::KekSource;
 use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
 
 /// The owner policy every instance starts with.
@@ -24,11 +25,40 @@ pub const RUNTIME_FILE: &str = "runtime.json";
 /// How the register response reports a completed assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterResponse {
-    /// `200` with status `assigned` at once; every SDK accepts it.
+    /// `200` with the final status at once: a fast path for CI. The Python, Node and C SDKs accept
+    /// it; IoT Edge's identity service (aziot-identityd) does not: it accepts only `202`.
     Assigned,
-    /// `202` with status `assigning` and `Retry-After`, as DPS does; the device then polls.
+    /// `202` with status `assigning` and `Retry-After`, as DPS does; the device then polls the
+    /// operation, which answers the final state. The default.
     Assigning { retry_after_secs: u32 },
 }
+
+/// The transport a request arrived on, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Https,
+    Mqtt,
+    MqttWs,
+    Amqp,
+    AmqpWs,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::Mqtt => "mqtt",
+            Self::MqttWs => "mqtt-ws",
+            Self::Amqp => "amqp",
+            Self::AmqpWs => "amqp-ws",
+        }
+    }
+}
+
+/// The Retry-After DPS-like answers carry unless `--retry-after` says otherwise: 2 s is the Node
+/// SDK's own default, and keeps a device that polls at that pace within DPS's quota of 5 polls per
+/// 10 s.
+pub const DEFAULT_RETRY_AFTER_SECS: u32 = 2;
 
 /// Settings that shape behaviour, fixed at start-up.
 #[derive(Debug, Clone)]
@@ -36,7 +66,8 @@ pub struct Settings {
     /// How far past expiry a token is still accepted.
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
-    pub mqtt: crate::mqtt::Limits,
+    /// Failed-attestation budgets.
+    pub throttle: crate::throttle::ThrottleSettings,
     pub console: crate::console::ConsoleSettings,
 }
 
@@ -44,8 +75,10 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             clock_skew_secs: 300,
-            register_response: RegisterResponse::Assigned,
-            mqtt: crate::mqtt::Limits::default(),
+            register_response: RegisterResponse::Assigning {
+                retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+            },
+            throttle: crate::throttle::ThrottleSettings::default(),
             console: crate::console::ConsoleSettings::default(),
         }
     }
@@ -61,8 +94,8 @@ pub struct AppInner {
     /// Host names this instance answers to; service tokens may name any of them.
     pub hostnames: Vec<String>,
     pub settings: Settings,
-    /// Open MQTT sessions (over TLS and WebSockets) are limited to `settings.mqtt.max_sessions`.
-    pub mqtt_sessions: Arc<tokio::sync::Semaphore>,
+    /// The failed-attestation budgets of every client address and registration ID.
+    pub throttle: crate::throttle::Throttle,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -81,14 +114,14 @@ impl App {
         hostnames: Vec<String>,
         settings: Settings,
     ) -> Self {
-        let mqtt_sessions = Arc::new(tokio::sync::Semaphore::new(settings.mqtt.max_sessions));
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let throttle = crate::throttle::Throttle::new(settings.throttle);
         Self(Arc::new(AppInner {
             store,
             instance,
             hostnames,
             settings,
-            mqtt_sessions,
+            throttle,
             shutdown,
         }))
     }
@@ -134,12 +167,17 @@ pub fn new_key(n: usize) -> Result<String, ApiError> {
 pub async fn open_data_dir(
     data_dir: &Path,
     service_host: &str,
+    kek: &KekSource,
 ) -> Result<(Store, Instance), SetupError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| SetupError::DataDir {
+    let private = |source| SetupError::DataDir {
         path: data_dir.to_owned(),
         source,
-    })?;
-    let store = Store::open_sqlite(&data_dir.join(DB_FILE))?;
+    };
+    crate::files::create_private_dir(data_dir).map_err(private)?;
+    // A data directory from before file modes were enforced gets them now.
+    crate::files::restrict_tree(data_dir).map_err(private)?;
+    let kek = kek.load(data_dir, true).map_err(StoreError::from)?;
+    let store = Store::open_sqlite(&data_dir.join(DB_FILE), &kek)?;
     if let Some(instance) = store.instance().await? {
         return Ok((store, instance));
     }
@@ -176,12 +214,16 @@ pub async fn open_data_dir(
 }
 
 /// Opens an existing data directory without creating anything.
-pub async fn open_existing(data_dir: &Path) -> Result<(Store, Instance), SetupError> {
+pub async fn open_existing(
+    data_dir: &Path,
+    kek: &KekSource,
+) -> Result<(Store, Instance), SetupError> {
     let db = data_dir.join(DB_FILE);
     if !db.exists() {
         return Err(SetupError::NoInstance(data_dir.to_owned()));
     }
-    let store = Store::open_sqlite(&db)?;
+    let kek = kek.load(data_dir, false).map_err(StoreError::from)?;
+    let store = Store::open_sqlite(&db, &kek)?;
     let instance = store
         .instance()
         .await?

@@ -3,8 +3,11 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use usher_proto::api_version::ApiVersionError;
 use usher_proto::model::ErrorBody;
 use usher_proto::{ErrorCode, IdError, SasError};
+
+use crate::app::Protocol;
 
 use crate::http::{json_response, now};
 use crate::store::StoreError;
@@ -42,6 +45,15 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("the request body is larger than 96 KB")]
     BodyTooLarge,
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("{0}")]
+    ApiVersion(#[from] ApiVersionError),
+    /// A register body asks for a device certificate, which this Usher does not issue yet.
+    #[error("{}", csr_message(field))]
+    CertificateIssuanceNotConfigured { field: &'static str },
     #[error("invalid registration ID: {0}")]
     InvalidRegistrationId(IdError),
     #[error("invalid enrollment group ID: {0}")]
@@ -80,6 +92,11 @@ pub enum ApiError {
     NoRoute(String),
     #[error("{0} is not allowed on this path")]
     MethodNotAllowed(String),
+    #[error("too many failed attestations for this {}; retry after {retry_after_secs} s", by.as_str())]
+    Throttled {
+        by: crate::throttle::ThrottledBy,
+        retry_after_secs: u32,
+    },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
 }
@@ -92,6 +109,11 @@ impl ApiError {
             Self::MissingRight { .. } => ErrorCode::InsufficientRights,
             Self::InvalidJson(_) => ErrorCode::InvalidJson,
             Self::BodyTooLarge => ErrorCode::RequestEntityTooLarge,
+            Self::BodyUnreadable(_) => ErrorCode::BadRequest,
+            Self::BodyTimeout(_) => ErrorCode::RequestTimeout,
+            Self::ApiVersion(_) | Self::CertificateIssuanceNotConfigured { .. } => {
+                ErrorCode::ArgumentInvalid
+            }
             Self::InvalidRegistrationId(_) => ErrorCode::InvalidRegistrationId,
             Self::InvalidEnrollmentGroupId(_) => ErrorCode::InvalidEnrollmentGroupId,
             Self::InvalidArgument(_) => ErrorCode::ArgumentInvalid,
@@ -111,6 +133,7 @@ impl ApiError {
             Self::EtagMismatch => ErrorCode::PreconditionFailed,
             Self::NoRoute(_) => ErrorCode::RouteNotFound,
             Self::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Self::Throttled { .. } => ErrorCode::Throttled,
             Self::Store(_) => ErrorCode::InternalServerError,
         }
     }
@@ -123,13 +146,55 @@ impl ApiError {
         }
     }
 
+    /// The Retry-After that goes with this error, in seconds.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Throttled {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
     /// The error body, with a fresh tracking ID.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody::new(
+        let mut body = ErrorBody::new(
             self.code(),
             Some(&self.public_message()),
             uuid::Uuid::new_v4().to_string(),
             now(),
+        );
+        if let Self::CertificateIssuanceNotConfigured { field } = self {
+            body.info = Some([("field".to_owned(), (*field).to_owned())].into());
+        }
+        body
+    }
+
+    /// The one log line for a refused request, on every transport: credential refusals at INFO
+    /// with the reason (never a key or a signature: no error here carries one), server faults at
+    /// ERROR, everything else at DEBUG.
+    pub fn log(&self, protocol: Protocol, peer: Option<std::net::SocketAddr>) {
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        let protocol = protocol.as_str();
+        match self {
+            Self::Store(_) => tracing::error!(protocol, peer, error = %self, "request failed"),
+            Self::Unauthorized(_) | Self::MissingRight { .. } | Self::Throttled { .. } => {
+                tracing::info!(protocol, peer, error = %self, "request refused");
+            }
+            _ => tracing::debug!(protocol, peer, error = %self, "request refused"),
+        }
+    }
+}
+
+/// What a register body carrying a certificate request is told. For `clientCertificateCsr` it is
+/// DPS's own text: IoT Edge's identity service matches it and registers again without the CSR.
+fn csr_message(field: &str) -> String {
+    if field == "clientCertificateCsr" {
+        "Device sent CSR but it is not configured in the service.".to_owned()
+    } else {
+        format!(
+            "The register body carries {field} (a certificate signing request), but certificate \
+             issuance is not configured in this Usher version; register without {field}."
         )
     }
 }
@@ -137,11 +202,6 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
-        match &self {
-            Self::Store(_) => tracing::error!(error = %self, "request failed"),
-            Self::Unauthorized(_) => tracing::info!(error = %self, "request refused"),
-            _ => tracing::debug!(error = %self, "request refused"),
-        }
         let body = self.body();
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -153,6 +213,9 @@ impl IntoResponse for ApiError {
         }
         if let Ok(v) = HeaderValue::from_str(&code.name()) {
             headers.insert("x-ms-error-code", v);
+        }
+        if let Some(secs) = self.retry_after() {
+            headers.insert("retry-after", HeaderValue::from(secs));
         }
         response
     }

@@ -417,6 +417,8 @@ pub enum HubError {
     Unauthorized(String),
     #[error("{0} is not supported by this hub.")]
     NotSupported(String),
+    #[error("{0}")]
+    ProtocolVersion(String),
     #[error("Internal error: {0}")]
     Internal(String),
 }
@@ -443,6 +445,7 @@ impl HubError {
             Self::Argument(_) => (400, "ArgumentInvalid", 400_004),
             Self::Unauthorized(_) => (401, "IotHubUnauthorizedAccess", 401_002),
             Self::NotSupported(_) => (405, "MethodNotAllowed", 405_000),
+            Self::ProtocolVersion(_) => (400, "InvalidProtocolVersion", 400_001),
             Self::Internal(_) => (500, "ServerError", 500_001),
         }
     }

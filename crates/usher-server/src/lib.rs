@@ -18,14 +18,17 @@ pub mod app;
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod hub;
 pub mod management;
 pub mod mqtt;
 pub mod pki;
 pub mod registration;
+pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -46,6 +49,18 @@ pub struct ServeConfig {
     /// A certificate chain and key to use instead of the development PKI.
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
+    pub limits: Limits,
+    /// Where the key-encryption key comes from.
+    pub kek: secrets::KekSource,
+}
+
+/// What the transports enforce on connections, requests and sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Per listener (HTTPS and MQTT each).
+    pub connections: server::ConnectionLimits,
+    pub http: server::HttpLimits,
+    pub mqtt: mqtt::Limits,
 }
 
 /// Why the server could not start.
@@ -69,6 +84,7 @@ pub struct Prepared {
     tls: std::sync::Arc<rustls::ServerConfig>,
     /// The same certificate without ALPN, for MQTT.
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
+    limits: Limits,
     data_dir: PathBuf,
 }
 
@@ -79,7 +95,8 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         .first()
         .cloned()
         .unwrap_or_else(|| "localhost".into());
-    let (store, instance) = app::open_data_dir(&config.data_dir, &service_host).await?;
+    let (store, instance) =
+        app::open_data_dir(&config.data_dir, &service_host, &config.kek).await?;
     app::ensure_hub_policies(&store).await?;
     let (cert, key) = match &config.tls_cert {
         Some((cert, key)) => (cert.clone(), key.clone()),
@@ -104,6 +121,7 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         overview,
         tls,
         mqtt_tls,
+        limits: config.limits,
         data_dir: config.data_dir,
     })
 }
@@ -134,7 +152,7 @@ impl Prepared {
             "mqttAddr": mqtt_addr.map(|a| a.to_string()),
         })
         .to_string();
-        std::fs::write(&runtime, text).map_err(io)?;
+        files::write_private(&runtime, text.as_bytes()).map_err(io)?;
         tracing::info!(%https_addr, ?mqtt_addr, "serving");
 
         let app = self.app.clone();
@@ -144,7 +162,9 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
-        let mut router = http::router(self.app.clone());
+        let limits = self.limits;
+        let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
+        let mut router = http::router(self.app.clone(), limits.http, mqtt_endpoint.clone());
         if self.app.settings.console.enabled {
             let endpoints = console::Endpoints {
                 https_port: https_addr.port(),
@@ -156,18 +176,35 @@ impl Prepared {
                 endpoints,
                 ca,
                 &self.app.settings.console,
+                limits.http.body_timeout,
             ));
         }
-        let https_task =
-            server::serve_tls(https, self.tls, shutdown.clone(), move |tls, peer, stop| {
-                server::serve_http_connection(tls, peer, router.clone(), stop)
-            });
+        let https_task = server::serve_tls(
+            https,
+            self.tls,
+            limits.connections,
+            shutdown.clone(),
+            move |tls, peer, stop| {
+                server::serve_http_connection(tls, peer, router.clone(), limits.http, stop)
+            },
+        );
         match mqtt {
             Some(listener) => {
-                let mqtt_task =
-                    server::serve_tls(listener, self.mqtt_tls, shutdown, move |tls, peer, stop| {
-                        mqtt::serve_tls_connection(app.clone(), tls, peer, stop)
-                    });
+                let mqtt_task = server::serve_tls(
+                    listener,
+                    self.mqtt_tls,
+                    limits.connections,
+                    shutdown,
+                    move |tls, peer, stop| {
+                        mqtt::serve_tls_connection(
+                            app.clone(),
+                            mqtt_endpoint.clone(),
+                            tls,
+                            peer,
+                            stop,
+                        )
+                    },
+                );
                 tokio::join!(https_task, mqtt_task);
             }
             None => https_task.await,

@@ -292,7 +292,9 @@ pub fn parse_query(body: &[u8]) -> Result<Query, ApiError> {
         if spec.query.trim().is_empty() {
             "*".to_owned()
         } else {
-            spec.query
+            // The Azure CLI's list commands send a Python repr of the query model (see
+            // `usher_proto::query::unwrap_query_specification`); Azure answers it, so do we.
+            usher_proto::query::unwrap_query_specification(&spec.query).unwrap_or(spec.query)
         }
     };
     Query::parse(&text).map_err(|e| ApiError::InvalidArgument(format!("invalid query: {e}")))

@@ -25,6 +25,8 @@ pub struct DeviceRequest<'a> {
     pub registration_id: &'a str,
     /// The SAS token (HTTP `Authorization`, MQTT password).
     pub authorization: Option<&'a str>,
+    /// The client's address, for the failure budget (`throttle`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The enrollment a device proved it belongs to.
@@ -74,6 +76,7 @@ pub async fn register(
         )));
     }
     let attested = attest(app, req).await?;
+    refuse_unsupported(body)?;
     let operation_id = new_operation_id();
 
     if !attested.enrollment.settings().is_enabled() {
@@ -231,12 +234,51 @@ pub async fn registration_status(
     Ok(registration_result(&record))
 }
 
-/// Parses a register body (DeviceRegistration JSON); an empty or blank body reads as `{}`.
+/// Parses a register body (DeviceRegistration JSON); an empty or blank body reads as `{}`. Any
+/// other JSON than an object is refused, as is a body over the DPS message limit (MQTT and AMQP
+/// payloads reach here unbounded by HTTP's body limit).
 pub fn parse_registration_body(body: &[u8]) -> Result<DeviceRegistration, ApiError> {
+    if body.len() > usher_proto::model::MAX_MESSAGE_BYTES {
+        return Err(ApiError::BodyTooLarge);
+    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DeviceRegistration::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidJson(format!(
+            "a DeviceRegistration must be a JSON object, not {}",
+            json_kind(&value)
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Refuses what Usher does not do rather than pretending to: a register body asking for a device
+/// certificate (`csr`, api-version 2025-07-01-preview; `clientCertificateCsr`,
+/// 2021-11-01-preview) would otherwise be `assigned` with no certificate.
+fn refuse_unsupported(body: &DeviceRegistration) -> Result<(), ApiError> {
+    let field = if body.client_certificate_csr.is_some() {
+        "clientCertificateCsr"
+    } else if body.csr.is_some() {
+        "csr"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::CertificateIssuanceNotConfigured { field })
 }
 
 /// The status code and retry-after every transport answers a successful request with: `202` and
@@ -272,14 +314,32 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
     }
 }
 
+/// Attests a device, within the failure budgets of its address and registration ID: a request
+/// whose budget is spent is refused (429) before any key is looked at, and a refused credential
+/// spends from both budgets.
+async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+    if let Err((by, retry_after_secs)) = app.throttle.check(req.peer, req.registration_id) {
+        return Err(ApiError::Throttled {
+            by,
+            retry_after_secs,
+        });
+    }
+    let result = check_credential(app, req).await;
+    if let Err(ApiError::Unauthorized(_)) = &result {
+        app.throttle.failed(req.peer, req.registration_id);
+    }
+    result
+}
+
 /// Checks the device's token against its individual enrollment (primary, then secondary key) or,
 /// if it has none, against every symmetric-key group (keys derived from the group's primary, then
 /// secondary key, with the registration ID as the device spelled it).
-async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
     let DeviceRequest {
         id_scope,
         registration_id,
         authorization,
+        peer: _,
     } = req;
     let registration_id =
         RegistrationId::parse(registration_id).map_err(ApiError::InvalidRegistrationId)?;

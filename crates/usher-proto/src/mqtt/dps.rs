@@ -4,27 +4,44 @@ use std::borrow::Cow;
 
 /// The filter every device subscribes to.
 pub const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
-const REGISTER_PREFIX: &str = "$dps/registrations/PUT/iotdps-register/?";
-const STATUS_PREFIX: &str = "$dps/registrations/GET/iotdps-get-operationstatus/?";
+/// Every DPS topic starts with this; a PUBLISH to any other topic ends the session.
+pub const NAMESPACE: &str = "$dps/registrations/";
+const REGISTER_PATH: &str = "$dps/registrations/PUT/iotdps-register";
+const STATUS_PATH: &str = "$dps/registrations/GET/iotdps-get-operationstatus";
 
 /// Why a topic or user name is not one DPS knows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
-    #[error("the topic {0:?} is not a DPS request topic")]
+    /// Outside `$dps/registrations/`: not DPS at all, so there is nothing to answer.
+    #[error("the topic {0:?} is not a DPS topic")]
     UnknownTopic(String),
-    #[error("the request topic has no $rid")]
-    MissingRid,
+    /// Inside `$dps/registrations/` but no operation DPS has; answered on `$rid`.
+    #[error("the topic {topic:?} names no DPS operation")]
+    UnknownOperation { topic: String, rid: String },
     #[error("the operation-status topic has no operationId")]
-    MissingOperationId,
-    #[error("the query parameter {0:?} appears more than once")]
-    DuplicateParameter(String),
+    MissingOperationId { rid: String },
+    #[error("the query parameter {name:?} appears more than once")]
+    DuplicateParameter { name: String, rid: String },
     #[error(
         "the user name {0:?} is not of the form {{idScope}}/registrations/{{registrationId}}/api-version=…"
     )]
     BadUsername(String),
 }
 
-/// A device request published on a DPS topic.
+impl TopicError {
+    /// The `$rid` to answer this refusal on (empty when the topic had none, as DPS answers), or
+    /// `None` when the topic is not DPS's and the session is to end.
+    pub fn rid(&self) -> Option<&str> {
+        match self {
+            Self::UnknownOperation { rid, .. }
+            | Self::MissingOperationId { rid }
+            | Self::DuplicateParameter { rid, .. } => Some(rid),
+            Self::UnknownTopic(_) | Self::BadUsername(_) => None,
+        }
+    }
+}
+
+/// A device request, from the PUBLISH topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `$dps/registrations/PUT/iotdps-register/?$rid={rid}`.
@@ -34,7 +51,8 @@ pub enum Request {
 }
 
 impl Request {
-    /// The request ID, exactly as the device sent it, to be echoed byte for byte.
+    /// The request ID, exactly as the device sent it, to be echoed byte for byte; empty when the
+    /// topic had no `$rid`.
     pub fn rid(&self) -> &str {
         match self {
             Self::Register { rid } | Self::OperationStatus { rid, .. } => rid,
@@ -42,18 +60,19 @@ impl Request {
     }
 }
 
-/// Parses a request topic. `$rid` is kept verbatim; `operationId` is percent-decoded (Python
+/// Parses a request topic. `$rid` is kept verbatim and may be absent: DPS answers a request without
+/// one (`…/iotdps-register/?rid=1`, `…/iotdps-register/` or `…/iotdps-register`, as hand-written
+/// firmware sends) on `…/?$rid=` with an empty `$rid`. `operationId` is percent-decoded (Python
 /// encodes it, Node and C send it raw).
 pub fn parse_request(topic: &str) -> Result<Request, TopicError> {
-    let (query, is_register) = if let Some(q) = topic.strip_prefix(REGISTER_PREFIX) {
-        (q, true)
-    } else if let Some(q) = topic.strip_prefix(STATUS_PREFIX) {
-        (q, false)
-    } else {
+    if !topic.starts_with(NAMESPACE) {
         return Err(TopicError::UnknownTopic(topic.chars().take(100).collect()));
-    };
+    }
+    let (path, query) = topic.split_once('?').unwrap_or((topic, ""));
+    let path = path.strip_suffix('/').unwrap_or(path);
     let mut rid = None;
     let mut operation_id = None;
+    let mut duplicate = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let slot = match key {
@@ -61,20 +80,31 @@ pub fn parse_request(topic: &str) -> Result<Request, TopicError> {
             "operationId" => &mut operation_id,
             _ => continue,
         };
-        if slot.replace(value).is_some() {
-            return Err(TopicError::DuplicateParameter(key.to_owned()));
+        if slot.is_some() {
+            duplicate.get_or_insert(key);
+        } else {
+            *slot = Some(value);
         }
     }
-    let rid = rid
-        .filter(|r| !r.is_empty())
-        .ok_or(TopicError::MissingRid)?
-        .to_owned();
-    if is_register {
+    let rid = rid.unwrap_or("").to_owned();
+    if let Some(name) = duplicate {
+        return Err(TopicError::DuplicateParameter {
+            name: name.to_owned(),
+            rid,
+        });
+    }
+    if path == REGISTER_PATH {
         return Ok(Request::Register { rid });
     }
-    let operation_id = operation_id
-        .filter(|o| !o.is_empty())
-        .ok_or(TopicError::MissingOperationId)?;
+    if path != STATUS_PATH {
+        return Err(TopicError::UnknownOperation {
+            topic: topic.chars().take(100).collect(),
+            rid,
+        });
+    }
+    let Some(operation_id) = operation_id.filter(|o| !o.is_empty()) else {
+        return Err(TopicError::MissingOperationId { rid });
+    };
     Ok(Request::OperationStatus {
         rid,
         operation_id: decode(operation_id).into_owned(),
@@ -203,26 +233,47 @@ mod tests {
     }
 
     #[test]
+    fn requests_without_a_rid_are_answered_on_an_empty_one() {
+        for topic in [
+            "$dps/registrations/PUT/iotdps-register/?rid=1",
+            "$dps/registrations/PUT/iotdps-register/?",
+            "$dps/registrations/PUT/iotdps-register/?$rid=",
+            "$dps/registrations/PUT/iotdps-register/",
+            "$dps/registrations/PUT/iotdps-register",
+        ] {
+            assert_eq!(
+                parse_request(topic),
+                Ok(Request::Register { rid: String::new() }),
+                "{topic}"
+            );
+        }
+        assert_eq!(
+            parse_request("$dps/registrations/GET/iotdps-get-operationstatus/?operationId=5.a"),
+            Ok(Request::OperationStatus {
+                rid: String::new(),
+                operation_id: "5.a".into()
+            })
+        );
+    }
+
+    #[test]
     fn bad_topics() {
-        assert!(matches!(
-            parse_request("devices/x/messages"),
-            Err(TopicError::UnknownTopic(_))
-        ));
-        assert_eq!(
-            parse_request("$dps/registrations/PUT/iotdps-register/?"),
-            Err(TopicError::MissingRid)
-        );
-        assert_eq!(
-            parse_request("$dps/registrations/PUT/iotdps-register/?$rid="),
-            Err(TopicError::MissingRid)
-        );
+        let outside = parse_request("devices/x/messages").unwrap_err();
+        assert!(matches!(outside, TopicError::UnknownTopic(_)));
+        assert_eq!(outside.rid(), None, "not DPS: the session ends");
+        let unknown = parse_request("$dps/registrations/PUT/iotdps-unknown/?$rid=9").unwrap_err();
+        assert!(matches!(unknown, TopicError::UnknownOperation { .. }));
+        assert_eq!(unknown.rid(), Some("9"));
         assert_eq!(
             parse_request("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1"),
-            Err(TopicError::MissingOperationId)
+            Err(TopicError::MissingOperationId { rid: "1".into() })
         );
         assert_eq!(
             parse_request("$dps/registrations/PUT/iotdps-register/?$rid=1&$rid=2"),
-            Err(TopicError::DuplicateParameter("$rid".into()))
+            Err(TopicError::DuplicateParameter {
+                name: "$rid".into(),
+                rid: "1".into()
+            })
         );
     }
 

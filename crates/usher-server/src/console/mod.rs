@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) endpoints: Endpoints,
     /// The development CA certificate, offered for download (none with `--tls-cert`).
     pub(crate) ca_certificate: Option<PathBuf>,
+    /// How long a client has to send a form once its headers are in.
+    pub(crate) body_timeout: Duration,
 }
 
 impl std::ops::Deref for Console {
@@ -95,12 +97,14 @@ pub fn router(
     endpoints: Endpoints,
     ca_certificate: Option<PathBuf>,
     settings: &ConsoleSettings,
+    body_timeout: Duration,
 ) -> Router {
     let console = Console(Arc::new(Inner {
         app,
         sessions: Sessions::new(settings.session_ttl),
         endpoints,
         ca_certificate,
+        body_timeout,
     }));
     Router::new()
         .route("/console", get(|| async { Redirect::to("/console/") }))
@@ -189,12 +193,26 @@ async fn guard(State(console): State<Console>, req: Request, next: Next) -> Resp
 
 async fn check_csrf(console: &Console, req: Request) -> Result<Request, Response> {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
-        plain(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "The form is larger than 96 KB.",
-        )
-    })?;
+    let bytes = match tokio::time::timeout(
+        console.body_timeout,
+        axum::body::to_bytes(body, MAX_FORM),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The form is larger than 96 KB.",
+            ));
+        }
+        Err(_) => {
+            return Err(plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "The form did not arrive in time.",
+            ));
+        }
+    };
     let form = Form::parse(&bytes);
     let expected = if parts.uri.path() == "/console/signin" {
         session::cookie(&parts.headers, SIGNIN_COOKIE).map(str::to_owned)

@@ -236,6 +236,11 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 
 /// The hub's legacy error body, which the Node client parses (`Message` = `ErrorCode:<name>;<text>`),
 /// and the `iothub-errorcode` header.
+/// An unknown or missing `api-version`, answered as IoT Hub does (`InvalidProtocolVersion`).
+pub(super) fn version_refused(e: &usher_proto::api_version::ApiVersionError) -> Response {
+    error_response(&HubError::ProtocolVersion(e.to_string()))
+}
+
 fn error_response(e: &HubError) -> Response {
     let (status, name, code) = e.status_and_code();
     let tracking = uuid::Uuid::new_v4().simple().to_string();
@@ -251,6 +256,7 @@ fn error_response(e: &HubError) -> Response {
     );
     match e {
         HubError::Internal(_) => tracing::error!(error = %e, "registry request failed"),
+        HubError::Unauthorized(_) => tracing::info!(error = %e, "registry request refused"),
         _ => tracing::debug!(error = %e, "registry request refused"),
     }
     let message = match e {

@@ -17,50 +17,42 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::app::App;
-use crate::error::ApiError;
+use usher_proto::api_version::{self, Api};
 
-/// Largest request body accepted (the DPS message limit).
-pub const MAX_BODY: usize = 96 * 1024;
+use crate::app::{App, Protocol};
+use crate::error::ApiError;
+use crate::server::HttpLimits;
+
+/// Largest request body accepted (the DPS message limit, the same on every transport).
+pub const MAX_BODY: usize = usher_proto::model::MAX_MESSAGE_BYTES;
 
 /// The router for the HTTPS port.
-pub fn router(app: App) -> Router {
+pub fn router(app: App, limits: HttpLimits, mqtt: crate::mqtt::Endpoint) -> Router {
     Router::new()
         .route(
             "/$iothub/websocket",
             axum::routing::get(crate::mqtt::websocket_route),
         )
         .fallback(dispatch)
+        .layer(axum::Extension(limits))
+        .layer(axum::Extension(mqtt))
         .with_state(app)
 }
 
-async fn dispatch(State(app): State<App>, req: Request) -> Response {
+async fn dispatch(
+    State(app): State<App>,
+    axum::Extension(limits): axum::Extension<HttpLimits>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
-    let segments = match split_path(parts.uri.path()) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let ctx = Ctx {
-        query: parts.uri.query(),
-        app: &app,
-        method: &parts.method,
-        headers: &parts.headers,
-        body: &body,
-    };
-    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
-    let result = match seg.as_slice() {
-        [scope, r, id, rest @ ..] if is(r, "registrations") && !is(scope, "registrations") => {
-            device::route(&ctx, scope, id, rest).await
+    let peer = parts.extensions.get::<crate::mqtt::PeerAddr>().map(|p| p.0);
+    let mut response = match route(&app, &parts, body, limits, peer).await {
+        Ok(response) => response,
+        Err(e) => {
+            e.log(Protocol::Https, peer);
+            e.into_response()
         }
-        _ if hub::is_hub_route(&seg) => Ok(hub::route(&ctx, &seg).await),
-        _ => service::route(&ctx, &seg).await,
     };
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
     if !response.headers().contains_key("x-ms-request-id")
         && let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
     {
@@ -69,9 +61,51 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
     response
 }
 
+/// Which API a path belongs to, checks its `api-version`, reads the body and calls the API's router.
+async fn route(
+    app: &App,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    limits: HttpLimits,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Response, ApiError> {
+    let segments = split_path(parts.uri.path())?;
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    let api = match seg.as_slice() {
+        [scope, r, _, ..] if is(r, "registrations") && !is(scope, "registrations") => Api::Device,
+        _ if hub::is_hub_route(&seg) => Api::HubRegistry,
+        _ => Api::Service,
+    };
+    let version = api_version::from_query(parts.uri.query());
+    if let Err(e) = api.check(version.as_deref()) {
+        return Ok(match api {
+            Api::HubRegistry => hub::version_refused(&e),
+            Api::Device | Api::Service => return Err(e.into()),
+        });
+    }
+    let body = tokio::time::timeout(limits.body_timeout, read_body(body))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
+    let ctx = Ctx {
+        query: parts.uri.query(),
+        peer,
+        app,
+        method: &parts.method,
+        headers: &parts.headers,
+        body: &body,
+    };
+    match (api, seg.as_slice()) {
+        (Api::Device, [scope, _, id, rest @ ..]) => device::route(&ctx, scope, id, rest).await,
+        (Api::HubRegistry, _) => Ok(hub::route(&ctx, &seg).await),
+        _ => service::route(&ctx, &seg).await,
+    }
+}
+
 /// What a route handler sees of the request.
 pub(crate) struct Ctx<'a> {
     pub(crate) app: &'a App,
+    pub(crate) peer: Option<std::net::SocketAddr>,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) query: Option<&'a str>,
@@ -104,10 +138,15 @@ fn split_path(path: &str) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
+/// Reads the body up to [`MAX_BODY`]. A body over the limit is 413; one that cannot be read (a
+/// malformed chunked encoding, a connection cut mid-body) is 400 and says what went wrong.
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| ApiError::BodyTooLarge)
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge),
+        Err(e) => Err(ApiError::BodyUnreadable(e.to_string())),
+    }
 }
 
 /// A JSON response with the content type every SDK checks for.

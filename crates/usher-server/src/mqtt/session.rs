@@ -7,24 +7,39 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
+use usher_proto::api_version::Api;
 use usher_proto::mqtt::dps::{self, Request, Username};
 use usher_proto::mqtt::{
     Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, decode, encode,
 };
 
-use crate::app::App;
+use crate::app::{App, Protocol};
 use crate::error::ApiError;
 use crate::registration::{self, DeviceRequest};
 
-/// Limits every session enforces.
+/// The largest packet a session reads: the DPS message limit (96 KB, the same on every transport)
+/// for the payload, plus room for the topic and the fixed and variable headers. A larger packet
+/// closes the connection before its body is buffered; a payload over 96 KB inside a packet that
+/// fits is answered 413, as HTTPS answers a body over the limit.
+pub const MAX_PACKET: usize = usher_proto::model::MAX_MESSAGE_BYTES + 4 * 1024;
+
+/// The longest keep-alive enforced: a client asking for more (or for 0, "no keep-alive", as the C
+/// SDK does) is held to this, so no session can stay silent for longer.
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(20 * 60);
+
+/// Limits every session enforces. Every timeout is a wall-clock deadline, not a per-byte one: a
+/// client that dribbles a byte now and then does not keep a session alive.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest packet accepted; a larger one closes the connection. DPS messages are at most 96 KB.
+    /// Largest packet accepted; a larger one closes the connection. See [`MAX_PACKET`].
     pub max_packet: usize,
-    /// How long a new connection has to send CONNECT.
+    /// How long a new connection has from its start to a complete CONNECT.
     pub connect_timeout: Duration,
-    /// How long a session with keep-alive 0 may stay silent.
-    pub idle_timeout: Duration,
+    /// The most silence a session may keep: the keep-alive a client asks for is enforced at 1.5×
+    /// (MQTT 3.1.1 §3.1.2.10) but never longer than this; keep-alive 0 gets this.
+    pub max_keep_alive: Duration,
+    /// How long a packet may take to arrive once its first byte is in.
+    pub packet_timeout: Duration,
     /// MQTT sessions open at once; a connection over the limit gets CONNACK 3 (server unavailable).
     pub max_sessions: usize,
 }
@@ -32,11 +47,22 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_packet: 128 * 1024,
+            max_packet: MAX_PACKET,
             connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30 * 60),
+            max_keep_alive: MAX_KEEP_ALIVE,
+            packet_timeout: Duration::from_secs(10),
             max_sessions: 10_000,
         }
+    }
+}
+
+impl Limits {
+    /// How long a connected session may go without a complete packet.
+    fn silence_allowed(&self, keep_alive_secs: u16) -> Duration {
+        if keep_alive_secs == 0 {
+            return self.max_keep_alive;
+        }
+        Duration::from_millis(u64::from(keep_alive_secs) * 1500).min(self.max_keep_alive)
     }
 }
 
@@ -45,10 +71,12 @@ impl Default for Limits {
 enum SessionError {
     #[error("malformed packet: {0}")]
     Decode(#[from] DecodeError),
-    #[error("no CONNECT within {0:?}")]
+    #[error("no complete CONNECT within {0:?} of connecting")]
     ConnectTimeout(Duration),
-    #[error("nothing received for {0:?} (keep-alive)")]
+    #[error("no complete packet for {0:?} (keep-alive)")]
     KeepAliveExpired(Duration),
+    #[error("a packet took longer than {0:?} to arrive")]
+    PacketTimeout(Duration),
     #[error("{0} before CONNECT")]
     NotConnected(&'static str),
     #[error("a second CONNECT")]
@@ -57,8 +85,8 @@ enum SessionError {
     ServerPacket(&'static str),
     #[error("CONNECT refused: {0:?}")]
     Refused(ConnectReturnCode),
-    #[error("a PUBLISH to {0:?} without a $rid to answer")]
-    UnanswerablePublish(String),
+    #[error("a PUBLISH to {0:?}, which is not a DPS topic")]
+    NotDpsTopic(String),
     #[error("transport error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -75,23 +103,28 @@ struct Connected {
 /// (server unavailable) and the connection is closed.
 pub async fn run_session<I, O>(
     app: App,
+    endpoint: &super::Endpoint,
     mut input: I,
     mut output: O,
     peer: SocketAddr,
+    protocol: Protocol,
     shutdown: CancellationToken,
 ) where
     I: Stream<Item = std::io::Result<Bytes>> + Unpin,
     O: Sink<Bytes, Error = std::io::Error> + Unpin,
 {
-    let Ok(_permit) = std::sync::Arc::clone(&app.mqtt_sessions).try_acquire_owned() else {
+    let Ok(_permit) = std::sync::Arc::clone(&endpoint.sessions).try_acquire_owned() else {
         tracing::warn!(%peer, "MQTT connection limit reached");
         refuse_busy(output).await;
         return;
     };
-    let limits = app.settings.mqtt;
+    let limits = endpoint.limits;
     let mut session = Session {
         app,
+        peer,
+        protocol,
         connected: None,
+        granted: None,
         next_packet_id: 0,
         buffer: BytesMut::new(),
     };
@@ -122,7 +155,11 @@ async fn refuse_busy<O: Sink<Bytes, Error = std::io::Error> + Unpin>(mut output:
 
 struct Session {
     app: App,
+    peer: SocketAddr,
+    protocol: Protocol,
     connected: Option<Connected>,
+    /// The QoS granted to the response subscription; answers go out at it (never above 1).
+    granted: Option<QoS>,
     next_packet_id: u16,
     buffer: BytesMut,
 }
@@ -138,29 +175,48 @@ impl Session {
         I: Stream<Item = std::io::Result<Bytes>> + Unpin,
         O: Sink<Bytes, Error = std::io::Error> + Unpin,
     {
+        let started = tokio::time::Instant::now();
+        // When the last complete packet arrived (the keep-alive clock), and when the first byte of
+        // the packet now arriving did (the packet clock).
+        let mut last_packet = started;
+        let mut partial_since = None;
         loop {
             // Handle every whole packet already buffered, in order.
             while let Some((packet, used)) = decode(&self.buffer, limits.max_packet)? {
                 let _ = self.buffer.split_to(used);
+                last_packet = tokio::time::Instant::now();
+                partial_since = None;
                 if !self.handle(packet, output).await? {
                     return Ok(());
                 }
             }
-            let wait = match &self.connected {
-                None => limits.connect_timeout,
-                // MQTT 3.1.1: one and a half keep-alive periods without a packet ends the session.
-                Some(c) if c.keep_alive > 0 => {
-                    Duration::from_millis(u64::from(c.keep_alive) * 1500)
+            if !self.buffer.is_empty() {
+                partial_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            let (deadline, expired) = match &self.connected {
+                None => (
+                    started + limits.connect_timeout,
+                    SessionError::ConnectTimeout(limits.connect_timeout),
+                ),
+                Some(c) => {
+                    let allowed = limits.silence_allowed(c.keep_alive);
+                    (
+                        last_packet + allowed,
+                        SessionError::KeepAliveExpired(allowed),
+                    )
                 }
-                Some(_) => limits.idle_timeout,
             };
-            let chunk = match tokio::time::timeout(wait, input.next()).await {
+            let (deadline, expired) = match partial_since {
+                Some(since) if since + limits.packet_timeout < deadline => (
+                    since + limits.packet_timeout,
+                    SessionError::PacketTimeout(limits.packet_timeout),
+                ),
+                _ => (deadline, expired),
+            };
+            let chunk = match tokio::time::timeout_at(deadline, input.next()).await {
                 Ok(Some(chunk)) => chunk?,
                 Ok(None) => return Ok(()),
-                Err(_) if self.connected.is_none() => {
-                    return Err(SessionError::ConnectTimeout(wait));
-                }
-                Err(_) => return Err(SessionError::KeepAliveExpired(wait)),
+                Err(_) => return Err(expired),
             };
             self.buffer.extend_from_slice(&chunk);
         }
@@ -197,7 +253,9 @@ impl Session {
                     .iter()
                     .map(|(filter, qos)| {
                         if filter == dps::RESPONSE_FILTER {
-                            (*qos).min(QoS::AtLeastOnce) as u8
+                            let granted = (*qos).min(QoS::AtLeastOnce);
+                            self.granted = Some(granted);
+                            granted as u8
                         } else {
                             0x80
                         }
@@ -267,25 +325,35 @@ impl Session {
                 (status, body, retry_after, request.rid().to_owned())
             }
             Err(e) => {
-                // A request we cannot parse is answered if it names a $rid, else the session ends.
-                let rid = publish
-                    .topic
-                    .split_once("$rid=")
-                    .map(|(_, r)| r.split('&').next().unwrap_or(r).to_owned());
-                let Some(rid) = rid.filter(|r| !r.is_empty()) else {
-                    return Err(SessionError::UnanswerablePublish(publish.topic));
+                // Inside $dps/registrations/ a request DPS cannot serve is answered on its $rid
+                // (empty when it had none, as DPS does); any other topic ends the session.
+                let Some(rid) = e.rid().map(str::to_owned) else {
+                    return Err(SessionError::NotDpsTopic(publish.topic));
                 };
-                let error = ApiError::NoRoute(e.to_string());
-                (error.code().http_status(), json(&error.body()), None, rid)
+                let error = match e {
+                    dps::TopicError::UnknownOperation { .. } => ApiError::NoRoute(e.to_string()),
+                    other => ApiError::InvalidArgument(other.to_string()),
+                };
+                let (status, body, retry_after) = self.refuse(&error);
+                (status, body, retry_after, rid)
             }
         };
-        self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+        // Answers go out at the QoS the subscription was granted (at most 1, as DPS delivers);
+        // before any SUBSCRIBE, at QoS 1 as DPS publishes.
+        let qos = self.granted.unwrap_or(QoS::AtLeastOnce);
+        let packet_id = match qos {
+            QoS::AtMostOnce => None,
+            _ => {
+                self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+                Some(self.next_packet_id)
+            }
+        };
         let response = Publish {
             dup: false,
-            qos: QoS::AtLeastOnce,
+            qos,
             retain: false,
             topic: dps::response_topic(status, &rid, retry_after),
-            packet_id: Some(self.next_packet_id),
+            packet_id,
             payload: body,
         };
         send(output, &Packet::Publish(response)).await?;
@@ -295,14 +363,22 @@ impl Session {
     /// Runs a request through the registration core: (status, JSON body, retry-after).
     async fn answer(&self, request: &Request, payload: &[u8]) -> (u16, Vec<u8>, Option<u32>) {
         let Some(connected) = &self.connected else {
-            return error_answer(&ApiError::Unauthorized(
+            return self.refuse(&ApiError::Unauthorized(
                 crate::error::AuthError::MissingAuthorization,
             ));
         };
+        // The user name's api-version is checked as the HTTPS query's is; one that is absent is
+        // accepted (embedded firmware may leave the query part out).
+        if let Some(version) = &connected.username.api_version
+            && let Err(e) = Api::Device.check(Some(version))
+        {
+            return self.refuse(&e.into());
+        }
         let device = DeviceRequest {
             id_scope: &connected.username.id_scope,
             registration_id: &connected.username.registration_id,
             authorization: connected.password.as_deref(),
+            peer: Some(self.peer.ip()),
         };
         let result = match request {
             Request::Register { .. } => match registration::parse_registration_body(payload) {
@@ -319,14 +395,19 @@ impl Session {
                 let (code, retry_after) = registration::response_status(&self.app, &status);
                 (code, json(&status), retry_after)
             }
-            Err(e) => error_answer(&e),
+            Err(e) => self.refuse(&e),
         }
     }
-}
 
-fn error_answer(error: &ApiError) -> (u16, Vec<u8>, Option<u32>) {
-    tracing::debug!(error = %error, "MQTT request refused");
-    (error.code().http_status(), json(&error.body()), None)
+    /// Logs a refused request (the same line every transport writes) and renders its answer.
+    fn refuse(&self, error: &ApiError) -> (u16, Vec<u8>, Option<u32>) {
+        error.log(self.protocol, Some(self.peer));
+        (
+            error.code().http_status(),
+            json(&error.body()),
+            error.retry_after(),
+        )
+    }
 }
 
 /// Serialises a response body. Our wire types always serialise; should one ever fail, `{}` keeps

@@ -25,6 +25,8 @@ pub enum StoreError {
     WriterGone,
     #[error("the database schema is version {found}, newer than this Usher ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -42,13 +44,22 @@ pub struct Instance {
     pub created: String,
 }
 
-/// A shared access policy: a name, two keys and the rights it grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A shared access policy: a name, two keys and the rights it grants. `Debug` leaves the keys out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub primary_key: String,
     pub secondary_key: String,
     pub rights: Vec<String>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("rights", &self.rights)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
@@ -81,8 +92,8 @@ pub struct Hub {
     pub created: String,
 }
 
-/// A device identity in a built-in hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A device identity in a built-in hub. `Debug` leaves the keys out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HubDevice {
     pub hub: String,
     pub device_id: String,
@@ -101,6 +112,17 @@ pub struct HubDevice {
     /// `{"tags": {…}, "desired": {…}, "reported": {…}, "desiredVersion": n}`.
     pub twin: Value,
     pub twin_version: i64,
+}
+
+impl std::fmt::Debug for HubDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubDevice")
+            .field("hub", &self.hub)
+            .field("device_id", &self.device_id)
+            .field("status", &self.status)
+            .field("etag", &self.etag)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How many records the store holds, for the console's overview.
@@ -122,12 +144,22 @@ pub enum Collection {
 
 /// A stored enrollment or enrollment group: the full JSON document (keys included), keyed on the
 /// lower-cased ID.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Doc {
     /// The ID as the client spelled it.
     pub id: String,
     pub json: Value,
     pub etag: String,
+}
+
+impl std::fmt::Debug for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The document holds keys: only its identity is shown.
+        f.debug_struct("Doc")
+            .field("id", &self.id)
+            .field("etag", &self.etag)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A device's registration record.
@@ -184,9 +216,10 @@ macro_rules! dispatch {
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to date.
-    pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::Sqlite(SqliteStore::open(path)?))
+    /// Opens (creating if needed) the SQLite database at `path`, brings its schema up to date and
+    /// unwraps its data key with `kek`.
+    pub fn open_sqlite(path: &Path, kek: &crate::secrets::Kek) -> Result<Self, StoreError> {
+        Ok(Self::Sqlite(SqliteStore::open(path, kek)?))
     }
 
     pub async fn instance(&self) -> Result<Option<Instance>, StoreError> {

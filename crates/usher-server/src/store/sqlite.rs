@@ -16,6 +16,7 @@ use super::{
     Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance, Policy, Registration,
     StoreError,
 };
+use crate::secrets::{DataKey, Kek, Sealer};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -28,6 +29,7 @@ const READ_POOL: usize = 8;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_hub_registry.sql"),
+    include_str!("migrations/0003_keyring.sql"),
 ];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
@@ -77,14 +79,22 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Box<dyn Job>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<PathBuf>,
+    /// Seals secret columns on the way in and opens them on the way out.
+    sealer: Arc<Sealer>,
 }
 
 impl SqliteStore {
-    /// Opens the database, applies migrations and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the database (created 0600, so SQLite's journal files are too), applies migrations,
+    /// unwraps the data key with `kek` (making and wrapping one on first open), seals any secret
+    /// still in plaintext from before encryption, and starts the writer thread.
+    pub fn open(path: &Path, kek: &Kek) -> Result<Self, StoreError> {
+        crate::files::touch_private(path)
+            .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
         let conn = open_connection(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL;")?;
         migrate(&conn)?;
+        let sealer = Arc::new(Sealer::new(data_key(&conn, kek)?));
+        seal_plaintext(&conn, &sealer)?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("usher-store-writer".into())
@@ -94,7 +104,20 @@ impl SqliteStore {
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path.to_owned()),
+            sealer,
         })
+    }
+
+    /// Re-wraps the data key with `new` (after checking `current` unwraps it), in one transaction.
+    pub fn rewrap(path: &Path, current: &Kek, new: &Kek) -> Result<(), StoreError> {
+        let conn = open_connection(path)?;
+        migrate(&conn)?;
+        let dek = data_key(&conn, current)?;
+        conn.execute(
+            "UPDATE keyring SET kek_id = ?1, wrapped_dek = ?2 WHERE id = 1",
+            params![new.id(), new.wrap(&dek)?],
+        )?;
+        Ok(())
     }
 
     /// Runs `work` in the writer's next transaction and waits until it is durable.
@@ -148,6 +171,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn bootstrap(&self, first: Bootstrap) -> Result<Instance, StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             if let Some(existing) = load_instance(c)? {
                 return Ok(existing);
@@ -160,7 +184,7 @@ impl SqliteStore {
             for p in &first.policies {
                 c.execute(
                     "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)",
-                    params![p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                    params![p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
                 )?;
             }
             for h in &first.hubs {
@@ -173,34 +197,39 @@ impl SqliteStore {
 
     pub(super) async fn policy(&self, name: &str) -> Result<Option<Policy>, StoreError> {
         let name = name.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
                 [name],
                 policy_row,
             )
-            .optional()?)
+            .optional()?
+            .map(|p| open_policy(&sealer, p))
+            .transpose()
         })
         .await
     }
 
     pub(super) async fn policies(&self) -> Result<Vec<Policy>, StoreError> {
-        self.read(|c| {
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT name, primary_key, secondary_key, rights FROM policies ORDER BY name",
             )?;
-            let rows = stmt.query_map([], policy_row)?.collect::<Result<_, _>>()?;
-            Ok(rows)
+            let rows: Vec<Policy> = stmt.query_map([], policy_row)?.collect::<Result<_, _>>()?;
+            rows.into_iter().map(|p| open_policy(&sealer, p)).collect()
         })
         .await
     }
 
     pub(super) async fn add_policy(&self, p: Policy) -> Result<bool, StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             let n = c.execute(
                 "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO NOTHING",
-                params![p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                params![p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
             )?;
             Ok(n == 1)
         })
@@ -220,17 +249,24 @@ impl SqliteStore {
         secondary_key: String,
     ) -> Result<Option<Policy>, StoreError> {
         let name = name.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             c.execute(
                 "UPDATE policies SET primary_key = ?2, secondary_key = ?3 WHERE name = ?1",
-                params![name, primary_key, secondary_key],
+                params![
+                    name,
+                    sealer.seal(&primary_key)?,
+                    sealer.seal(&secondary_key)?
+                ],
             )?;
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
                 [&name],
                 policy_row,
             )
-            .optional()?)
+            .optional()?
+            .map(|p| open_policy(&sealer, p))
+            .transpose()
         })
         .await
     }
@@ -312,6 +348,7 @@ impl SqliteStore {
 
     pub(super) async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
         let hub = hub.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
             let sql = format!(
                 "SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 ORDER BY rowid"
@@ -320,7 +357,9 @@ impl SqliteStore {
             let rows = stmt
                 .query_map([hub], raw_hub_device)?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(parse_hub_device).collect()
+            rows.into_iter()
+                .map(|raw| parse_hub_device(&sealer, raw))
+                .collect()
         })
         .await
     }
@@ -331,7 +370,8 @@ impl SqliteStore {
         device_id: &str,
     ) -> Result<Option<HubDevice>, StoreError> {
         let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
-        self.read(move |c| load_hub_device(c, &hub, &device_id))
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| load_hub_device(c, &sealer, &hub, &device_id))
             .await
     }
 
@@ -345,10 +385,11 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let current = load_hub_device(c, &hub, &device_id)?;
+            let current = load_hub_device(c, &sealer, &hub, &device_id)?;
             let device = decide(current)?;
-            write_hub_device(c, &device)?;
+            write_hub_device(c, &sealer, &device)?;
             Ok(device)
         })
         .await
@@ -364,8 +405,9 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let Some(device) = load_hub_device(c, &hub, &device_id)? else {
+            let Some(device) = load_hub_device(c, &sealer, &hub, &device_id)? else {
                 return Ok(None);
             };
             allow(&device)?;
@@ -385,13 +427,16 @@ impl SqliteStore {
         name: &str,
     ) -> Result<Option<Policy>, StoreError> {
         let (hub, name) = (hub.to_owned(), name.to_owned());
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, primary_key, secondary_key, rights FROM hub_policies WHERE hub = ?1 AND name = ?2",
                 params![hub, name],
                 policy_row,
             )
-            .optional()?)
+            .optional()?
+            .map(|p| open_policy(&sealer, p))
+            .transpose()
         })
         .await
     }
@@ -402,12 +447,13 @@ impl SqliteStore {
         policies: Vec<Policy>,
     ) -> Result<(), StoreError> {
         let hub = hub.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             for p in &policies {
                 c.execute(
                     "INSERT INTO hub_policies (hub, name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (hub, name) DO NOTHING",
-                    params![hub, p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                    params![hub, p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
                 )?;
             }
             Ok(())
@@ -417,7 +463,8 @@ impl SqliteStore {
 
     pub(super) async fn doc(&self, coll: Collection, id: &str) -> Result<Option<Doc>, StoreError> {
         let key = id.to_ascii_lowercase();
-        self.read(move |c| load_doc(c, coll, &key)).await
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| load_doc(c, &sealer, coll, &key)).await
     }
 
     pub(super) async fn docs(
@@ -426,6 +473,7 @@ impl SqliteStore {
         after: u64,
         limit: u64,
     ) -> Result<Vec<(u64, Doc)>, StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
             let sql = format!(
                 "SELECT rowid, id, doc, etag FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
@@ -438,7 +486,7 @@ impl SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_doc(raw)?)))
+                .map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_doc(&sealer, raw)?)))
                 .collect()
         })
         .await
@@ -454,10 +502,11 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let key = id.to_ascii_lowercase();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let current = load_doc(c, coll, &key)?;
+            let current = load_doc(c, &sealer, coll, &key)?;
             let doc = decide(current)?;
-            let json = serde_json::to_string(&doc.json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let json = seal_doc(&sealer, &doc.json)?;
             let sql = format!(
                 "INSERT INTO {} (key, id, doc, etag) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (key) DO UPDATE SET id = excluded.id, doc = excluded.doc, etag = excluded.etag",
@@ -479,8 +528,9 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let key = id.to_ascii_lowercase();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let Some(doc) = load_doc(c, coll, &key)? else {
+            let Some(doc) = load_doc(c, &sealer, coll, &key)? else {
                 return Ok(None);
             };
             allow(&doc)?;
@@ -557,6 +607,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn record_assignment(&self, a: Assignment) -> Result<(), StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             let r = &a.registration;
             let payload = r.payload.as_ref().map(Value::to_string);
@@ -596,9 +647,10 @@ impl SqliteStore {
             if let Some(d) = &a.device {
                 // A device the registry already has keeps its generation, document and twin; its
                 // status, keys and etag follow the assignment.
-                match load_hub_device(c, &d.hub, &d.device_id)? {
+                match load_hub_device(c, &sealer, &d.hub, &d.device_id)? {
                     Some(existing) => write_hub_device(
                         c,
+                        &sealer,
                         &HubDevice {
                             status: d.status.clone(),
                             primary_key: d.primary_key.clone(),
@@ -608,7 +660,7 @@ impl SqliteStore {
                             ..existing
                         },
                     )?,
-                    None => write_hub_device(c, d)?,
+                    None => write_hub_device(c, &sealer, d)?,
                 }
             }
             Ok(())
@@ -669,16 +721,22 @@ fn raw_hub_device(r: &Row<'_>) -> rusqlite::Result<RawHubDevice> {
     ))
 }
 
-fn parse_hub_device((mut d, doc, twin): RawHubDevice) -> Result<HubDevice, StoreError> {
+fn parse_hub_device(
+    sealer: &Sealer,
+    (mut d, doc, twin): RawHubDevice,
+) -> Result<HubDevice, StoreError> {
     let corrupt =
         |e: serde_json::Error| StoreError::Corrupt(format!("hub device {}: {e}", d.device_id));
     d.doc = serde_json::from_str(&doc).map_err(corrupt)?;
     d.twin = serde_json::from_str(&twin).map_err(corrupt)?;
+    d.primary_key = sealer.open(&d.primary_key)?;
+    d.secondary_key = sealer.open(&d.secondary_key)?;
     Ok(d)
 }
 
 fn load_hub_device(
     c: &Connection,
+    sealer: &Sealer,
     hub: &str,
     device_id: &str,
 ) -> Result<Option<HubDevice>, StoreError> {
@@ -686,11 +744,11 @@ fn load_hub_device(
         format!("SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 AND device_id = ?2");
     c.query_row(&sql, params![hub, device_id], raw_hub_device)
         .optional()?
-        .map(parse_hub_device)
+        .map(|raw| parse_hub_device(sealer, raw))
         .transpose()
 }
 
-fn write_hub_device(c: &Connection, d: &HubDevice) -> Result<(), StoreError> {
+fn write_hub_device(c: &Connection, sealer: &Sealer, d: &HubDevice) -> Result<(), StoreError> {
     c.execute(
         &format!(
             "INSERT INTO hub_devices ({HUB_DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
@@ -703,8 +761,8 @@ fn write_hub_device(c: &Connection, d: &HubDevice) -> Result<(), StoreError> {
             d.hub,
             d.device_id,
             d.status,
-            d.primary_key,
-            d.secondary_key,
+            sealer.seal(&d.primary_key)?,
+            sealer.seal(&d.secondary_key)?,
             d.created,
             d.updated,
             d.etag,
@@ -853,18 +911,147 @@ fn raw_doc(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
-fn parse_doc((id, json, etag): (String, String, String)) -> Result<Doc, StoreError> {
-    let json = serde_json::from_str(&json)
+fn parse_doc(
+    sealer: &Sealer,
+    (id, json, etag): (String, String, String),
+) -> Result<Doc, StoreError> {
+    let mut json: Value = serde_json::from_str(&json)
         .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
+    for slot in doc_key_slots(&mut json) {
+        if let Value::String(sealed) = slot {
+            *sealed = sealer.open(sealed)?;
+        }
+    }
     Ok(Doc { id, json, etag })
 }
 
-fn load_doc(c: &Connection, coll: Collection, key: &str) -> Result<Option<Doc>, StoreError> {
+fn load_doc(
+    c: &Connection,
+    sealer: &Sealer,
+    coll: Collection,
+    key: &str,
+) -> Result<Option<Doc>, StoreError> {
     let sql = format!("SELECT id, doc, etag FROM {} WHERE key = ?1", table(coll));
     c.query_row(&sql, [key], raw_doc)
         .optional()?
-        .map(parse_doc)
+        .map(|raw| parse_doc(sealer, raw))
         .transpose()
+}
+
+/// A document's secret values: its symmetric keys.
+fn doc_key_slots(json: &mut Value) -> impl Iterator<Item = &mut Value> {
+    json.pointer_mut("/attestation/symmetricKey")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|keys| {
+            keys.iter_mut()
+                .filter(|(name, _)| *name == "primaryKey" || *name == "secondaryKey")
+                .map(|(_, value)| value)
+        })
+}
+
+/// The stored text of a document, its keys sealed.
+fn seal_doc(sealer: &Sealer, json: &Value) -> Result<String, StoreError> {
+    let mut json = json.clone();
+    for slot in doc_key_slots(&mut json) {
+        if let Value::String(plain) = slot {
+            *plain = sealer.seal(plain)?;
+        }
+    }
+    serde_json::to_string(&json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn open_policy(sealer: &Sealer, mut p: Policy) -> Result<Policy, StoreError> {
+    p.primary_key = sealer.open(&p.primary_key)?;
+    p.secondary_key = sealer.open(&p.secondary_key)?;
+    Ok(p)
+}
+
+/// The data key: unwrapped with `kek`, or on a database that has none yet, made and wrapped.
+fn data_key(c: &Connection, kek: &Kek) -> Result<DataKey, StoreError> {
+    let stored: Option<(String, String)> = c
+        .query_row(
+            "SELECT kek_id, wrapped_dek FROM keyring WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((kek_id, wrapped)) = stored {
+        return Ok(kek.unwrap(&wrapped, &kek_id)?);
+    }
+    let dek = DataKey::generate()?;
+    c.execute(
+        "INSERT INTO keyring (id, kek_id, wrapped_dek) VALUES (1, ?1, ?2)",
+        params![kek.id(), kek.wrap(&dek)?],
+    )?;
+    Ok(dek)
+}
+
+/// Seals, in one transaction, every secret still stored in plaintext (a database from before
+/// encryption at rest). Does nothing on a database whose secrets are all sealed.
+fn seal_plaintext(c: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<(), StoreError> {
+        for table in ["policies", "hub_policies", "hub_devices"] {
+            let rows: Vec<(i64, String, String)> = c
+                .prepare(&format!(
+                    "SELECT rowid, primary_key, secondary_key FROM {table}"
+                ))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            for (rowid, primary, secondary) in rows {
+                if Sealer::is_sealed(&primary) && Sealer::is_sealed(&secondary) {
+                    continue;
+                }
+                let seal = |k: &str| -> Result<String, StoreError> {
+                    if Sealer::is_sealed(k) {
+                        Ok(k.to_owned())
+                    } else {
+                        Ok(sealer.seal(k)?)
+                    }
+                };
+                c.execute(
+                    &format!(
+                        "UPDATE {table} SET primary_key = ?2, secondary_key = ?3 WHERE rowid = ?1"
+                    ),
+                    params![rowid, seal(&primary)?, seal(&secondary)?],
+                )?;
+            }
+        }
+        for table in ["enrollments", "enrollment_groups"] {
+            let rows: Vec<(i64, String)> = c
+                .prepare(&format!("SELECT rowid, doc FROM {table}"))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (rowid, text) in rows {
+                let mut json: Value = serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("{table} row {rowid}: {e}")))?;
+                let mut changed = false;
+                for slot in doc_key_slots(&mut json) {
+                    if let Value::String(k) = slot
+                        && !Sealer::is_sealed(k)
+                    {
+                        *k = sealer.seal(k)?;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    c.execute(
+                        &format!("UPDATE {table} SET doc = ?2 WHERE rowid = ?1"),
+                        params![rowid, json.to_string()],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => c.execute_batch("COMMIT")?,
+        Err(_) => {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+    }
+    result
 }
 
 type RawRegistration = (Registration, Option<String>);

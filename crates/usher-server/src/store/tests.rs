@@ -5,7 +5,7 @@ use serde_json::json;
 
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("usher.db")).unwrap();
+    let store = Store::open_sqlite(&dir.path().join("usher.db"), &test_kek()).unwrap();
     (dir, store)
 }
 
@@ -175,7 +175,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usher.db");
     {
-        let store = Store::open_sqlite(&path).unwrap();
+        let store = Store::open_sqlite(&path, &test_kek()).unwrap();
         store
             .add_hub(Hub {
                 name: "h".into(),
@@ -230,7 +230,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             "no half-written record"
         );
     }
-    let store = Store::open_sqlite(&path).unwrap();
+    let store = Store::open_sqlite(&path, &test_kek()).unwrap();
     let reg = store.registration("DEV-1").await.unwrap().unwrap();
     assert_eq!(reg.payload, Some(json!({"a": 1})));
     assert_eq!(store.registrations_of_group("g1").await.unwrap().len(), 1);
@@ -551,4 +551,63 @@ async fn counts_registration_pages_recent_records_and_hub_settings() {
     );
     assert_eq!(store.hubs().await.unwrap()[0], changed);
     assert_eq!(store.set_hub("nope", 1, true).await.unwrap(), None);
+}
+
+/// The same KEK every time, so a test can reopen a database.
+fn test_kek() -> crate::secrets::Kek {
+    crate::secrets::Kek::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "test")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usher.db");
+    {
+        // A database as Usher wrote it before keys were sealed (schema version 2).
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("migrations/0001_initial.sql"))
+            .unwrap();
+        c.execute_batch(include_str!("migrations/0002_hub_registry.sql"))
+            .unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (1), (2);
+             INSERT INTO policies VALUES ('owner', 'cGxhaW4tcHJpbWFyeQ==', 'cGxhaW4tc2Vjb25kYXJ5', 'ServiceConfig');
+             INSERT INTO enrollments VALUES ('dev', 'dev',
+               '{\"registrationId\":\"dev\",\"attestation\":{\"type\":\"symmetricKey\",\"symmetricKey\":{\"primaryKey\":\"ZG9jLXByaW1hcnk=\",\"secondaryKey\":\"ZG9jLXNlY29uZGFyeQ==\"}}}', 'e1');",
+        )
+        .unwrap();
+    }
+    let store = Store::open_sqlite(&path, &test_kek()).unwrap();
+    let policy = store.policy("owner").await.unwrap().unwrap();
+    assert_eq!(policy.primary_key, "cGxhaW4tcHJpbWFyeQ==");
+    let doc = store
+        .doc(Collection::Enrollments, "dev")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        doc.json["attestation"]["symmetricKey"]["secondaryKey"],
+        "ZG9jLXNlY29uZGFyeQ=="
+    );
+    drop(store);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let (primary, enrollment): (String, String) = c
+        .query_row(
+            "SELECT p.primary_key, e.doc FROM policies p, enrollments e",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(primary.starts_with("sealed:v1:"), "{primary}");
+    assert!(!enrollment.contains("ZG9jLXByaW1hcnk="), "{enrollment}");
+    // A KEK other than the one the data key is wrapped with opens nothing.
+    let other = crate::secrets::Kek::generate("other").unwrap();
+    assert!(matches!(
+        Store::open_sqlite(&path, &other).err(),
+        Some(StoreError::Secret(
+            crate::secrets::SecretError::WrongKek { .. }
+        ))
+    ));
 }

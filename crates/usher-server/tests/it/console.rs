@@ -77,7 +77,7 @@ impl Browser {
             .unwrap();
         Self {
             http,
-            base: s.url(""),
+            base: s.raw_url(""),
             session: None,
         }
     }

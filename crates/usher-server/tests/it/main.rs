@@ -4,6 +4,8 @@
 
 mod console;
 mod device;
+mod exposure;
+mod fidelity;
 mod management;
 mod mqtt;
 mod parity;

@@ -8,7 +8,6 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -18,7 +17,7 @@ use usher_proto::mqtt::{Connect, ConnectReturnCode, Packet, Publish, QoS, decode
 use usher_server::mqtt::Limits;
 use usher_server::{RegisterResponse, Settings};
 
-use crate::support::TestServer;
+use crate::support::{TestServer, tls_connect};
 
 #[tokio::test]
 async fn device_library_over_mqtt_and_websockets() {
@@ -334,9 +333,9 @@ async fn misbehaving_connections_are_closed() {
         max_packet: 4096,
         ..Limits::default()
     };
-    let s = TestServer::start_with(Settings {
+    let s = TestServer::start_with_limits(usher_server::Limits {
         mqtt: limits,
-        ..Settings::default()
+        ..Default::default()
     })
     .await;
     let (key, _) = s.enroll("bad-conn", json!({})).await;
@@ -427,9 +426,9 @@ async fn connections_over_the_limit_get_connack_3() {
         ..Limits::default()
     };
     let s = Arc::new(
-        TestServer::start_with(Settings {
+        TestServer::start_with_limits(usher_server::Limits {
             mqtt: limits,
-            ..Settings::default()
+            ..Default::default()
         })
         .await,
     );
@@ -538,6 +537,179 @@ async fn websocket_echoes_the_client_spelling_of_the_subprotocol() {
     assert!(tokio_tungstenite::client_async(request, tls).await.is_err());
 }
 
+#[tokio::test]
+async fn requests_without_a_rid_are_answered_on_an_empty_rid_as_dps_does() {
+    let s = TestServer::start().await;
+    let (key, _) = s.enroll("at-modem", json!({})).await;
+    let mut raw = Raw::connect(&s).await;
+    raw.connect_as(&s, "at-modem", &key, true, 60).await;
+    raw.subscribe().await;
+    // As Microchip's AT-command modules send them: `rid` without `$`, no query, no slash.
+    for topic in [
+        "$dps/registrations/PUT/iotdps-register/?rid=1",
+        "$dps/registrations/PUT/iotdps-register/",
+        "$dps/registrations/PUT/iotdps-register",
+    ] {
+        raw.publish(
+            QoS::AtLeastOnce,
+            Some(5),
+            topic,
+            br#"{"registrationId":"at-modem"}"#,
+        )
+        .await;
+        assert_eq!(raw.next().await, Packet::PubAck { packet_id: 5 });
+        let (answer_topic, body) = raw.response().await;
+        assert_eq!(answer_topic, "$dps/registrations/res/200/?$rid=", "{topic}");
+        assert_eq!(body["status"], "assigned", "{topic}");
+        assert_eq!(body["registrationState"]["deviceId"], "at-modem");
+    }
+    // An operation DPS does not have, inside its namespace: answered on the $rid given.
+    raw.publish(
+        QoS::AtMostOnce,
+        None,
+        "$dps/registrations/PUT/iotdps-nothing/?$rid=9",
+        b"{}",
+    )
+    .await;
+    let (topic, body) = raw.response().await;
+    assert_eq!(topic, "$dps/registrations/res/404/?$rid=9");
+    assert_eq!(body["errorCode"], 404_000);
+    // A poll without operationId: 400 on the empty $rid.
+    raw.publish(
+        QoS::AtMostOnce,
+        None,
+        "$dps/registrations/GET/iotdps-get-operationstatus/",
+        b" ",
+    )
+    .await;
+    let (topic, body) = raw.response().await;
+    assert_eq!(topic, "$dps/registrations/res/400/?$rid=");
+    assert_eq!(body["errorCode"], 400_004);
+    // Outside $dps/registrations/ nothing is DPS's to answer: the session ends.
+    raw.publish(
+        QoS::AtMostOnce,
+        None,
+        "devices/at-modem/messages/events/",
+        b"{}",
+    )
+    .await;
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
+async fn an_unknown_api_version_in_the_user_name_is_refused_per_request() {
+    let s = TestServer::start().await;
+    let (key, _) = s.enroll("ver-mqtt", json!({})).await;
+    let mut raw = Raw::connect(&s).await;
+    raw.send(&Packet::Connect(Box::new(Connect {
+        username: Some(format!(
+            "{}/registrations/ver-mqtt/api-version=2019-03-30&ClientVersion=x",
+            s.scope
+        )),
+        ..connect_packet(&s, "ver-mqtt", &key)
+    })))
+    .await;
+    assert!(matches!(
+        raw.next().await,
+        Packet::ConnAck {
+            code: ConnectReturnCode::Accepted,
+            ..
+        }
+    ));
+    raw.subscribe().await;
+    raw.publish(
+        QoS::AtMostOnce,
+        None,
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+        b"{}",
+    )
+    .await;
+    let (topic, body) = raw.response().await;
+    assert_eq!(topic, "$dps/registrations/res/400/?$rid=1");
+    assert_eq!(body["errorCode"], 400_004);
+    assert_eq!(body["message"], "Unsupported API version 2019-03-30.");
+    assert_eq!(
+        s.registration("ver-mqtt").await.0,
+        reqwest::StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn answers_go_out_at_the_qos_the_subscription_was_granted() {
+    let s = TestServer::start().await;
+    let (key, _) = s.enroll("qos0-dev", json!({})).await;
+    let mut raw = Raw::connect(&s).await;
+    raw.connect_as(&s, "qos0-dev", &key, true, 60).await;
+    raw.send(&Packet::Subscribe {
+        packet_id: 3,
+        filters: vec![("$dps/registrations/res/#".into(), QoS::AtMostOnce)],
+    })
+    .await;
+    assert_eq!(
+        raw.next().await,
+        Packet::SubAck {
+            packet_id: 3,
+            return_codes: vec![0]
+        }
+    );
+    raw.publish(
+        QoS::AtMostOnce,
+        None,
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+        b"{}",
+    )
+    .await;
+    let (topic, body) = raw.response_at(QoS::AtMostOnce).await;
+    assert_eq!(topic, "$dps/registrations/res/200/?$rid=1");
+    let op = body["operationId"].as_str().unwrap().to_owned();
+    raw.publish(
+        QoS::AtMostOnce,
+        None,
+        &format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId={op}"),
+        b"",
+    )
+    .await;
+    let (topic, body) = raw.response_at(QoS::AtMostOnce).await;
+    assert_eq!(topic, "$dps/registrations/res/200/?$rid=2");
+    assert_eq!(body["status"], "assigned");
+}
+
+#[tokio::test]
+async fn the_default_over_mqtt_is_202_assigning_and_payloads_share_the_96_kb_limit() {
+    let s = TestServer::start_with(Settings::default()).await;
+    let (key, _) = s.enroll("mq-default", json!({})).await;
+    let mut raw = Raw::connect(&s).await;
+    raw.connect_as(&s, "mq-default", &key, true, 60).await;
+    raw.subscribe().await;
+    raw.publish(
+        QoS::AtLeastOnce,
+        Some(1),
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+        br#"{"registrationId":"mq-default"}"#,
+    )
+    .await;
+    assert_eq!(raw.next().await, Packet::PubAck { packet_id: 1 });
+    let (topic, body) = raw.response().await;
+    assert_eq!(topic, "$dps/registrations/res/202/?$rid=1&retry-after=2");
+    assert_eq!(body["status"], "assigning");
+    // A payload one byte over 96 KB: 413, as HTTPS answers, and the session goes on.
+    let mut big = br#"{"registrationId":"mq-default","payload":""#.to_vec();
+    big.resize(usher_proto::model::MAX_MESSAGE_BYTES + 1 - 2, b'x');
+    big.extend_from_slice(b"\"}");
+    raw.publish(
+        QoS::AtMostOnce,
+        None,
+        "$dps/registrations/PUT/iotdps-register/?$rid=2",
+        &big,
+    )
+    .await;
+    let (topic, body) = raw.response().await;
+    assert_eq!(topic, "$dps/registrations/res/413/?$rid=2");
+    assert_eq!(body["errorCode"], 413_001);
+    raw.send(&Packet::PingReq).await;
+    assert_eq!(raw.next().await, Packet::PingResp);
+}
+
 fn connect_packet(s: &TestServer, id: &str, key: &str) -> Connect {
     Connect {
         protocol_name: "MQTT".into(),
@@ -552,27 +724,6 @@ fn connect_packet(s: &TestServer, id: &str, key: &str) -> Connect {
         )),
         password: Some(s.token(id, key).into_bytes()),
     }
-}
-
-async fn tls_connect(s: &TestServer, port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&s.ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
 }
 
 /// A raw MQTT connection over TLS 1.2 (as the Python SDK uses) to the MQTT port.
@@ -670,13 +821,22 @@ impl Raw {
 
     /// The next response PUBLISH (QoS 1, acknowledged here): its topic and JSON body.
     async fn response(&mut self) -> (String, Value) {
+        self.response_at(QoS::AtLeastOnce).await
+    }
+
+    /// The next response PUBLISH, which must come at `qos` (acknowledged here if QoS 1).
+    async fn response_at(&mut self, qos: QoS) -> (String, Value) {
         match self.next().await {
             Packet::Publish(p) => {
-                assert_eq!(p.qos, QoS::AtLeastOnce);
-                self.send(&Packet::PubAck {
-                    packet_id: p.packet_id.unwrap(),
-                })
-                .await;
+                assert_eq!(p.qos, qos, "{}", p.topic);
+                if qos == QoS::AtMostOnce {
+                    assert_eq!(p.packet_id, None);
+                } else {
+                    self.send(&Packet::PubAck {
+                        packet_id: p.packet_id.unwrap(),
+                    })
+                    .await;
+                }
                 (
                     p.topic,
                     serde_json::from_slice(&p.payload).expect("every response has a JSON body"),

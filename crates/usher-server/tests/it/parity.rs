@@ -336,16 +336,7 @@ async fn hub_call(
 }
 
 fn hub_key(s: &TestServer) -> SymmetricKey {
-    let db = s.dir.path().join("usher.db");
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let key: String = conn
-        .query_row(
-            "SELECT primary_key FROM hub_policies WHERE name = 'iothubowner'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    SymmetricKey::from_base64(&key).unwrap()
+    s.hub_key.clone()
 }
 
 fn assert_hub_error(

@@ -1,5 +1,10 @@
 use std::net::SocketAddr;
+use std::sync::Arc;
+
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -8,7 +13,15 @@ use tokio_util::sync::CancellationToken;
 use usher_device::Credential;
 use usher_device::{Client, Endpoint, Transport};
 use usher_proto::{SymmetricKey, sas};
-use usher_server::{ServeConfig, Settings};
+use usher_server::{Limits, ServeConfig, Settings};
+
+/// The default settings with register answering `200 assigned` at once.
+pub(crate) fn fast() -> Settings {
+    Settings {
+        register_response: usher_server::RegisterResponse::Assigned,
+        ..Settings::default()
+    }
+}
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
@@ -17,14 +30,19 @@ pub(crate) struct TestServer {
     pub(crate) scope: String,
     pub(crate) ca_pem: Vec<u8>,
     pub(crate) owner_key: SymmetricKey,
+    /// The built-in hub's `iothubowner` key, from the overview's hub connection string.
+    pub(crate) hub_key: SymmetricKey,
     pub(crate) http: reqwest::Client,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
+    /// A server with the fast register answer (`200 assigned` at once), so tests that provision
+    /// many devices do not wait out Retry-After; tests of the default start with
+    /// `start_with(Settings::default())`.
     pub(crate) async fn start() -> Self {
-        Self::start_with(Settings::default()).await
+        Self::start_with(fast()).await
     }
 
     pub(crate) async fn start_with(settings: Settings) -> Self {
@@ -33,7 +51,12 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (to test restarts).
     pub(crate) async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Self {
-        Self::start_full(dir, settings, None).await
+        Self::start_full(dir, settings, Limits::default(), None).await
+    }
+
+    /// Starts a server with the fast register answer and the given transport limits.
+    pub(crate) async fn start_with_limits(limits: Limits) -> Self {
+        Self::start_full(tempfile::tempdir().unwrap(), fast(), limits, None).await
     }
 
     /// Starts a server with its own certificate chain and key (PEM files) instead of the
@@ -46,6 +69,7 @@ impl TestServer {
         Self::start_full(
             tempfile::tempdir().unwrap(),
             Settings::default(),
+            Limits::default(),
             Some((cert, key, ca_pem)),
         )
         .await
@@ -54,6 +78,7 @@ impl TestServer {
     async fn start_full(
         dir: tempfile::TempDir,
         settings: Settings,
+        limits: Limits,
         own_tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
     ) -> Self {
         let config = ServeConfig {
@@ -61,6 +86,8 @@ impl TestServer {
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
             tls_cert: own_tls.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             settings,
+            limits,
+            kek: usher_server::secrets::KekSource::default(),
         };
         let prepared = usher_server::prepare(config).await.unwrap();
         let overview = prepared.overview.clone();
@@ -87,6 +114,13 @@ impl TestServer {
             .split("SharedAccessKey=")
             .nth(1)
             .unwrap();
+        let hub_key = overview.hubs[0]
+            .connection_string
+            .as_deref()
+            .unwrap()
+            .split("SharedAccessKey=")
+            .nth(1)
+            .unwrap();
         let http = reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&ca_pem).unwrap()])
             .build()
@@ -96,6 +130,7 @@ impl TestServer {
             mqtt_addr,
             scope: overview.id_scope,
             owner_key: SymmetricKey::from_base64(key).unwrap(),
+            hub_key: SymmetricKey::from_base64(hub_key).unwrap(),
             ca_pem,
             http,
             dir,
@@ -114,7 +149,18 @@ impl TestServer {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// The URL of `path` on this server, with the `api-version` the API of that path takes unless
+    /// the path names one (DPS refuses a request without one).
     pub(crate) fn url(&self, path: &str) -> String {
+        format!(
+            "https://localhost:{}{}",
+            self.addr.port(),
+            with_api_version(path)
+        )
+    }
+
+    /// The URL of `path` exactly as given.
+    pub(crate) fn raw_url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
@@ -306,6 +352,34 @@ impl TestServer {
         )
     }
 
+    /// A request to `path` exactly as given (no `api-version` added), with an optional
+    /// Authorization header and body; the answer's body as JSON (or a JSON string if it is not).
+    pub(crate) async fn raw_request(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.request(method, self.raw_url(path));
+        if let Some(a) = authorization {
+            req = req.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_owned());
+        }
+        let response = req.send().await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let text = response.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     pub(crate) fn token(&self, id: &str, key: &str) -> String {
         Credential::individual(id, key)
             .unwrap()
@@ -360,4 +434,54 @@ pub(crate) fn assert_error(
             .starts_with("application/json")
     );
     assert!(body["timestampUtc"].as_str().unwrap().ends_with('Z'));
+}
+
+/// Adds the `api-version` each API's official clients send to a path that has none: the device
+/// API's (paths with `/registrations/` after an ID scope), the hub registry's, or the service API's.
+pub(crate) fn with_api_version(path: &str) -> String {
+    if path.contains("api-version=") || path.starts_with("/$iothub/") {
+        return path.to_owned();
+    }
+    let route = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
+    let version = match segments.as_slice() {
+        [scope, r, _, ..]
+            if r.eq_ignore_ascii_case("registrations")
+                && !scope.eq_ignore_ascii_case("registrations") =>
+        {
+            "2021-06-01"
+        }
+        [first, ..]
+            if ["devices", "twins", "statistics"]
+                .iter()
+                .any(|h| first.eq_ignore_ascii_case(h)) =>
+        {
+            "2021-04-12"
+        }
+        _ => "2021-10-01",
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}api-version={version}")
+}
+
+/// A TLS 1.2 connection to the server's `port` as `localhost`, offering `alpn`.
+pub(crate) async fn tls_connect(s: &TestServer, port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&s.ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }

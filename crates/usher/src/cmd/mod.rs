@@ -12,7 +12,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-use crate::cli::{Cli, Command, InstanceCommand};
+use crate::cli::{Cli, Command, InstanceCommand, KekArgs, KekCommand};
+
+impl KekArgs {
+    /// The server library's description of where the KEK comes from.
+    pub(crate) fn source(&self) -> usher_server::secrets::KekSource {
+        usher_server::secrets::KekSource {
+            file: self.kek_file.clone(),
+        }
+    }
+}
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -22,9 +31,17 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging();
             runtime()?.block_on(serve::run(args))
         }
-        Command::Instance(InstanceCommand::Show { data_dir, json }) => {
-            runtime()?.block_on(instance::show(&data_dir, json))
-        }
+        Command::Instance(InstanceCommand::Show {
+            data_dir,
+            json,
+            show_keys,
+            kek,
+        }) => runtime()?.block_on(instance::show(&data_dir, json, show_keys, &kek)),
+        Command::Kek(KekCommand::Rotate {
+            data_dir,
+            kek,
+            new_kek_file,
+        }) => instance::rotate_kek(&data_dir, &kek, new_kek_file.as_deref()),
         Command::Enrollment(cmd) => runtime()?.block_on(manage::enrollment(false, cmd)),
         Command::EnrollmentGroup(cmd) => runtime()?.block_on(manage::enrollment(true, cmd)),
         Command::Registration(cmd) => runtime()?.block_on(manage::registration(cmd)),

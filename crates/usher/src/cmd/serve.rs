@@ -4,23 +4,20 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_proto::ttl::parse_duration;
 use usher_server::console::ConsoleSettings;
-use usher_server::{RegisterResponse, ServeConfig, Settings};
+use usher_server::server::{ConnectionLimits, HttpLimits};
+use usher_server::throttle::ThrottleSettings;
+use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 
-use crate::cli::{RegisterResponseArg, ServeArgs};
+use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let clock_skew_secs = parse_duration(&args.clock_skew).context("invalid --clock-skew")?;
     let register_response = match args.register_response {
         RegisterResponseArg::Assigned => RegisterResponse::Assigned,
         RegisterResponseArg::Assigning => RegisterResponse::Assigning {
-            retry_after_secs: args.retry_after.clamp(1, 300),
+            retry_after_secs: args.retry_after,
         },
     };
-    let console_ttl =
-        parse_duration(&args.console_session_ttl).context("invalid --console-session-ttl")?;
-    if console_ttl == 0 {
-        anyhow::bail!("invalid --console-session-ttl: a session must last at least a second");
-    }
     let mut hostnames = args.hostnames.clone();
     for default in ["localhost", "127.0.0.1", "::1"] {
         if !hostnames.iter().any(|h| h.eq_ignore_ascii_case(default)) {
@@ -34,13 +31,19 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             clock_skew_secs,
             register_response,
+            throttle: ThrottleSettings {
+                failures_per_address: args.auth_failures_per_address,
+                failures_per_registration: args.auth_failures_per_registration,
+            },
             console: ConsoleSettings {
                 enabled: !args.no_console,
-                session_ttl: std::time::Duration::from_secs(console_ttl),
+                session_ttl: args.console_session_ttl,
             },
-            ..Settings::default()
         },
+        limits: limits(&args.limits),
+        kek: args.kek.source(),
     };
+    raise_open_file_limit();
     let prepared = usher_server::prepare(config).await?;
     let listener = bind(args.https_addr).await?;
     let mqtt = bind(args.mqtt_addr).await?;
@@ -53,9 +56,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         mqtt.local_addr()?
     );
+    // Keys stay out of the banner, which ends up in journald and container logs.
     println!(
-        "  Service connection string:  {}",
-        o.service_connection_string
+        "  Service connection string:  usher instance show --show-keys --data-dir {}",
+        args.data_dir.display()
     );
     if let Some(ca) = &o.ca_certificate {
         println!("  CA certificate:             {ca}");
@@ -65,8 +69,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "  Hub:                        {} ({}, weight {})",
             hub.name, hub.hostname, hub.weight
         );
-        if let Some(cs) = &hub.connection_string {
-            println!("    Hub connection string:    {cs}");
+        if hub.connection_string.is_some() {
+            println!("    Hub connection string:    usher instance show --show-keys");
         }
     }
     if !args.no_console {
@@ -84,6 +88,36 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     prepared.run(listener, Some(mqtt), shutdown).await?;
     Ok(())
+}
+
+fn limits(a: &LimitArgs) -> Limits {
+    Limits {
+        connections: ConnectionLimits {
+            handshake_timeout: a.handshake_timeout,
+            max_connections: a.max_connections as usize,
+            max_connections_per_address: a.max_connections_per_address as usize,
+        },
+        http: HttpLimits {
+            header_timeout: a.header_timeout,
+            body_timeout: a.body_timeout,
+            max_header_bytes: a.max_header_bytes as usize,
+        },
+        mqtt: usher_server::mqtt::Limits {
+            connect_timeout: a.mqtt_connect_timeout,
+            max_keep_alive: a.mqtt_max_keep_alive,
+            max_sessions: a.mqtt_max_sessions as usize,
+            ..usher_server::mqtt::Limits::default()
+        },
+    }
+}
+
+/// Every connection holds a file descriptor: raise the soft limit to the hard one, so the
+/// connection caps, not the descriptor limit, decide how many are served.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {

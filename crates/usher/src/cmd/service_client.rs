@@ -32,7 +32,7 @@ impl ServiceClient {
     pub(crate) async fn connect(login: &Login) -> anyhow::Result<Self> {
         let (connection_string, mut ca, address) = match &login.login {
             Some(cs) => (cs.clone(), None, None),
-            None => from_data_dir(&login.data_dir).await?,
+            None => from_data_dir(&login.data_dir, &login.kek.source()).await?,
         };
         if let Some(path) = &login.ca {
             ca = Some(path.clone());
@@ -92,10 +92,20 @@ impl ServiceClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) if is_untrusted_certificate(&e) => bail!(
+                "cannot reach {}: the server's TLS certificate is not signed by a CA this command \
+                 trusts ({}). An Usher server with its development CA: pass that CA with --ca FILE \
+                 or USHER_CA_CERT=FILE; it is pki/ca.pem in the server's data directory (`usher \
+                 instance show` on the server prints its path).",
+                self.base,
+                error_chain(&e)
+            ),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("cannot reach {}", self.base)));
+            }
+        };
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await?;
@@ -118,6 +128,24 @@ impl ServiceClient {
         };
         Ok(Answer { headers, body })
     }
+}
+
+/// Whether a request failed because the server's certificate chains to no trusted CA.
+fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
+    let text = error_chain(e);
+    text.contains("UnknownIssuer") || text.contains("unknown issuer")
+}
+
+/// An error and its sources, one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 struct ConnectionString {
@@ -151,8 +179,9 @@ fn parse_connection_string(text: &str) -> anyhow::Result<ConnectionString> {
 /// Reads a local instance's connection string, CA and listening address.
 async fn from_data_dir(
     dir: &Path,
+    kek: &usher_server::secrets::KekSource,
 ) -> anyhow::Result<(String, Option<std::path::PathBuf>, Option<SocketAddr>)> {
-    let (store, instance) = usher_server::app::open_existing(dir)
+    let (store, instance) = usher_server::app::open_existing(dir, kek)
         .await
         .with_context(|| {
             format!(

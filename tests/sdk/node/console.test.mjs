@@ -364,7 +364,7 @@ test('sessions expire after the configured lifetime', async () => {
     assert.ok(existsSync(runtime), `the second server did not start:\n${log}`);
     const port = JSON.parse(readFileSync(runtime, 'utf8')).httpsAddr.split(':').pop();
     const other = `https://localhost:${port}`;
-    const owner = usherJson('instance', 'show', '--data-dir', dir, '--json').serviceConnectionString;
+    const owner = usherJson('instance', 'show', '--data-dir', dir, '--json', '--show-keys').serviceConnectionString;
 
     await driver.get(`${other}/console/signin`);
     await byId('connection_string').sendKeys(owner);

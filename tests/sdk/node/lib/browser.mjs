@@ -108,20 +108,42 @@ export async function bodyText(driver) {
   return driver.findElement(By.css('body')).getText();
 }
 
+/**
+ * Runs a script, reading a navigation in progress (the old document unloading, the new one not
+ * there yet) as "not yet" rather than as an error.
+ */
+async function scriptOrNull(driver, script) {
+  try {
+    return await driver.executeScript(script);
+  } catch {
+    return null;
+  }
+}
+
 /** Waits until the document at a URL whose path matches `pattern` has loaded. */
 export async function waitForPath(driver, pattern) {
   await driver.wait(async () => {
     const url = new URL(await driver.getCurrentUrl());
-    const ready = await driver.executeScript('return document.readyState');
+    const ready = await scriptOrNull(driver, 'return document.readyState');
     return pattern.test(url.pathname + url.search) && ready === 'complete';
   }, 10_000, `waiting for a page matching ${pattern}`);
 }
 
-/** Clicks an element and waits for the next page to load. */
+let pageMark = 0;
+
+/**
+ * Clicks an element and waits for the next page to load. The current document is marked first; the
+ * next page is the first complete document without the mark (no stale-element polling, which
+ * chromedriver answers with assorted errors while a page unloads).
+ */
 export async function clickAndWait(driver, element, pattern) {
-  const old = await driver.findElement(By.css('html'));
+  const mark = `usher-${++pageMark}`;
+  await driver.executeScript('window.__usherPageMark = arguments[0];', mark);
   await element.click();
-  await driver.wait(until.stalenessOf(old), 10_000, 'waiting for the next page');
+  await driver.wait(async () => {
+    const state = await scriptOrNull(driver, 'return [window.__usherPageMark || null, document.readyState];');
+    return state !== null && state[0] !== mark && state[1] === 'complete';
+  }, 10_000, 'waiting for the next page');
   if (pattern) await waitForPath(driver, pattern);
 }
 

@@ -11,6 +11,8 @@
 //! - [`model`]: the device-API wire JSON (`DeviceRegistration`, `RegistrationOperationStatus`, …).
 //! - [`error_code`]: the one catalogue of six-digit DPS error codes and their HTTP statuses.
 //! - [`service`]: the management-API wire model (enrollments, groups, attestation).
+//! - [`decision`]: the registration decision (hub, device ID, substatus, identity plans).
+//! - [`audit`]: audit-log entries and their hash chain.
 //! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
 //! - [`api_version`]: the `api-version` values each API accepts.
 //! - [`mqtt`]: a sans-IO MQTT 3.1.1 codec for the subset DPS uses, and the DPS topic grammar.
@@ -21,6 +23,8 @@
 
 pub mod allocation;
 pub mod api_version;
+pub mod audit;
+pub mod decision;
 pub mod error_code;
 pub mod ids;
 pub mod keys;

@@ -69,6 +69,8 @@ pub struct Settings {
     /// Failed-attestation budgets.
     pub throttle: crate::throttle::ThrottleSettings,
     pub console: crate::console::ConsoleSettings,
+    /// How long audit entries are kept.
+    pub audit_retention: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -80,6 +82,7 @@ impl Default for Settings {
             },
             throttle: crate::throttle::ThrottleSettings::default(),
             console: crate::console::ConsoleSettings::default(),
+            audit_retention: crate::audit::DEFAULT_RETENTION,
         }
     }
 }

@@ -185,6 +185,23 @@ pub fn key_slot(policy: &Policy, key: &str) -> Option<KeySlot> {
     }
 }
 
+/// Re-checks a console session: the principal of the policy named `policy_name`, if it still
+/// exists and one of its keys is still the key the session was opened with (`opened_with` says
+/// which key that was); `None` once the key was rotated or the policy deleted.
+pub async fn principal_still_holding(
+    app: &App,
+    policy_name: &str,
+    opened_with: impl Fn(&SymmetricKey) -> bool,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(policy) = app.store.policy(policy_name).await? else {
+        return Ok(None);
+    };
+    let holds = [&policy.primary_key, &policy.secondary_key]
+        .iter()
+        .any(|k| SymmetricKey::from_base64(k).is_ok_and(|k| opened_with(&k)));
+    Ok(holds.then(|| Principal::of_policy(&policy)))
+}
+
 fn unix_now() -> u64 {
     u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0)
 }

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod console;
 pub mod error;
@@ -162,6 +163,10 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
+        tokio::spawn(audit::prune_periodically(
+            self.app.clone(),
+            self.app.settings.audit_retention,
+        ));
         let limits = self.limits;
         let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
         let mut router = http::router(self.app.clone(), limits.http, mqtt_endpoint.clone());

@@ -524,6 +524,20 @@ pub async fn counts(app: &App) -> Result<Counts, ApiError> {
     Ok(app.store.counts().await?)
 }
 
+/// The principal's own policy's primary connection string (its holder has the key already, so
+/// this needs no right); `None` if the policy is gone.
+pub async fn own_connection_string(
+    app: &App,
+    principal: &crate::auth::Principal,
+) -> Result<Option<String>, ApiError> {
+    Ok(app.store.policy(principal.policy()).await?.map(|policy| {
+        format!(
+            "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+            app.instance.service_host, policy.name, policy.primary_key
+        )
+    }))
+}
+
 /// The access policies, keys included (listing them needs ServiceConfig, which the owner holds).
 pub async fn policies(app: &App) -> Result<Vec<Value>, ApiError> {
     Ok(app

@@ -13,6 +13,7 @@ use usher_proto::service::{
 use usher_proto::{ErrorCode, RegistrationId, SymmetricKey};
 
 use crate::app::App;
+use crate::audit;
 use crate::error::{ApiError, AuthError};
 use crate::http::{new_etag, now_text, unix_now};
 use crate::store::{Assignment, Collection, Doc, Hub, Registration, StoreError};
@@ -76,10 +77,30 @@ pub async fn register(
         )));
     }
     let attested = attest(app, req).await?;
-    refuse_unsupported(body)?;
+    if let Err(e) = refuse_unsupported(body) {
+        audit::append(
+            app,
+            vec![device_record(
+                req,
+                "registration.register",
+                audit::refused(&e),
+            )],
+        )
+        .await;
+        return Err(e);
+    }
     let operation_id = new_operation_id();
 
     if !attested.enrollment.settings().is_enabled() {
+        audit::append(
+            app,
+            vec![device_record(
+                req,
+                "registration.register",
+                "disabled".into(),
+            )],
+        )
+        .await;
         // Nothing is recorded: the device learns its enrollment is disabled and stops.
         let state = DeviceRegistrationResult::bare(
             attested.registration_id.as_str(),
@@ -119,6 +140,7 @@ pub async fn register(
         registration: record.clone(),
         device: None,
         remove_device: None,
+        audit: Vec::new(),
     };
 
     match choose_hub(&attested, previous.as_ref(), &hubs) {
@@ -181,6 +203,11 @@ pub async fn register(
         }
     }
     assignment.registration = record.clone();
+    assignment.audit = vec![device_record(
+        req,
+        "registration.register",
+        record.status.clone(),
+    )];
     // Acknowledged only once durable.
     app.store.record_assignment(assignment).await?;
 
@@ -325,10 +352,30 @@ async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError>
         });
     }
     let result = check_credential(app, req).await;
-    if let Err(ApiError::Unauthorized(_)) = &result {
+    if let Err(e @ ApiError::Unauthorized(_)) = &result {
         app.throttle.failed(req.peer, req.registration_id);
+        audit::append(
+            app,
+            vec![device_record(req, "device.attest", audit::refused(e))],
+        )
+        .await;
     }
     result
+}
+
+/// The audit record of a device request's decision.
+fn device_record(
+    req: DeviceRequest<'_>,
+    action: &str,
+    result: String,
+) -> usher_proto::audit::Record {
+    audit::record(
+        format!("device:{}", req.registration_id),
+        req.peer,
+        action,
+        req.registration_id,
+        result,
+    )
 }
 
 /// Checks the device's token against its individual enrollment (primary, then secondary key) or,

@@ -27,6 +27,9 @@ pub(crate) enum Command {
     /// Manage the key-encryption key that protects the keys at rest.
     #[command(subcommand)]
     Kek(KekCommand),
+    /// Read, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage individual enrollments.
     #[command(subcommand)]
     Enrollment(EnrollmentCommand),
@@ -110,6 +113,10 @@ pub(crate) struct ServeArgs {
     /// Failed attestations a registration ID may have per minute before it is answered 429.
     #[arg(long, env = "USHER_AUTH_FAILURES_PER_REGISTRATION", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) auth_failures_per_registration: u32,
+    /// How long audit entries are kept (older ones are pruned hourly; the hash chain keeps its
+    /// anchor).
+    #[arg(long, env = "USHER_AUDIT_RETENTION", default_value = "90d", value_parser = duration_arg)]
+    pub(crate) audit_retention: Duration,
     #[command(flatten)]
     pub(crate) kek: KekArgs,
 }
@@ -365,6 +372,40 @@ pub(crate) struct UpdateOptions {
 pub(crate) enum ImportMode {
     Create,
     Update,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// List audit entries, oldest first.
+    List {
+        /// Start after this entry's position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Most entries to list.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Write the whole log as JSON Lines: the chain's anchor first, then every entry.
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Check the hash chain of the whole log (from the server, or from an export with --file);
+    /// exits 1 naming the first entry that was changed, removed or inserted.
+    Verify {
+        /// Verify this export instead of the server's log.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        login: Login,
+    },
 }
 
 #[derive(Debug, Subcommand)]

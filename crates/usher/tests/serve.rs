@@ -1132,3 +1132,61 @@ fn keys_are_sealed_at_rest_files_are_private_and_nothing_prints_a_key() {
     assert!(!elsewhere.status.success());
     assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("--new-kek-file"));
 }
+
+#[test]
+fn the_audit_log_verifies_and_a_tampered_entry_is_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    for id in ["audit-a", "audit-b", "audit-c"] {
+        ok(&usher(
+            dir,
+            &["enrollment", "create", "--enrollment-id", id],
+        ));
+    }
+    ok(&usher(dir, &["enrollment", "delete", "audit-b"]));
+    let listed = ok(&usher(dir, &["audit", "list"]));
+    assert!(
+        listed.contains("enrollment.delete") && listed.contains("audit-b"),
+        "{listed}"
+    );
+    let out = ok(&usher(dir, &["audit", "verify"]));
+    assert!(out.contains("The audit log is intact: 4 entries"), "{out}");
+    let export = dir.join("audit.jsonl");
+    ok(&usher(
+        dir,
+        &["audit", "export", "--file", export.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read_to_string(&export).unwrap().lines().count(), 5);
+    assert!(
+        ok(&usher(
+            dir,
+            &["audit", "verify", "--file", export.to_str().unwrap()]
+        ))
+        .contains("intact")
+    );
+
+    // Someone with write access to the database rewrites entry 2.
+    let db = rusqlite::Connection::open(dir.join("usher-data/usher.db")).unwrap();
+    db.execute(
+        "UPDATE audit_log SET target = 'someone-else' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    let out = usher(dir, &["audit", "verify"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tampered") && stderr.contains("entry 2"),
+        "{stderr}"
+    );
+    // The export taken before still verifies; edited, it does not.
+    let text = std::fs::read_to_string(&export).unwrap();
+    std::fs::write(&export, text.replacen("audit-c", "audit-x", 1)).unwrap();
+    let out = usher(
+        dir,
+        &["audit", "verify", "--file", export.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("entry 3"));
+}

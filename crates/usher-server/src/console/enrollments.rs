@@ -45,6 +45,14 @@ fn id_field(kind: Kind) -> &'static str {
     }
 }
 
+/// The audit log's name for a write to a kind (the management API's names).
+fn action(kind: Kind, verb: &str) -> String {
+    match kind {
+        Kind::Enrollment => format!("enrollment.{verb}"),
+        Kind::Group => format!("enrollmentGroup.{verb}"),
+    }
+}
+
 fn unknown_kind(console: &Console, signed: &Signed) -> Response {
     failure(
         Some(signed.layout(console, "enrollments")),
@@ -507,32 +515,39 @@ pub(super) async fn create(
     signed: Signed,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::EnrollmentWrite) {
-        return r;
-    }
     let form = Form::parse(&body);
     let Some(kind) = form.get("kind").and_then(kind_of) else {
         return unknown_kind(&console, &signed);
     };
     let v = FormValues::of_form(&form);
+    let put = action(kind, "put");
+    if let Some(r) = signed
+        .refuse_write(&console, Right::EnrollmentWrite, &put, &v.id)
+        .await
+    {
+        return r;
+    }
     let l = signed.layout(&console, "enrollments");
     let doc = match v.document(kind, None, false) {
         Ok(d) => d,
         Err(e) => {
+            let refused = Err::<(), _>(ApiError::InvalidArgument(e.clone()));
+            signed.audit(&console, &put, &v.id, &refused).await;
             let outcome = Outcome::refused(StatusCode::BAD_REQUEST, e);
             return form_page(&console, l, kind, false, v, outcome).await;
         }
     };
     let body = doc.to_string();
-    match management::put(
+    let result = management::put(
         &console.app,
         kind,
         &v.id,
         body.as_bytes(),
         Precondition::None,
     )
-    .await
-    {
+    .await;
+    signed.audit(&console, &put, &v.id, &result).await;
+    match result {
         Ok(_) => {
             signed.flash(&console, format!("Created the {} {}.", label(kind), v.id));
             see_other(&format!(
@@ -580,12 +595,16 @@ pub(super) async fn edit(
     Path((kind, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::EnrollmentWrite) {
-        return r;
-    }
     let Some(kind) = kind_of(&kind) else {
         return unknown_kind(&console, &signed);
     };
+    let audited = action(kind, "put");
+    if let Some(r) = signed
+        .refuse_write(&console, Right::EnrollmentWrite, &audited, &id)
+        .await
+    {
+        return r;
+    }
     let form = Form::parse(&body);
     let mut v = FormValues::of_form(&form);
     v.id = id.clone();
@@ -597,13 +616,17 @@ pub(super) async fn edit(
     let doc = match v.document(kind, Some(stored), true) {
         Ok(d) => d,
         Err(e) => {
+            let refused = Err::<(), _>(ApiError::InvalidArgument(e.clone()));
+            signed.audit(&console, &audited, &id, &refused).await;
             let outcome = Outcome::refused(StatusCode::BAD_REQUEST, e);
             return form_page(&console, l, kind, true, v, outcome).await;
         }
     };
     let pre = Precondition::Etag(v.etag.clone());
     let body = doc.to_string();
-    match management::put(&console.app, kind, &id, body.as_bytes(), pre).await {
+    let result = management::put(&console.app, kind, &id, body.as_bytes(), pre).await;
+    signed.audit(&console, &audited, &id, &result).await;
+    match result {
         Ok(_) => {
             signed.flash(&console, format!("Saved the {} {id}.", label(kind)));
             see_other(&format!("/console/enrollments/{}/{}", slug(kind), enc(&id)))
@@ -764,12 +787,16 @@ pub(super) async fn set_status(
     Path((kind, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::EnrollmentWrite) {
-        return r;
-    }
     let Some(kind) = kind_of(&kind) else {
         return unknown_kind(&console, &signed);
     };
+    let audited = action(kind, "put");
+    if let Some(r) = signed
+        .refuse_write(&console, Right::EnrollmentWrite, &audited, &id)
+        .await
+    {
+        return r;
+    }
     let form = Form::parse(&body);
     let status = if form.get("status") == Some("disabled") {
         "disabled"
@@ -784,7 +811,9 @@ pub(super) async fn set_status(
     doc["provisioningStatus"] = json!(status);
     let body = doc.to_string();
     let pre = Precondition::Etag(form.text("etag"));
-    match management::put(&console.app, kind, &id, body.as_bytes(), pre).await {
+    let result = management::put(&console.app, kind, &id, body.as_bytes(), pre).await;
+    signed.audit(&console, &audited, &id, &result).await;
+    match result {
         Ok(_) => {
             let done = if status == "disabled" {
                 "Disabled"
@@ -853,15 +882,21 @@ pub(super) async fn delete(
     Path((kind, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::EnrollmentWrite) {
-        return r;
-    }
     let Some(kind) = kind_of(&kind) else {
         return unknown_kind(&console, &signed);
     };
+    let audited = action(kind, "delete");
+    if let Some(r) = signed
+        .refuse_write(&console, Right::EnrollmentWrite, &audited, &id)
+        .await
+    {
+        return r;
+    }
     let form = Form::parse(&body);
     let pre = Precondition::Etag(form.text("etag"));
-    match management::delete(&console.app, kind, &id, pre).await {
+    let result = management::delete(&console.app, kind, &id, pre).await;
+    signed.audit(&console, &audited, &id, &result).await;
+    match result {
         Ok(()) => {
             signed.flash(&console, format!("Deleted the {} {id}.", label(kind)));
             see_other(&format!("/console/enrollments?kind={}", slug(kind)))

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Console, Form, Layout, Signed, failure, page, pretty, see_other, when};
 use crate::auth::Right;
+use crate::error::ApiError;
 use crate::management;
 
 struct HubRow {
@@ -85,15 +86,21 @@ fn weight(form: &Form) -> Result<Option<u32>, String> {
 
 /// `POST /console/hubs`: links a new built-in hub (`PUT /usher/hubs/{name}`).
 pub(super) async fn add(State(console): State<Console>, signed: Signed, body: Bytes) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::ServiceConfig) {
-        return r;
-    }
+    const ACTION: &str = "hub.add";
     let form = Form::parse(&body);
     let (name, hostname) = (form.text("name"), form.text("hostname"));
+    if let Some(r) = signed
+        .refuse_write(&console, Right::ServiceConfig, ACTION, &name)
+        .await
+    {
+        return r;
+    }
     let l = signed.layout(&console, "hubs");
     let weight = match weight(&form) {
         Ok(w) => w,
         Err(e) => {
+            let refused = Err::<(), _>(ApiError::InvalidArgument(e.clone()));
+            signed.audit(&console, ACTION, &name, &refused).await;
             return hubs_page(
                 &console,
                 l,
@@ -110,7 +117,9 @@ pub(super) async fn add(State(console): State<Console>, signed: Signed, body: By
         "applyAllocationPolicy": form.checked("apply"),
     })
     .to_string();
-    match management::add_hub(&console.app, &name, body.as_bytes()).await {
+    let result = management::add_hub(&console.app, &name, body.as_bytes()).await;
+    signed.audit(&console, ACTION, &name, &result).await;
+    match result {
         Ok(_) => {
             signed.flash(&console, format!("Linked the hub {name} ({hostname})."));
             see_other("/console/hubs")
@@ -135,7 +144,11 @@ pub(super) async fn update(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::ServiceConfig) {
+    const ACTION: &str = "hub.update";
+    if let Some(r) = signed
+        .refuse_write(&console, Right::ServiceConfig, ACTION, &name)
+        .await
+    {
         return r;
     }
     let form = Form::parse(&body);
@@ -143,6 +156,8 @@ pub(super) async fn update(
     let weight = match weight(&form) {
         Ok(w) => w,
         Err(e) => {
+            let refused = Err::<(), _>(ApiError::InvalidArgument(e.clone()));
+            signed.audit(&console, ACTION, &name, &refused).await;
             return hubs_page(
                 &console,
                 l,
@@ -155,7 +170,9 @@ pub(super) async fn update(
     };
     let body =
         json!({"weight": weight, "applyAllocationPolicy": form.checked("apply")}).to_string();
-    match management::update_hub(&console.app, &name, body.as_bytes()).await {
+    let result = management::update_hub(&console.app, &name, body.as_bytes()).await;
+    signed.audit(&console, ACTION, &name, &result).await;
+    match result {
         Ok(_) => {
             signed.flash(&console, format!("Saved the hub {name}."));
             see_other("/console/hubs")

@@ -247,6 +247,8 @@ pub(crate) struct Signed {
     pub(crate) session: Session,
     /// The session cookie's value.
     pub(crate) cookie: String,
+    /// The client's address, for the audit log.
+    pub(crate) peer: Option<std::net::IpAddr>,
 }
 
 impl FromRequestParts<Console> for Signed {
@@ -256,25 +258,26 @@ impl FromRequestParts<Console> for Signed {
         let cookie = session::cookie(&parts.headers, SESSION_COOKIE);
         let session = console.sessions.get(cookie).map_err(signed_out)?;
         let cookie = cookie.unwrap_or_default().to_owned();
+        let peer = parts
+            .extensions
+            .get::<crate::mqtt::PeerAddr>()
+            .map(|p| p.0.ip());
         // The policy is read on every request: rights changes, key rotation and deletion take
         // effect at once.
-        let policy = match console.app.store.policy(&session.policy).await {
-            Ok(p) => p,
-            Err(e) => return Err(failure(None, &ApiError::from(e))),
-        };
-        let still_valid = policy.as_ref().is_some_and(|p| {
-            [&p.primary_key, &p.secondary_key].iter().any(|k| {
-                usher_proto::SymmetricKey::from_base64(k)
-                    .is_ok_and(|k| session::key_digest(&k) == session.key_digest)
-            })
-        });
-        match policy {
-            Some(policy) if still_valid => Ok(Self {
-                principal: Principal::of_policy(&policy),
+        let digest = session.key_digest;
+        let principal = crate::auth::principal_still_holding(&console.app, &session.policy, |k| {
+            session::key_digest(k) == digest
+        })
+        .await
+        .map_err(|e| failure(None, &e))?;
+        match principal {
+            Some(principal) => Ok(Self {
+                principal,
                 session,
                 cookie,
+                peer,
             }),
-            _ => {
+            None => {
                 console.sessions.remove(&cookie);
                 Err(Redirect::to("/console/signin?why=ended").into_response())
             }
@@ -317,6 +320,45 @@ impl Signed {
         crate::auth::authorize(&self.principal, right)
             .err()
             .map(|e| failure(Some(self.layout(console, "")), &e))
+    }
+
+    /// Like [`Signed::refuse`], for a write: a refusal is also appended to the audit log, as the
+    /// management API appends it.
+    pub(crate) async fn refuse_write(
+        &self,
+        console: &Console,
+        right: Right,
+        action: &str,
+        target: &str,
+    ) -> Option<Response> {
+        let e = crate::auth::authorize(&self.principal, right).err()?;
+        self.audit_result(console, action, target, crate::audit::refused(&e))
+            .await;
+        Some(failure(Some(self.layout(console, "")), &e))
+    }
+
+    /// Appends a write's outcome to the audit log with the same actor and action names as the
+    /// management API (`policy:NAME`, `enrollmentGroup.put`, …).
+    pub(crate) async fn audit<T>(
+        &self,
+        console: &Console,
+        action: &str,
+        target: &str,
+        result: &Result<T, ApiError>,
+    ) {
+        self.audit_result(console, action, target, crate::audit::outcome(result))
+            .await;
+    }
+
+    async fn audit_result(&self, console: &Console, action: &str, target: &str, result: String) {
+        let record = crate::audit::record(
+            format!("policy:{}", self.principal.policy()),
+            self.peer,
+            action,
+            target,
+            result,
+        );
+        crate::audit::append(&console.app, vec![record]).await;
     }
 
     /// Leaves a message for the next page.

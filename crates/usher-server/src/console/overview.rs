@@ -81,12 +81,7 @@ pub(super) async fn page_handler(
     let result = async {
         // The signed-in policy's own connection string: the user holds its key already.
         let connection_string = if show {
-            app.store.policy(p.policy()).await?.map(|policy| {
-                format!(
-                    "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
-                    app.instance.service_host, policy.name, policy.primary_key
-                )
-            })
+            management::own_connection_string(app, p).await?
         } else {
             None
         };

@@ -111,15 +111,21 @@ pub(super) async fn create(
     signed: Signed,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::ServiceConfig) {
-        return r;
-    }
+    const ACTION: &str = "policy.create";
     let form = Form::parse(&body);
     let name = form.text("name");
+    if let Some(r) = signed
+        .refuse_write(&console, Right::ServiceConfig, ACTION, &name)
+        .await
+    {
+        return r;
+    }
     let rights = form.all("rights");
     let l = signed.layout(&console, "policies");
     let body = json!({ "rights": rights }).to_string();
-    match management::add_policy(&console.app, &name, body.as_bytes()).await {
+    let result = management::add_policy(&console.app, &name, body.as_bytes()).await;
+    signed.audit(&console, ACTION, &name, &result).await;
+    match result {
         Ok(_) => {
             signed.flash(
                 &console,
@@ -148,11 +154,17 @@ pub(super) async fn rotate(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::ServiceConfig) {
+    const ACTION: &str = "policy.rotate";
+    if let Some(r) = signed
+        .refuse_write(&console, Right::ServiceConfig, ACTION, &name)
+        .await
+    {
         return r;
     }
     let which = Form::parse(&body).text("which");
-    match management::rotate_policy_key(&console.app, &name, &which).await {
+    let result = management::rotate_policy_key(&console.app, &name, &which).await;
+    signed.audit(&console, ACTION, &name, &result).await;
+    match result {
         Ok(_) => {
             let what = match which.as_str() {
                 "swap" => "Swapped the keys of".to_owned(),
@@ -200,10 +212,16 @@ pub(super) async fn delete(
     signed: Signed,
     Path(name): Path<String>,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::ServiceConfig) {
+    const ACTION: &str = "policy.delete";
+    if let Some(r) = signed
+        .refuse_write(&console, Right::ServiceConfig, ACTION, &name)
+        .await
+    {
         return r;
     }
-    match management::delete_policy(&console.app, &name).await {
+    let result = management::delete_policy(&console.app, &name).await;
+    signed.audit(&console, ACTION, &name, &result).await;
+    match result {
         Ok(()) => {
             signed.flash(&console, format!("Deleted the policy {name}."));
             see_other("/console/policies")

@@ -172,11 +172,17 @@ pub(super) async fn delete(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = signed.refuse(&console, Right::RegistrationStatusWrite) {
+    const ACTION: &str = "registration.delete";
+    if let Some(r) = signed
+        .refuse_write(&console, Right::RegistrationStatusWrite, ACTION, &id)
+        .await
+    {
         return r;
     }
     let pre = Precondition::Etag(Form::parse(&body).text("etag"));
-    match management::delete_registration(&console.app, &id, pre).await {
+    let result = management::delete_registration(&console.app, &id, pre).await;
+    signed.audit(&console, ACTION, &id, &result).await;
+    match result {
         Ok(()) => {
             signed.flash(
                 &console,

@@ -3,7 +3,7 @@
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::session::{self, SESSION_COOKIE, SIGNIN_COOKIE, SIGNIN_TTL};
@@ -102,8 +102,26 @@ fn parse_connection_string(text: &str) -> Result<Credentials, String> {
     }
 }
 
+/// Appends a sign-in or sign-out to the audit log.
+async fn audit(
+    console: &Console,
+    extensions: &Extensions,
+    actor: String,
+    action: &str,
+    target: &str,
+    result: String,
+) {
+    let peer = extensions.get::<crate::mqtt::PeerAddr>().map(|p| p.0.ip());
+    let record = crate::audit::record(actor, peer, action, target, result);
+    crate::audit::append(&console.app, vec![record]).await;
+}
+
 /// `POST /console/signin`.
-pub(super) async fn submit(State(console): State<Console>, body: Bytes) -> Response {
+pub(super) async fn submit(
+    State(console): State<Console>,
+    extensions: Extensions,
+    body: Bytes,
+) -> Response {
     let form = Form::parse(&body);
     let connection_string = form.text("connection_string");
     let given = if connection_string.is_empty() {
@@ -145,7 +163,21 @@ pub(super) async fn submit(State(console): State<Console>, body: Bytes) -> Respo
             creds.policy,
         );
     }
-    let principal = match auth::authenticate_key(&console.app, &creds.policy, &creds.key).await {
+    let result = auth::authenticate_key(&console.app, &creds.policy, &creds.key).await;
+    let (actor, outcome) = match &result {
+        Ok((p, _)) => (format!("policy:{}", p.policy()), "ok".to_owned()),
+        Err(e) => ("unauthenticated".to_owned(), crate::audit::refused(e)),
+    };
+    audit(
+        &console,
+        &extensions,
+        actor,
+        "console.signin",
+        &creds.policy,
+        outcome,
+    )
+    .await;
+    let principal = match result {
         Ok((principal, _slot)) => principal,
         Err(ApiError::Unauthorized(why)) => {
             tracing::info!(error = %why, "console sign-in refused");
@@ -187,8 +219,23 @@ pub(super) async fn submit(State(console): State<Console>, body: Bytes) -> Respo
 }
 
 /// `POST /console/signout`: ends the session on the server and clears the cookie.
-pub(super) async fn sign_out(State(console): State<Console>, signed: Signed) -> Response {
+pub(super) async fn sign_out(
+    State(console): State<Console>,
+    extensions: Extensions,
+    signed: Signed,
+) -> Response {
     console.sessions.remove(&signed.cookie);
+    let actor = format!("policy:{}", signed.principal.policy());
+    let policy = signed.principal.policy();
+    audit(
+        &console,
+        &extensions,
+        actor,
+        "console.signout",
+        policy,
+        "ok".into(),
+    )
+    .await;
     tracing::info!(policy = signed.principal.policy(), "console sign-out");
     let mut response = see_other("/console/signin?why=out");
     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(SESSION_COOKIE)) {

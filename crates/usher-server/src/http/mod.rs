@@ -122,6 +122,15 @@ impl Ctx<'_> {
     }
 }
 
+/// A query parameter's raw value (`name` matched case-insensitively).
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
 /// Splits a path into percent-decoded segments, dropping the empty ones a leading or trailing
 /// slash leaves.
 fn split_path(path: &str) -> Result<Vec<String>, ApiError> {

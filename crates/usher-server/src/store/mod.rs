@@ -190,6 +190,8 @@ pub struct Assignment {
     pub device: Option<HubDevice>,
     /// An identity to remove from a built-in hub (the device moved away from it).
     pub remove_device: Option<(String, String)>,
+    /// What the audit log says of it, written in the same transaction.
+    pub audit: Vec<usher_proto::audit::Record>,
 }
 
 /// Everything a first run creates, written in one transaction.
@@ -410,6 +412,35 @@ impl Store {
     /// Writes a registration's effects durably, in one transaction.
     pub async fn record_assignment(&self, assignment: Assignment) -> Result<(), StoreError> {
         dispatch!(self, s => s.record_assignment(assignment).await)
+    }
+
+    /// Appends records to the audit log, chained, in the writer's next transaction.
+    pub async fn append_audit(
+        &self,
+        records: Vec<usher_proto::audit::Record>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.append_audit(records).await)
+    }
+
+    /// Up to `limit` audit entries after position `after`, in order.
+    pub async fn audit_entries(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<usher_proto::audit::Entry>, StoreError> {
+        dispatch!(self, s => s.audit_entries(after, limit).await)
+    }
+
+    /// Where the audit chain starts: the last pruned entry's position and hash (0 and
+    /// `audit::GENESIS` if none was pruned).
+    pub async fn audit_anchor(&self) -> Result<(u64, String), StoreError> {
+        dispatch!(self, s => s.audit_anchor().await)
+    }
+
+    /// Removes the audit entries written before `before` (a timestamp), keeping the last removed
+    /// one's hash as the chain's anchor; returns how many went.
+    pub async fn prune_audit(&self, before: String) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_audit(before).await)
     }
 
     /// Deletes a registration record if `allow` agrees; `Ok(None)` if there was none.

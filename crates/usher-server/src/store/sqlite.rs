@@ -17,6 +17,7 @@ use super::{
     StoreError,
 };
 use crate::secrets::{DataKey, Kek, Sealer};
+use usher_proto::audit::{Entry as AuditEntry, Record as AuditRecord};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -30,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_hub_registry.sql"),
     include_str!("migrations/0003_keyring.sql"),
+    include_str!("migrations/0004_audit_log.sql"),
 ];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
@@ -276,7 +278,18 @@ impl SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT name, hostname, weight, apply_allocation_policy, builtin, created FROM hubs ORDER BY rowid",
             )?;
-            let rows = stmt.query_map([], hub_row)?.collect::<Result<_, _>>()?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Hub {
+                        name: r.get(0)?,
+                        hostname: r.get(1)?,
+                        weight: r.get(2)?,
+                        apply_allocation_policy: r.get(3)?,
+                        builtin: r.get(4)?,
+                        created: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
@@ -570,6 +583,79 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        self.write(move |c| append_audit(c, records)).await
+    }
+
+    pub(super) async fn audit_entries(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, at, actor, address, action, target, result, prev, hash FROM audit_log
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![clamp(after), clamp(limit)], |r| {
+                    Ok(AuditEntry {
+                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        address: r.get(3)?,
+                        action: r.get(4)?,
+                        target: r.get(5)?,
+                        result: r.get(6)?,
+                        prev: r.get(7)?,
+                        hash: r.get(8)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(super) async fn audit_anchor(&self) -> Result<(u64, String), StoreError> {
+        self.read(|c| {
+            let anchor: Option<(i64, String)> = c
+                .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            Ok(anchor.map_or_else(
+                || (0, usher_proto::audit::GENESIS.to_owned()),
+                |(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash),
+            ))
+        })
+        .await
+    }
+
+    pub(super) async fn prune_audit(&self, before: String) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let last: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT seq, hash FROM audit_log WHERE at < ?1 ORDER BY seq DESC LIMIT 1",
+                    [&before],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((seq, hash)) = last else {
+                return Ok(0);
+            };
+            // Everything up to that entry goes, so the chain stays whole from the anchor on.
+            let n = c.execute("DELETE FROM audit_log WHERE seq <= ?1", [seq])?;
+            c.execute(
+                "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                params![seq, hash],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     pub(super) async fn registrations(
         &self,
         after: u64,
@@ -663,6 +749,7 @@ impl SqliteStore {
                     None => write_hub_device(c, &sealer, d)?,
                 }
             }
+            append_audit(c, a.audit)?;
             Ok(())
         })
         .await
@@ -965,6 +1052,56 @@ fn open_policy(sealer: &Sealer, mut p: Policy) -> Result<Policy, StoreError> {
     p.primary_key = sealer.open(&p.primary_key)?;
     p.secondary_key = sealer.open(&p.secondary_key)?;
     Ok(p)
+}
+
+/// The last entry's place and hash (or the anchor's, or the genesis): where the next entry chains on.
+fn chain_end(c: &Connection) -> rusqlite::Result<(u64, String)> {
+    let last = c
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?
+        .or(c
+            .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?);
+    Ok(last.map_or_else(
+        || (0, usher_proto::audit::GENESIS.to_owned()),
+        |(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash),
+    ))
+}
+
+/// Appends records to the audit log, each chained to the one before, inside the writer's
+/// transaction (so the chain has one writer and no two entries claim the same place).
+fn append_audit(c: &Connection, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut prev) = chain_end(c)?;
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for record in records {
+        seq += 1;
+        let e = record.chain(seq, &prev);
+        stmt.execute(params![
+            clamp(e.seq),
+            e.at,
+            e.actor,
+            e.address,
+            e.action,
+            e.target,
+            e.result,
+            e.prev,
+            e.hash
+        ])?;
+        prev = e.hash;
+    }
+    Ok(())
 }
 
 /// The data key: unwrapped with `kek`, or on a database that has none yet, made and wrapped.

@@ -212,6 +212,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
                 registration,
                 device: Some(device),
                 remove_device: None,
+                audit: Vec::new(),
             })
             .await
             .unwrap();
@@ -223,6 +224,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             },
             device: Some(hub_device("nope", "dev-2")),
             remove_device: None,
+            audit: Vec::new(),
         };
         assert!(store.record_assignment(bad).await.is_err());
         assert!(
@@ -328,6 +330,7 @@ async fn hub_registry_read_modify_write_and_policies() {
             registration: reg,
             device: Some(again),
             remove_device: None,
+            audit: Vec::new(),
         })
         .await
         .unwrap();
@@ -610,4 +613,66 @@ async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
             crate::secrets::SecretError::WrongKek { .. }
         ))
     ));
+}
+
+#[tokio::test]
+async fn the_audit_chain_survives_pruning_from_its_anchor() {
+    use usher_proto::audit::{GENESIS, Record, verify};
+    let (_dir, store) = open();
+    let record = |at: &str, target: &str| Record {
+        at: at.into(),
+        actor: "policy:owner".into(),
+        address: String::new(),
+        action: "enrollment.put".into(),
+        target: target.into(),
+        result: "ok".into(),
+    };
+    store
+        .append_audit(vec![
+            record("2026-01-01T00:00:00.0000000Z", "a"),
+            record("2026-01-02T00:00:00.0000000Z", "b"),
+        ])
+        .await
+        .unwrap();
+    // Concurrent appends each find their own place in the one chain.
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_audit(vec![record(
+                    "2026-03-01T00:00:00.0000000Z",
+                    &format!("c{n}"),
+                )])
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let all = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(all.len(), 22);
+    assert_eq!(store.audit_anchor().await.unwrap(), (0, GENESIS.to_owned()));
+    assert_eq!(verify(0, GENESIS, &all), Ok(22));
+
+    let removed = store
+        .prune_audit("2026-02-01T00:00:00.0000000Z".into())
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    let (anchor_seq, anchor_hash) = store.audit_anchor().await.unwrap();
+    assert_eq!(
+        (anchor_seq, anchor_hash.as_str()),
+        (2, all[1].hash.as_str())
+    );
+    let rest = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(verify(anchor_seq, &anchor_hash, &rest), Ok(20));
+    // New entries chain on after pruning.
+    store
+        .append_audit(vec![record("2026-04-01T00:00:00.0000000Z", "d")])
+        .await
+        .unwrap();
+    let rest = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(rest.last().unwrap().seq, 23);
+    assert_eq!(verify(anchor_seq, &anchor_hash, &rest), Ok(21));
 }

@@ -163,6 +163,30 @@ impl Browser {
     }
 }
 
+/// The audit log's entries as (actor, action, target, result).
+async fn audit_log(s: &TestServer) -> Vec<(String, String, String, String)> {
+    let (status, _, body) = s.call(Method::GET, "/usher/audit", None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let f = |k: &str| e[k].as_str().unwrap().to_owned();
+            (f("actor"), f("action"), f("target"), f("result"))
+        })
+        .collect()
+}
+
+fn entry(
+    actor: &str,
+    action: &str,
+    target: &str,
+    result: &str,
+) -> (String, String, String, String) {
+    (actor.into(), action.into(), target.into(), result.into())
+}
+
 fn owner_connection_string(s: &TestServer) -> String {
     format!(
         "HostName=localhost;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={}",
@@ -220,6 +244,15 @@ async fn sign_in_sets_a_hardened_server_side_session_cookie() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(wrong.body.contains("The policy name or key is wrong."));
     assert!(wrong.cookie("__Host-usher-session").is_none());
+    assert!(
+        audit_log(&s).await.contains(&entry(
+            "unauthenticated",
+            "console.signin",
+            "provisioningserviceowner",
+            "refused 401002"
+        )),
+        "a failed sign-in is audited"
+    );
     let unknown = b
         .sign_in(&[("policy", "nobody"), ("key", "a2V5a2V5a2V5a2V5a2V5a2V5")])
         .await;
@@ -341,6 +374,24 @@ async fn forms_without_the_sessions_csrf_token_are_refused() {
         .call(Method::GET, "/enrollmentGroups/csrf-group", None, &[])
         .await;
     assert_eq!(status, StatusCode::OK);
+    // The console's write is in the audit log as the API's would be; the refused forms never
+    // reached a handler.
+    let log = audit_log(&s).await;
+    let writes: Vec<_> = log.iter().filter(|e| e.1 != "console.signin").collect();
+    assert_eq!(
+        writes,
+        [&entry(
+            "policy:provisioningserviceowner",
+            "enrollmentGroup.put",
+            "csrf-group",
+            "ok"
+        )]
+    );
+    assert_eq!(
+        log.iter().filter(|e| e.1 == "console.signin").count(),
+        2,
+        "both sign-ins are logged"
+    );
 
     // The sign-in form needs its own token (cookie and field must agree).
     let anonymous = Browser::new(&s);
@@ -470,6 +521,19 @@ async fn pages_and_actions_follow_the_policys_rights() {
         .call(Method::GET, "/enrollmentGroups/rights-group", None, &[])
         .await;
     assert_eq!(kept["provisioningStatus"], json!(null), "not disabled");
+    let log = audit_log(&s).await;
+    for (action, target) in [
+        ("enrollmentGroup.put", "reader-made"),
+        ("enrollmentGroup.delete", "rights-group"),
+        ("enrollmentGroup.put", "rights-group"),
+        ("policy.create", "escalated"),
+        ("policy.rotate", "reader"),
+    ] {
+        assert!(
+            log.contains(&entry("policy:reader", action, target, "refused 401003")),
+            "{action} {target} refused in the audit log: {log:?}"
+        );
+    }
     let (_, _, policies) = s.call(Method::GET, "/usher/policies", None, &[]).await;
     assert_eq!(policies.as_array().unwrap().len(), 2, "no policy was added");
     assert_eq!(

@@ -1,5 +1,6 @@
 //! One function per command; each validates its input and calls the library crates.
 
+mod audit;
 mod instance;
 mod key;
 mod manage;
@@ -42,6 +43,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             kek,
             new_kek_file,
         }) => instance::rotate_kek(&data_dir, &kek, new_kek_file.as_deref()),
+        Command::Audit(cmd) => runtime()?.block_on(audit::run(cmd)),
         Command::Enrollment(cmd) => runtime()?.block_on(manage::enrollment(false, cmd)),
         Command::EnrollmentGroup(cmd) => runtime()?.block_on(manage::enrollment(true, cmd)),
         Command::Registration(cmd) => runtime()?.block_on(manage::registration(cmd)),

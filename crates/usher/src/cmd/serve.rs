@@ -39,6 +39,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 enabled: !args.no_console,
                 session_ttl: args.console_session_ttl,
             },
+            audit_retention: args.audit_retention,
         },
         limits: limits(&args.limits),
         kek: args.kek.source(),

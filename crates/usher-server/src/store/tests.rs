@@ -508,6 +508,7 @@ async fn counts_registration_pages_recent_records_and_hub_settings() {
                 registration: registration(id, Some("g1"), updated),
                 device: Some(hub_device("h", id)),
                 remove_device: None,
+                audit: Vec::new(),
             })
             .await
             .unwrap();
@@ -535,6 +536,7 @@ async fn counts_registration_pages_recent_records_and_hub_settings() {
             registration: registration("r1", None, "2026-01-01T00:00:09.0000000Z"),
             device: None,
             remove_device: None,
+            audit: Vec::new(),
         })
         .await
         .unwrap();

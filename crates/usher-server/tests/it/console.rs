@@ -832,3 +832,139 @@ async fn hubs_are_added_and_reweighted_through_the_console_and_the_api() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn enrollment_lists_page_and_filter_with_the_query_language() {
+    let s = TestServer::start().await;
+    for batch in 0..3 {
+        let groups: Vec<_> = (0..10)
+            .map(|i| {
+                json!({
+                    "enrollmentGroupId": format!("page-{:02}", batch * 10 + i),
+                    "attestation": {"type": "symmetricKey"},
+                    "provisioningStatus": if i == 3 { "disabled" } else { "enabled" },
+                })
+            })
+            .collect();
+        let (status, _, body) = s
+            .call(
+                Method::POST,
+                "/enrollmentGroups",
+                Some(json!({"mode": "create", "enrollmentGroups": groups})),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let b = Browser::signed_in(&s).await;
+    let rows = |html: &str| {
+        html.matches("<a href=\"/console/enrollments/group/page-")
+            .count()
+    };
+
+    let first = b.get("/console/enrollments?kind=group").await;
+    assert_eq!(rows(&first.body), 25);
+    assert!(first.body.contains("page-00") && !first.body.contains("page-25"));
+    let next = link_of(&first.body, "next-page");
+    let second = b.get(&next).await;
+    assert_eq!(rows(&second.body), 5);
+    assert!(second.body.contains("page-29") && !second.body.contains(">page-00<"));
+    assert!(
+        !second.body.contains("id=\"next-page\""),
+        "the last page has no next link"
+    );
+
+    let q = "SELECT * FROM enrollmentGroups WHERE provisioningStatus = 'disabled'";
+    let filtered = b
+        .get(&format!(
+            "/console/enrollments?kind=group&q={}",
+            form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+        ))
+        .await;
+    assert_eq!(rows(&filtered.body), 3);
+    for id in ["page-03", "page-13", "page-23"] {
+        assert!(filtered.body.contains(id));
+    }
+    let bad = b
+        .get("/console/enrollments?kind=group&q=SELECT+nonsense")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("invalid query"), "{}", bad.body);
+}
+
+/// The `href` of the link with the given id.
+fn link_of(html: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\"");
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let start = html[..at].rfind("href=\"").unwrap() + "href=\"".len();
+    html[start..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&#38;", "&")
+        .replace("&amp;", "&")
+}
+
+#[tokio::test]
+async fn policies_are_created_rotated_and_deleted_through_the_console() {
+    let s = TestServer::start().await;
+    let b = Browser::signed_in(&s).await;
+    let csrf = b.csrf().await;
+    let created = b
+        .post(
+            "/console/policies",
+            &[
+                ("csrf", &csrf),
+                ("name", "operator"),
+                ("rights", "EnrollmentRead"),
+                ("rights", "EnrollmentWrite"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::SEE_OTHER, "{}", created.body);
+    let policy = |list: &serde_json::Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["keyName"] == "operator")
+            .cloned()
+    };
+    let (_, _, list) = s.call(Method::GET, "/usher/policies", None, &[]).await;
+    let before = policy(&list).unwrap();
+    assert_eq!(before["rights"], "EnrollmentRead, EnrollmentWrite");
+
+    let rotated = b
+        .post(
+            "/console/policies/operator/rotate",
+            &[("csrf", &csrf), ("which", "swap")],
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::SEE_OTHER);
+    let (_, _, list) = s.call(Method::GET, "/usher/policies", None, &[]).await;
+    let after = policy(&list).unwrap();
+    assert_eq!(after["primaryKey"], before["secondaryKey"], "swap");
+    assert_ne!(after["secondaryKey"], before["secondaryKey"]);
+
+    let confirm = b.get("/console/policies/operator/delete").await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(confirm.body.contains("Delete the policy operator?"));
+    let deleted = b
+        .post("/console/policies/operator/delete", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER);
+    let (_, _, list) = s.call(Method::GET, "/usher/policies", None, &[]).await;
+    assert!(policy(&list).is_none());
+    let flash = b.get("/console/policies").await;
+    assert!(flash.body.contains("Deleted the policy operator."));
+
+    let owner = b
+        .post(
+            "/console/policies/provisioningserviceowner/delete",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(owner.status, StatusCode::BAD_REQUEST);
+    assert!(owner.body.contains("cannot be deleted"));
+}

@@ -104,9 +104,8 @@ pub enum Twin {
 }
 
 /// The decision.
-// Made once per registration and consumed at once; boxing `Assigned` would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // Made once per registration and consumed at once.
 pub enum Outcome {
     /// The enrollment is disabled: nothing is created; the previous record stays as it was.
     Disabled,

@@ -7,8 +7,8 @@ use serde::Serialize;
 use usher_proto::{IdScope, SymmetricKey};
 
 use crate::auth::Right;
+use crate::clock::now_text;
 use crate::error::ApiError;
-use crate::http::now_text;
 use crate::pki::{self, PkiError, PkiFiles};
 use crate::secrets::KekSource;
 use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
@@ -71,6 +71,8 @@ pub struct Settings {
     pub console: crate::console::ConsoleSettings,
     /// How long audit entries are kept.
     pub audit_retention: std::time::Duration,
+    /// How custom allocation webhooks are called.
+    pub webhook: crate::webhook::WebhookSettings,
 }
 
 impl Default for Settings {
@@ -83,6 +85,7 @@ impl Default for Settings {
             throttle: crate::throttle::ThrottleSettings::default(),
             console: crate::console::ConsoleSettings::default(),
             audit_retention: crate::audit::DEFAULT_RETENTION,
+            webhook: crate::webhook::WebhookSettings::default(),
         }
     }
 }
@@ -202,6 +205,7 @@ pub async fn open_data_dir(
         apply_allocation_policy: true,
         builtin: true,
         created: created.clone(),
+        location: None,
     };
     let first = Bootstrap {
         instance: Instance {

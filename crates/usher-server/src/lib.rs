@@ -17,6 +17,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod console;
 pub mod error;
 pub mod files;
@@ -31,6 +32,7 @@ pub mod server;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

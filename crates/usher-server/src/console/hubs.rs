@@ -15,6 +15,7 @@ use crate::management;
 struct HubRow {
     name: String,
     hostname: String,
+    location: String,
     weight: u64,
     apply: bool,
     builtin: bool,
@@ -25,6 +26,7 @@ impl HubRow {
         Self {
             name: v["name"].as_str().unwrap_or_default().to_owned(),
             hostname: v["hostname"].as_str().unwrap_or_default().to_owned(),
+            location: v["location"].as_str().unwrap_or_default().to_owned(),
             weight: v["weight"].as_u64().unwrap_or(1),
             apply: v["applyAllocationPolicy"].as_bool().unwrap_or(true),
             builtin: v["builtin"].as_bool().unwrap_or(false),
@@ -111,12 +113,16 @@ pub(super) async fn add(State(console): State<Console>, signed: Signed, body: By
             .await;
         }
     };
-    let body = json!({
+    let mut body = json!({
         "hostname": hostname,
         "weight": weight,
         "applyAllocationPolicy": form.checked("apply"),
-    })
-    .to_string();
+    });
+    let location = form.text("location");
+    if !location.is_empty() {
+        body["location"] = json!(location);
+    }
+    let body = body.to_string();
     let result = management::add_hub(&console.app, &name, body.as_bytes()).await;
     signed.audit(&console, ACTION, &name, &result).await;
     match result {
@@ -168,8 +174,12 @@ pub(super) async fn update(
             .await;
         }
     };
-    let body =
-        json!({"weight": weight, "applyAllocationPolicy": form.checked("apply")}).to_string();
+    let body = json!({
+        "weight": weight,
+        "applyAllocationPolicy": form.checked("apply"),
+        "location": form.text("location"),
+    })
+    .to_string();
     let result = management::update_hub(&console.app, &name, body.as_bytes()).await;
     signed.audit(&console, ACTION, &name, &result).await;
     match result {
@@ -235,7 +245,7 @@ pub(super) async fn devices(
                 })
                 .collect(),
             hub: name,
-            refreshed: when(Some(&crate::http::now_text())),
+            refreshed: when(Some(&crate::clock::now_text())),
         },
     )
 }

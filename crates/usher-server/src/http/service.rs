@@ -53,6 +53,7 @@ fn write_action<'s>(method: &Method, seg: &[&'s str]) -> Option<(&'static str, &
             "enrollment" => ("enrollment.bulk", ""),
             _ => ("enrollmentGroup.bulk", ""),
         },
+        ("PUT", [u, a]) if is(u, "usher") && is(a, "allocation") => ("allocation.set", ""),
         ("PUT", [coll, id]) => match kind(coll)? {
             "enrollment" => ("enrollment.put", *id),
             _ => ("enrollmentGroup.put", *id),
@@ -209,11 +210,19 @@ async fn serve(
             authorize(Right::ServiceConfig).await?;
             ok_json(&management::hubs(app).await?)
         }
-        [u, h, name] if is(u, "usher") && is(h, "hubs") => {
+        [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PUT => {
+            authorize(Right::ServiceConfig).await?;
+            ok_json(&management::add_hub(app, name, ctx.body).await?)
+        }
+        [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PATCH => {
+            authorize(Right::ServiceConfig).await?;
+            ok_json(&management::update_hub(app, name, ctx.body).await?)
+        }
+        [u, a] if is(u, "usher") && is(a, "allocation") => {
             authorize(Right::ServiceConfig).await?;
             match method {
-                Method::PUT => ok_json(&management::add_hub(app, name, ctx.body).await?),
-                Method::PATCH => ok_json(&management::update_hub(app, name, ctx.body).await?),
+                Method::GET => ok_json(&management::allocation(app).await?),
+                Method::PUT => ok_json(&management::set_allocation(app, ctx.body).await?),
                 _ => Err(ctx.not_allowed()),
             }
         }

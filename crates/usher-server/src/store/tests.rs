@@ -52,6 +52,7 @@ async fn bootstrap_happens_once() {
             apply_allocation_policy: true,
             builtin: true,
             created: "t".into(),
+            location: None,
         }],
     };
     let instance = store.bootstrap(first.clone()).await.unwrap();
@@ -184,6 +185,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
                 apply_allocation_policy: true,
                 builtin: true,
                 created: "t".into(),
+                location: None,
             })
             .await
             .unwrap();
@@ -201,32 +203,33 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             etag: "e".into(),
             operation_id: "op".into(),
             payload: Some(json!({"a": 1})),
+            initial_hub: None,
         };
         let device = HubDevice {
             primary_key: "k1".into(),
             secondary_key: "k2".into(),
             ..hub_device("h", "Dev-1")
         };
-        store
-            .record_assignment(Assignment {
-                registration,
-                device: Some(device),
-                remove_device: None,
-                audit: Vec::new(),
-            })
-            .await
-            .unwrap();
+        record(
+            &store,
+            Assignment {
+                registration: Some(registration),
+                device: Some(keep(device)),
+                ..Assignment::default()
+            },
+        )
+        .await
+        .unwrap();
         // A hub that does not exist violates the foreign key: the whole assignment is refused.
         let bad = Assignment {
-            registration: Registration {
+            registration: Some(Registration {
                 registration_id: "dev-2".into(),
                 ..store.registration("dev-1").await.unwrap().unwrap()
-            },
-            device: Some(hub_device("nope", "dev-2")),
-            remove_device: None,
-            audit: Vec::new(),
+            }),
+            device: Some(keep(hub_device("nope", "dev-2"))),
+            ..Assignment::default()
         };
-        assert!(store.record_assignment(bad).await.is_err());
+        assert!(record(&store, bad).await.is_err());
         assert!(
             store.registration("dev-2").await.unwrap().is_none(),
             "no half-written record"
@@ -248,6 +251,25 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
         1,
         "deleting a registration leaves the hub identity"
     );
+}
+
+/// Writes an assignment through `Store::register`, deciding nothing.
+async fn record(store: &Store, a: Assignment) -> Result<(), StoreError> {
+    let id = a
+        .registration
+        .as_ref()
+        .map(|r| r.registration_id.clone())
+        .unwrap_or_default();
+    store
+        .register(&id, None, move |_| Ok::<_, StoreError>((a, ())))
+        .await
+}
+
+fn keep(device: HubDevice) -> DeviceWrite {
+    DeviceWrite {
+        device,
+        twin: TwinWrite::Keep,
+    }
 }
 
 fn hub_device(hub: &str, id: &str) -> HubDevice {
@@ -275,6 +297,7 @@ fn builtin(name: &str, hostname: &str) -> Hub {
         apply_allocation_policy: true,
         builtin: true,
         created: "t".into(),
+        location: None,
     }
 }
 
@@ -317,6 +340,7 @@ async fn hub_registry_read_modify_write_and_policies() {
         etag: "r".into(),
         operation_id: "op".into(),
         payload: None,
+        initial_hub: None,
     };
     let again = HubDevice {
         primary_key: "new".into(),
@@ -325,15 +349,16 @@ async fn hub_registry_read_modify_write_and_policies() {
         twin: json!({}),
         ..hub_device("h", "Dev-1")
     };
-    store
-        .record_assignment(Assignment {
-            registration: reg,
-            device: Some(again),
-            remove_device: None,
-            audit: Vec::new(),
-        })
-        .await
-        .unwrap();
+    record(
+        &store,
+        Assignment {
+            registration: Some(reg),
+            device: Some(keep(again)),
+            ..Assignment::default()
+        },
+    )
+    .await
+    .unwrap();
     let now = store.hub_device("h", "Dev-1").await.unwrap().unwrap();
     assert_eq!(
         (
@@ -438,6 +463,7 @@ async fn hubs_are_unique_by_name_and_hostname() {
         apply_allocation_policy: true,
         builtin: true,
         created: "t".into(),
+        location: None,
     };
     assert!(store.add_hub(hub.clone()).await.unwrap());
     assert!(!store.add_hub(hub.clone()).await.unwrap());
@@ -478,11 +504,12 @@ fn registration(id: &str, group: Option<&str>, updated: &str) -> Registration {
         etag: "e".into(),
         operation_id: "op".into(),
         payload: None,
+        initial_hub: Some("h.example".into()),
     }
 }
 
 #[tokio::test]
-async fn counts_registration_pages_recent_records_and_hub_settings() {
+async fn counts_registration_pages_and_recent_records() {
     let (_dir, store) = open();
     store.add_hub(builtin("h", "h.example")).await.unwrap();
     store.add_hub(builtin("empty", "e.example")).await.unwrap();
@@ -503,15 +530,17 @@ async fn counts_registration_pages_recent_records_and_hub_settings() {
         ("r2", "2026-01-01T00:00:03.0000000Z"),
         ("r3", "2026-01-01T00:00:02.0000000Z"),
     ] {
-        store
-            .record_assignment(Assignment {
-                registration: registration(id, Some("g1"), updated),
-                device: Some(hub_device("h", id)),
+        record(
+            &store,
+            Assignment {
+                registration: Some(registration(id, Some("g1"), updated)),
+                device: Some(keep(hub_device("h", id))),
                 remove_device: None,
                 audit: Vec::new(),
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await
+        .unwrap();
     }
     let counts = store.counts().await.unwrap();
     assert_eq!(
@@ -531,15 +560,17 @@ async fn counts_registration_pages_recent_records_and_hub_settings() {
         .map(|(_, r)| r.registration_id.as_str())
         .collect();
     assert_eq!(ids, ["r1", "r2"]);
-    store
-        .record_assignment(Assignment {
-            registration: registration("r1", None, "2026-01-01T00:00:09.0000000Z"),
+    record(
+        &store,
+        Assignment {
+            registration: Some(registration("r1", None, "2026-01-01T00:00:09.0000000Z")),
             device: None,
             remove_device: None,
             audit: Vec::new(),
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await
+    .unwrap();
     let rest = store.registrations(first[1].0, 10).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].1.registration_id, "r3");
@@ -548,14 +579,6 @@ async fn counts_registration_pages_recent_records_and_hub_settings() {
     let recent = store.recent_registrations(2).await.unwrap();
     let ids: Vec<&str> = recent.iter().map(|r| r.registration_id.as_str()).collect();
     assert_eq!(ids, ["r1", "r2"]);
-
-    let changed = store.set_hub("h", 7, false).await.unwrap().unwrap();
-    assert_eq!(
-        (changed.weight, changed.apply_allocation_policy),
-        (7, false)
-    );
-    assert_eq!(store.hubs().await.unwrap()[0], changed);
-    assert_eq!(store.set_hub("nope", 1, true).await.unwrap(), None);
 }
 
 /// The same KEK every time, so a test can reopen a database.

@@ -777,7 +777,12 @@ async fn hubs_are_added_and_reweighted_through_the_console_and_the_api() {
     let page = b
         .post(
             "/console/hubs/usher-hub",
-            &[("csrf", &csrf), ("weight", "5"), ("apply", "on")],
+            &[
+                ("csrf", &csrf),
+                ("weight", "5"),
+                ("apply", "on"),
+                ("location", "westeurope"),
+            ],
         )
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
@@ -788,7 +793,11 @@ async fn hubs_are_added_and_reweighted_through_the_console_and_the_api() {
         )
         .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-    assert!(refused.body.contains("invalid weight 0"));
+    assert!(
+        refused.body.contains("invalid allocation weight 0"),
+        "{}",
+        refused.body
+    );
     let (_, _, hubs) = s.call(Method::GET, "/usher/hubs", None, &[]).await;
     let summary: Vec<_> = hubs
         .as_array()
@@ -799,14 +808,20 @@ async fn hubs_are_added_and_reweighted_through_the_console_and_the_api() {
                 h["name"].clone(),
                 h["weight"].clone(),
                 h["applyAllocationPolicy"].clone(),
+                h["location"].clone(),
             )
         })
         .collect();
     assert_eq!(
         summary,
         [
-            (json!("usher-hub"), json!(5), json!(true)),
-            (json!("hub-two"), json!(3), json!(false)),
+            (
+                json!("usher-hub"),
+                json!(5),
+                json!(true),
+                json!("westeurope")
+            ),
+            (json!("hub-two"), json!(3), json!(false), json!(null)),
         ]
     );
     let (status, _, hub) = s

@@ -6,6 +6,7 @@ use usher_proto::ttl::parse_duration;
 use usher_server::console::ConsoleSettings;
 use usher_server::server::{ConnectionLimits, HttpLimits};
 use usher_server::throttle::ThrottleSettings;
+use usher_server::webhook::WebhookSettings;
 use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 
 use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
@@ -40,6 +41,19 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 session_ttl: args.console_session_ttl,
             },
             audit_retention: args.audit_retention,
+            webhook: WebhookSettings {
+                timeout: args.webhook_timeout,
+                ca_pem: args
+                    .webhook_ca
+                    .as_ref()
+                    .map(|p| {
+                        std::fs::read(p).with_context(|| {
+                            format!("invalid --webhook-ca: cannot read {}", p.display())
+                        })
+                    })
+                    .transpose()?,
+                ..WebhookSettings::default()
+            },
         },
         limits: limits(&args.limits),
         kek: args.kek.source(),

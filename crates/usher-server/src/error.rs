@@ -30,6 +30,8 @@ pub enum AuthError {
     UnknownPolicy(String),
     #[error("the key is neither of the access policy's keys")]
     WrongPolicyKey,
+    #[error("the AMQP link address names another device than the SASL user name")]
+    AddressOfAnotherDevice,
 }
 
 /// Everything a request can fail with. Variants name what happened; [`ApiError::code`] maps them.

@@ -8,12 +8,15 @@
 //! - [`http`]: the HTTPS dispatcher for the device and management APIs.
 //! - [`console`]: the web console under `/console/` on the HTTPS port.
 //! - [`mqtt`]: the MQTT device endpoint (TLS and WebSockets), one session task per connection.
+//! - [`amqp`]: the AMQP 1.0 device endpoint (TLS and WebSockets) on fe2o3-amqp.
+//! - [`websocket`]: `/$iothub/websocket`, MQTT or AMQP by subprotocol.
 //! - [`server`]: the TLS accept loop.
 //! - [`store`]: durable state behind one interface, with group commit.
 //! - [`pki`], [`tls`]: the development CA and the rustls configuration.
 //! - [`error`]: `ApiError` and the one mapping to DPS error codes.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -33,6 +36,7 @@ pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod webhook;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,10 +64,11 @@ pub struct ServeConfig {
 /// What the transports enforce on connections, requests and sessions.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
-    /// Per listener (HTTPS and MQTT each).
+    /// Per listener (HTTPS, MQTT and AMQP each).
     pub connections: server::ConnectionLimits,
     pub http: server::HttpLimits,
     pub mqtt: mqtt::Limits,
+    pub amqp: amqp::Limits,
 }
 
 /// Why the server could not start.
@@ -85,7 +90,7 @@ pub struct Prepared {
     pub app: App,
     pub overview: Overview,
     tls: std::sync::Arc<rustls::ServerConfig>,
-    /// The same certificate without ALPN, for MQTT.
+    /// The same certificate without ALPN, for MQTT and AMQP.
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
     limits: Limits,
     data_dir: PathBuf,
@@ -130,13 +135,14 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
 }
 
 impl Prepared {
-    /// Serves HTTPS (device API, management API, MQTT over WebSockets) on `https` and MQTT over TLS
-    /// on `mqtt`, until `shutdown` is cancelled. Records the bound addresses in the data
-    /// directory's runtime file so the CLI can find the server.
+    /// Serves HTTPS (device API, management API, MQTT and AMQP over WebSockets) on `https`, MQTT
+    /// over TLS on `mqtt` and AMQP over TLS on `amqp`, until `shutdown` is cancelled. Records the
+    /// bound addresses in the data directory's runtime file so the CLI can find the server.
     pub async fn run(
         self,
         https: TcpListener,
         mqtt: Option<TcpListener>,
+        amqp: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
         let runtime = self.data_dir.join(app::RUNTIME_FILE);
@@ -150,13 +156,19 @@ impl Prepared {
             .map(TcpListener::local_addr)
             .transpose()
             .map_err(io)?;
+        let amqp_addr = amqp
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(io)?;
         let text = serde_json::json!({
             "httpsAddr": https_addr.to_string(),
             "mqttAddr": mqtt_addr.map(|a| a.to_string()),
+            "amqpAddr": amqp_addr.map(|a| a.to_string()),
         })
         .to_string();
         files::write_private(&runtime, text.as_bytes()).map_err(io)?;
-        tracing::info!(%https_addr, ?mqtt_addr, "serving");
+        tracing::info!(%https_addr, ?mqtt_addr, ?amqp_addr, "serving");
 
         let app = self.app.clone();
         let app_shutdown = app.shutdown.clone();
@@ -171,11 +183,18 @@ impl Prepared {
         ));
         let limits = self.limits;
         let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
-        let mut router = http::router(self.app.clone(), limits.http, mqtt_endpoint.clone());
+        let amqp_endpoint = amqp::Endpoint::new(limits.amqp);
+        let mut router = http::router(
+            self.app.clone(),
+            limits.http,
+            mqtt_endpoint.clone(),
+            amqp_endpoint.clone(),
+        );
         if self.app.settings.console.enabled {
             let endpoints = console::Endpoints {
                 https_port: https_addr.port(),
                 mqtt_port: mqtt_addr.map(|a| a.port()),
+                amqp_port: amqp_addr.map(|a| a.port()),
             };
             let ca = self.overview.ca_certificate.as_ref().map(PathBuf::from);
             router = router.merge(console::router(
@@ -195,28 +214,38 @@ impl Prepared {
                 server::serve_http_connection(tls, peer, router.clone(), limits.http, stop)
             },
         );
-        match mqtt {
-            Some(listener) => {
-                let mqtt_task = server::serve_tls(
-                    listener,
-                    self.mqtt_tls,
-                    limits.connections,
-                    shutdown,
-                    move |tls, peer, stop| {
-                        mqtt::serve_tls_connection(
-                            app.clone(),
-                            mqtt_endpoint.clone(),
-                            tls,
-                            peer,
-                            stop,
-                        )
-                    },
-                );
-                tokio::join!(https_task, mqtt_task);
-            }
-            None => https_task.await,
-        }
+        let mqtt_task = mqtt.map(|listener| {
+            let app = app.clone();
+            server::serve_tls(
+                listener,
+                std::sync::Arc::clone(&self.mqtt_tls),
+                limits.connections,
+                shutdown.clone(),
+                move |tls, peer, stop| {
+                    mqtt::serve_tls_connection(app.clone(), mqtt_endpoint.clone(), tls, peer, stop)
+                },
+            )
+        });
+        let amqp_task = amqp.map(|listener| {
+            server::serve_tls(
+                listener,
+                std::sync::Arc::clone(&self.mqtt_tls),
+                limits.connections,
+                shutdown.clone(),
+                move |tls, peer, stop| {
+                    amqp::serve_tls_connection(app.clone(), amqp_endpoint.clone(), tls, peer, stop)
+                },
+            )
+        });
+        tokio::join!(https_task, optional(mqtt_task), optional(amqp_task));
         let _ = std::fs::remove_file(&runtime);
         Ok(())
+    }
+}
+
+/// Runs a listener's task if there is one.
+async fn optional(task: Option<impl Future<Output = ()>>) {
+    if let Some(task) = task {
+        task.await;
     }
 }

@@ -60,6 +60,7 @@ impl Default for ConsoleSettings {
 pub struct Endpoints {
     pub https_port: u16,
     pub mqtt_port: Option<u16>,
+    pub amqp_port: Option<u16>,
 }
 
 /// The console's shared state.
@@ -260,7 +261,7 @@ impl FromRequestParts<Console> for Signed {
         let cookie = cookie.unwrap_or_default().to_owned();
         let peer = parts
             .extensions
-            .get::<crate::mqtt::PeerAddr>()
+            .get::<crate::websocket::PeerAddr>()
             .map(|p| p.0.ip());
         // The policy is read on every request: rights changes, key rotation and deletion take
         // effect at once.

@@ -58,6 +58,7 @@ struct OverviewPage {
     host: String,
     https_port: u16,
     mqtt_port: Option<u16>,
+    amqp_port: Option<u16>,
     connection_string: Option<String>,
     has_ca: bool,
     enrollment_counts: Option<EnrollmentCounts>,
@@ -106,6 +107,7 @@ pub(super) async fn page_handler(
             host: app.instance.service_host.clone(),
             https_port: console.endpoints.https_port,
             mqtt_port: console.endpoints.mqtt_port,
+            amqp_port: console.endpoints.amqp_port,
             connection_string,
             has_ca: console.ca_certificate.as_ref().is_some_and(|p| p.exists()),
             enrollment_counts: p.has(Right::EnrollmentRead).then_some(EnrollmentCounts {

@@ -111,7 +111,9 @@ async fn audit(
     target: &str,
     result: String,
 ) {
-    let peer = extensions.get::<crate::mqtt::PeerAddr>().map(|p| p.0.ip());
+    let peer = extensions
+        .get::<crate::websocket::PeerAddr>()
+        .map(|p| p.0.ip());
     let record = crate::audit::record(actor, peer, action, target, result);
     crate::audit::append(&console.app, vec![record]).await;
 }

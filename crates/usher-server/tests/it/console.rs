@@ -306,11 +306,9 @@ async fn sign_in_sets_a_hardened_server_side_session_cookie() {
     assert_eq!(overview.status, StatusCode::OK);
     assert!(overview.body.contains(&s.scope));
     assert!(overview.body.contains(&format!("port {}", s.addr.port())));
-    assert!(
-        overview
-            .body
-            .contains(&format!("port {}", s.mqtt_addr.port()))
-    );
+    for (what, port) in [("MQTT", s.mqtt_addr.port()), ("AMQP", s.amqp_addr.port())] {
+        assert!(overview.body.contains(&format!("{what} on port {port}")));
+    }
     // The CA certificate is offered, and is the server's.
     let ca = b.get("/console/ca.pem").await;
     assert_eq!(ca.status, StatusCode::OK);

@@ -354,13 +354,16 @@ test('sessions expire after the configured lifetime', async () => {
   // A second server with a 3-second session lifetime, on its own ports and data directory.
   const dir = mkdtempSync(path.join(tmpdir(), 'usher-console-expiry-'));
   const server = spawn(usherBin, ['serve', '--data-dir', dir, '--https-addr', '127.0.0.1:0', '--mqtt-addr', '127.0.0.1:0',
-    '--console-session-ttl', '3s'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--amqp-addr', '127.0.0.1:0', '--console-session-ttl', '3s'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   server.stdout.on('data', (d) => (log += d));
   server.stderr.on('data', (d) => (log += d));
+  const exited = new Promise((r) => server.once('exit', r));
   try {
     const runtime = path.join(dir, 'runtime.json');
-    for (let i = 0; i < 300 && !existsSync(runtime); i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 300 && !existsSync(runtime) && server.exitCode === null; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
     assert.ok(existsSync(runtime), `the second server did not start:\n${log}`);
     const port = JSON.parse(readFileSync(runtime, 'utf8')).httpsAddr.split(':').pop();
     const other = `https://localhost:${port}`;
@@ -403,8 +406,8 @@ test('sessions expire after the configured lifetime', async () => {
     await waitForPath(driver, /why=expired/);
     assert.match(await byId('signin-notice').getText(), /Your session has expired/);
   } finally {
-    server.kill('SIGTERM');
-    await new Promise((r) => server.once('exit', r));
+    if (server.exitCode === null) server.kill('SIGTERM');
+    await exited;
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -12,3 +12,4 @@ mod management;
 mod mqtt;
 mod parity;
 mod support;
+mod testing_modes;

@@ -68,7 +68,6 @@ pub struct Settings {
     pub register_response: RegisterResponse,
     /// Failed-attestation budgets.
     pub throttle: crate::throttle::ThrottleSettings,
-    pub console: crate::console::ConsoleSettings,
     /// How long audit entries are kept.
     pub audit_retention: std::time::Duration,
     /// How custom allocation webhooks are called.
@@ -87,7 +86,6 @@ impl Default for Settings {
                 retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
             throttle: crate::throttle::ThrottleSettings::default(),
-            console: crate::console::ConsoleSettings::default(),
             audit_retention: crate::audit::DEFAULT_RETENTION,
             webhook: crate::webhook::WebhookSettings::default(),
             testing: crate::testing::TestingModes::default(),

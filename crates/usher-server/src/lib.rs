@@ -70,6 +70,8 @@ pub struct Limits {
     pub http: server::HttpLimits,
     pub mqtt: mqtt::Limits,
     pub amqp: amqp::Limits,
+    /// Whether the web console is served, and how long its sessions last.
+    pub console: console::ConsoleSettings,
 }
 
 /// Why the server could not start.
@@ -191,7 +193,7 @@ impl Prepared {
             mqtt_endpoint.clone(),
             amqp_endpoint.clone(),
         );
-        if self.app.settings.console.enabled {
+        if limits.console.enabled {
             let endpoints = console::Endpoints {
                 https_port: https_addr.port(),
                 mqtt_port: mqtt_addr.map(|a| a.port()),
@@ -202,7 +204,7 @@ impl Prepared {
                 self.app.clone(),
                 endpoints,
                 ca,
-                &self.app.settings.console,
+                &limits.console,
                 limits.http.body_timeout,
             ));
         }

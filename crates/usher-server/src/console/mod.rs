@@ -38,7 +38,7 @@ use crate::error::ApiError;
 use session::{Lookup, SESSION_COOKIE, SIGNIN_COOKIE, Session, Sessions};
 
 /// Console settings, fixed at start-up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConsoleSettings {
     /// Whether `/console/` is served at all.
     pub enabled: bool,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use usher_server::Settings;
+use usher_server::Limits;
 use usher_server::console::ConsoleSettings;
 
 use crate::support::TestServer;
@@ -687,12 +687,12 @@ async fn a_stale_edit_is_refused_and_the_stored_version_shown() {
 
 #[tokio::test]
 async fn sessions_expire() {
-    let s = TestServer::start_with(Settings {
+    let s = TestServer::start_with_limits(Limits {
         console: ConsoleSettings {
             enabled: true,
             session_ttl: Duration::from_secs(1),
         },
-        ..Settings::default()
+        ..Limits::default()
     })
     .await;
     let b = Browser::signed_in(&s).await;

@@ -37,10 +37,6 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 failures_per_address: args.auth_failures_per_address,
                 failures_per_registration: args.auth_failures_per_registration,
             },
-            console: ConsoleSettings {
-                enabled: !args.no_console,
-                session_ttl: args.console_session_ttl,
-            },
             audit_retention: args.audit_retention,
             webhook: WebhookSettings {
                 timeout: args.webhook_timeout,
@@ -58,7 +54,13 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             testing: testing_modes(&args.testing)?,
             testing_registrations_per_minute: args.testing.testing_registrations_per_minute,
         },
-        limits: limits(&args.limits),
+        limits: Limits {
+            console: ConsoleSettings {
+                enabled: !args.no_console,
+                session_ttl: args.console_session_ttl,
+            },
+            ..limits(&args.limits)
+        },
         kek: args.kek.source(),
     };
     raise_open_file_limit();
@@ -136,6 +138,7 @@ fn limits(a: &LimitArgs) -> Limits {
             max_connections: a.amqp_max_connections as usize,
             ..usher_server::amqp::Limits::default()
         },
+        console: ConsoleSettings::default(),
     }
 }
 

@@ -108,6 +108,8 @@ pub struct AppInner {
     pub throttle: crate::throttle::Throttle,
     /// The counters of the firmware-testing modes.
     pub testing: crate::testing::Testing,
+    /// The enrollment groups, decoded for attestation.
+    pub groups: crate::groups::GroupIndex,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -136,6 +138,7 @@ impl App {
             settings,
             throttle,
             testing,
+            groups: crate::groups::GroupIndex::default(),
             shutdown,
         }))
     }

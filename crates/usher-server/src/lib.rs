@@ -24,6 +24,7 @@ pub mod clock;
 pub mod console;
 pub mod error;
 pub mod files;
+pub mod groups;
 pub mod http;
 pub mod hub;
 pub mod management;

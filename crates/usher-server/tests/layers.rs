@@ -25,6 +25,7 @@ const DOMAIN: &[&str] = &[
     "clock",
     "error",
     "files",
+    "groups",
     "hub",
     "management",
     "registration",
@@ -32,6 +33,7 @@ const DOMAIN: &[&str] = &[
     "store",
     "throttle",
     "webhook",
+    "testing",
     "metrics",
     "pki",
 ];

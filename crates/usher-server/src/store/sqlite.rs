@@ -84,6 +84,8 @@ pub struct SqliteStore {
     path: Arc<PathBuf>,
     /// Seals secret columns on the way in and opens them on the way out.
     sealer: Arc<Sealer>,
+    /// Bumped after every committed write to enrollment groups, so caches of them know to reload.
+    groups_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -108,6 +110,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path.to_owned()),
             sealer,
+            groups_generation: Arc::default(),
         })
     }
 
@@ -497,6 +500,7 @@ impl SqliteStore {
             Ok(doc)
         })
         .await
+        .inspect(|_| self.touched(coll))
     }
 
     pub(super) async fn delete_doc<E>(
@@ -523,6 +527,20 @@ impl SqliteStore {
             Ok(Some(doc))
         })
         .await
+        .inspect(|_| self.touched(coll))
+    }
+
+    /// Notes a committed write to a collection.
+    fn touched(&self, coll: Collection) {
+        if coll == Collection::EnrollmentGroups {
+            self.groups_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    pub(super) fn groups_generation(&self) -> u64 {
+        self.groups_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(super) async fn registration(

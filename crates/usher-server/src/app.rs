@@ -13,15 +13,6 @@ use crate::store::{Bootstrap, Hub, Instance, Policy, Right, Store, StoreError};
 
 /// The owner policy every instance starts with.
 pub const OWNER_POLICY: &str = "provisioningserviceowner";
-/// The rights a DPS access policy can hold.
-pub const RIGHTS: &[&str] = &[
-    "ServiceConfig",
-    "EnrollmentRead",
-    "EnrollmentWrite",
-    "DeviceConnect",
-    "RegistrationStatusRead",
-    "RegistrationStatusWrite",
-];
 /// The name of the hub a new instance gets.
 pub const BUILTIN_HUB: &str = "usher-hub";
 /// The database file inside the data directory.
@@ -222,7 +213,7 @@ pub async fn open_data_dir(
         name: OWNER_POLICY.into(),
         primary_key: key()?,
         secondary_key: key()?,
-        rights: RIGHTS.iter().filter_map(|r| Right::parse(r)).collect(),
+        rights: Right::ALL.to_vec(),
     };
     let hub = Hub {
         name: BUILTIN_HUB.into(),

@@ -28,6 +28,8 @@ pub enum AuthError {
     UnsupportedAttestation(&'static str),
     #[error("no access policy is named {0:?}")]
     UnknownPolicy(String),
+    #[error("the key is neither of the access policy's keys")]
+    WrongPolicyKey,
     #[error("the AMQP link address names another device than the SASL user name")]
     AddressOfAnotherDevice,
 }
@@ -72,6 +74,8 @@ pub enum ApiError {
     OperationNotFound(String),
     #[error("hub {0:?} not found")]
     HubNotFound(String),
+    #[error("device {0:?} not found")]
+    DeviceNotFound(String),
     #[error("access policy {0:?} not found")]
     PolicyNotFound(String),
     #[error("an access policy named {0:?} already exists")]
@@ -129,6 +133,7 @@ impl ApiError {
             Self::RegistrationNotFound(_) => ErrorCode::DeviceRegistrationNotFound,
             Self::OperationNotFound(_) => ErrorCode::AsyncOperationNotFound,
             Self::HubNotFound(_) => ErrorCode::LinkedHubNotFound,
+            Self::DeviceNotFound(_) => ErrorCode::DeviceNotFound,
             Self::PolicyNotFound(_) => ErrorCode::AccessPolicyNotFound,
             Self::PolicyExists(_) => ErrorCode::AccessPolicyConflict,
             Self::EnrollmentExists(_) => ErrorCode::EnrollmentConflict,

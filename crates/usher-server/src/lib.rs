@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`app`]: shared state, settings, first-run set-up of a data directory, the overview.
 //! - [`registration`]: the registration core every device transport calls (attest, allocate, record).
+//! - [`auth`]: principals and rights, the one authorization check of the API and the console.
 //! - [`management`]: enrollment, group, registration-record and hub operations.
 //! - [`http`]: the HTTPS dispatcher for the device and management APIs.
+//! - [`console`]: the web console under `/console/` on the HTTPS port.
 //! - [`mqtt`]: the MQTT device endpoint (TLS and WebSockets), one session task per connection.
 //! - [`amqp`]: the AMQP 1.0 device endpoint (TLS and WebSockets) on fe2o3-amqp.
 //! - [`websocket`]: `/$iothub/websocket`, MQTT or AMQP by subprotocol.
@@ -17,7 +19,9 @@
 pub mod amqp;
 pub mod app;
 pub mod audit;
+pub mod auth;
 pub mod clock;
+pub mod console;
 pub mod error;
 pub mod files;
 pub mod groups;
@@ -67,6 +71,8 @@ pub struct Limits {
     pub http: server::HttpLimits,
     pub mqtt: mqtt::Limits,
     pub amqp: amqp::Limits,
+    /// Whether the web console is served, and how long its sessions last.
+    pub console: console::ConsoleSettings,
 }
 
 /// Why the server could not start.
@@ -182,12 +188,27 @@ impl Prepared {
         let limits = self.limits;
         let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
         let amqp_endpoint = amqp::Endpoint::new(limits.amqp);
-        let router = http::router(
-            self.app,
+        let mut router = http::router(
+            self.app.clone(),
             limits.http,
             mqtt_endpoint.clone(),
             amqp_endpoint.clone(),
         );
+        if limits.console.enabled {
+            let endpoints = console::Endpoints {
+                https_port: https_addr.port(),
+                mqtt_port: mqtt_addr.map(|a| a.port()),
+                amqp_port: amqp_addr.map(|a| a.port()),
+            };
+            let ca = self.overview.ca_certificate.as_ref().map(PathBuf::from);
+            router = router.merge(console::router(
+                self.app.clone(),
+                endpoints,
+                ca,
+                &limits.console,
+                limits.http.body_timeout,
+            ));
+        }
         let https_task = server::serve_tls(
             https,
             self.tls,

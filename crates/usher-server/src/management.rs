@@ -11,10 +11,11 @@ use usher_proto::service::{
 use usher_proto::{RegistrationId, SymmetricKey};
 
 use crate::app::{App, new_key, new_symmetric_key};
+use crate::auth::Right;
 use crate::clock::{new_etag, now_text};
 use crate::error::ApiError;
 use crate::registration::registration_result;
-use crate::store::{Collection, Doc, Hub, HubDevice};
+use crate::store::{Collection, Counts, Doc, Hub, HubDevice};
 
 /// Length of keys generated for enrollments that do not supply their own.
 pub const GENERATED_KEY_BYTES: usize = 32;
@@ -535,6 +536,77 @@ pub async fn group_registrations(
     Ok((items, more.then_some(cursor)))
 }
 
+/// A page of all registration records that match `query` (over each record as `GET
+/// /registrations/{id}` shows it), after the cursor `after`, and the next page's cursor if more
+/// records may follow. Cursors are storage positions, as for [`query`].
+pub async fn registrations(
+    app: &App,
+    query: &Query,
+    after: u64,
+    page: u64,
+) -> Result<(Vec<Value>, Option<u64>), ApiError> {
+    const SCAN: u64 = 500;
+    let mut items = Vec::new();
+    let mut cursor = after;
+    loop {
+        let want = if query.is_unfiltered() {
+            page + 1
+        } else {
+            SCAN
+        };
+        let records = app.store.registrations(cursor, want).await?;
+        let exhausted = (records.len() as u64) < want;
+        for (seq, r) in records {
+            if items.len() as u64 == page {
+                return Ok((items, Some(cursor)));
+            }
+            cursor = seq;
+            let json = serde_json::to_value(registration_result(&r))
+                .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+            if query.matches(&json) {
+                items.push(json);
+            }
+        }
+        if exhausted {
+            return Ok((items, None));
+        }
+    }
+}
+
+/// The `limit` most recently updated registration records, newest first.
+pub async fn recent_registrations(app: &App, limit: u64) -> Result<Vec<Value>, ApiError> {
+    app.store
+        .recent_registrations(limit)
+        .await?
+        .iter()
+        .map(|r| {
+            serde_json::to_value(registration_result(r))
+                .map_err(|e| ApiError::InvalidJson(e.to_string()))
+        })
+        .collect()
+}
+
+/// How many enrollments, groups, registration records and hub devices the instance holds.
+pub async fn counts(app: &App) -> Result<Counts, ApiError> {
+    Ok(app.store.counts().await?)
+}
+
+/// The principal's own policy's primary connection string (its holder has the key already, so
+/// this needs no right); `None` if the policy is gone.
+pub async fn own_connection_string(
+    app: &App,
+    principal: &crate::auth::Principal,
+) -> Result<Option<String>, ApiError> {
+    Ok(app.store.policy(principal.policy()).await?.map(|policy| {
+        format!(
+            "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+            app.instance.service_host,
+            policy.name,
+            policy.primary_key.to_base64()
+        )
+    }))
+}
+
 /// The access policies, keys included (listing them needs ServiceConfig, which the owner holds).
 pub async fn policies(app: &App) -> Result<Vec<Value>, ApiError> {
     Ok(app
@@ -571,14 +643,13 @@ pub async fn add_policy(app: &App, name: &str, body: &[u8]) -> Result<Value, Api
     }
     let mut rights = Vec::new();
     for right in &req.rights {
-        let known = crate::app::RIGHTS
-            .iter()
-            .find(|r| r.eq_ignore_ascii_case(right.trim()))
-            .and_then(|r| crate::store::Right::parse(r))
+        let known = Right::parse(right)
+            .filter(|r| Right::ALL.contains(r))
             .ok_or_else(|| {
+                let all: Vec<&str> = Right::ALL.iter().map(|r| r.name()).collect();
                 ApiError::InvalidArgument(format!(
                     "unknown right {right:?}; rights are {}",
-                    crate::app::RIGHTS.join(", ")
+                    all.join(", ")
                 ))
             })?;
         if !rights.contains(&known) {
@@ -805,6 +876,23 @@ pub async fn set_allocation(app: &App, body: &[u8]) -> Result<Value, ApiError> {
     }
     app.store.set_allocation_settings(settings.clone()).await?;
     serde_json::to_value(settings).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// One device identity of a built-in hub: its `Device` document (keys included) and its twin,
+/// as the hub's registry API shows them.
+pub async fn hub_device(app: &App, hub: &str, device_id: &str) -> Result<(Value, Value), ApiError> {
+    if !app.store.hubs().await?.iter().any(|h| h.name == hub) {
+        return Err(ApiError::HubNotFound(hub.to_owned()));
+    }
+    let device = app
+        .store
+        .hub_device(hub, device_id)
+        .await?
+        .ok_or_else(|| ApiError::DeviceNotFound(device_id.to_owned()))?;
+    Ok((
+        crate::hub::device_json(&device),
+        crate::hub::twin_json(&device),
+    ))
 }
 
 /// The device identities of a built-in hub.

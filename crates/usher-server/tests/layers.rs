@@ -21,6 +21,7 @@ const TRANSPORTS: &[&str] = &[
 const DOMAIN: &[&str] = &[
     "app",
     "audit",
+    "auth",
     "clock",
     "error",
     "files",

@@ -20,7 +20,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the provisioning service (HTTPS device and management APIs).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show a provisioning instance's overview.
     #[command(subcommand)]
     Instance(InstanceCommand),
@@ -101,6 +101,12 @@ pub(crate) struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=300)
     )]
     pub(crate) retry_after: u32,
+    /// Do not serve the web console (https://HOST/console/).
+    #[arg(long, env = "USHER_NO_CONSOLE")]
+    pub(crate) no_console: bool,
+    /// How long a console sign-in lasts (a whole number with an optional unit s, m, h or d).
+    #[arg(long, env = "USHER_CONSOLE_SESSION_TTL", default_value = "1h", value_parser = duration_arg)]
+    pub(crate) console_session_ttl: Duration,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
     /// Failed attestations a client address may have per minute before it is answered 429 (all may

@@ -4,11 +4,11 @@
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use usher_proto::sas::{Now, SasToken};
 
-use super::{Ctx, json_response, query_param, unix_now};
+use super::{Ctx, json_response, query_param};
 use crate::audit;
-use crate::error::{ApiError, AuthError};
+use crate::auth::{self, Principal, Right};
+use crate::error::ApiError;
 use crate::management::{self, DEFAULT_PAGE, Kind, MAX_PAGE, Precondition};
 
 /// Serves one management request; a write (or an attempted one) goes into the audit log with the
@@ -84,10 +84,10 @@ async fn serve(
     seg: &[&str],
     principal: &std::sync::OnceLock<String>,
 ) -> Result<Response, ApiError> {
-    let authorize = |right: &'static str| async move {
-        let name = authorize(ctx, right).await?;
-        let _ = principal.set(name.clone());
-        Ok::<_, ApiError>(name)
+    let authorize = |right: Right| async move {
+        let who = authorize(ctx, right).await?;
+        let _ = principal.set(who.policy().to_owned());
+        Ok::<_, ApiError>(who)
     };
     let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
     let method = ctx.method.clone();
@@ -104,7 +104,7 @@ async fn serve(
     match seg {
         [coll, q] if kind_of(coll).is_some() && is(q, "query") && method == Method::POST => {
             let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
-            authorize("EnrollmentRead").await?;
+            authorize(Right::EnrollmentRead).await?;
             let query = management::parse_query(ctx.body)?;
             let (after, page) = paging(ctx)?;
             let (items, next) = management::query(app, kind, &query, after, page).await?;
@@ -120,7 +120,7 @@ async fn serve(
             if method != Method::POST {
                 return Err(ctx.not_allowed());
             }
-            authorize("EnrollmentRead").await?;
+            authorize(Right::EnrollmentRead).await?;
             ok_json(&management::attestation_mechanism(app, kind, id).await?)
         }
         [coll] if kind_of(coll).is_some() => {
@@ -128,7 +128,7 @@ async fn serve(
             if method != Method::POST {
                 return Err(ctx.not_allowed());
             }
-            authorize("EnrollmentWrite").await?;
+            authorize(Right::EnrollmentWrite).await?;
             ok_json(&management::bulk(app, kind, ctx.body).await?)
         }
         [coll, id] if kind_of(coll).is_some() => {
@@ -136,15 +136,15 @@ async fn serve(
             let pre = Precondition::from_header(ctx.header("if-match"));
             match method {
                 Method::GET => {
-                    authorize("EnrollmentRead").await?;
+                    authorize(Right::EnrollmentRead).await?;
                     ok_json(&management::get(app, kind, id).await?)
                 }
                 Method::PUT => {
-                    authorize("EnrollmentWrite").await?;
+                    authorize(Right::EnrollmentWrite).await?;
                     ok_json(&management::put(app, kind, id, ctx.body, pre).await?)
                 }
                 Method::DELETE => {
-                    authorize("EnrollmentWrite").await?;
+                    authorize(Right::EnrollmentWrite).await?;
                     management::delete(app, kind, id, pre).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
@@ -155,11 +155,11 @@ async fn serve(
             let pre = Precondition::from_header(ctx.header("if-match"));
             match method {
                 Method::GET => {
-                    authorize("RegistrationStatusRead").await?;
+                    authorize(Right::RegistrationStatusRead).await?;
                     ok_json(&management::get_registration(app, id).await?)
                 }
                 Method::DELETE => {
-                    authorize("RegistrationStatusWrite").await?;
+                    authorize(Right::RegistrationStatusWrite).await?;
                     management::delete_registration(app, id, pre).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
@@ -167,17 +167,17 @@ async fn serve(
             }
         }
         [r, group_id, q] if is(r, "registrations") && is(q, "query") && method == Method::POST => {
-            authorize("RegistrationStatusRead").await?;
+            authorize(Right::RegistrationStatusRead).await?;
             let (after, page) = paging(ctx)?;
             let (items, next) = management::group_registrations(app, group_id, after, page).await?;
             Ok(query_response(&items, "DeviceRegistration", next))
         }
         [u, p] if is(u, "usher") && is(p, "policies") && method == Method::GET => {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             ok_json(&management::policies(app).await?)
         }
         [u, p, name] if is(u, "usher") && is(p, "policies") => {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             match method {
                 Method::PUT => ok_json(&management::add_policy(app, name, ctx.body).await?),
                 Method::DELETE => {
@@ -190,11 +190,11 @@ async fn serve(
         [u, p, name, r, which]
             if is(u, "usher") && is(p, "policies") && is(r, "rotate") && method == Method::POST =>
         {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             ok_json(&management::rotate_policy_key(app, name, which).await?)
         }
         [u, a] if is(u, "usher") && is(a, "audit") && method == Method::GET => {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             let number = |name: &str, default: u64| match query_param(ctx.query, name) {
                 None => Ok(default),
                 Some(v) => v.parse::<u64>().map_err(|_| {
@@ -217,24 +217,24 @@ async fn serve(
                 && method == Method::POST =>
         {
             let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
-            authorize("EnrollmentWrite").await?;
+            authorize(Right::EnrollmentWrite).await?;
             let pre = Precondition::from_header(ctx.header("if-match"));
             ok_json(&management::rotate_enrollment_key(app, kind, id, which, pre).await?)
         }
         [u, h] if is(u, "usher") && is(h, "hubs") && method == Method::GET => {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             ok_json(&management::hubs(app).await?)
         }
         [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PUT => {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             ok_json(&management::add_hub(app, name, ctx.body).await?)
         }
         [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PATCH => {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             ok_json(&management::update_hub(app, name, ctx.body).await?)
         }
         [u, a] if is(u, "usher") && is(a, "allocation") => {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             match method {
                 Method::GET => ok_json(&management::allocation(app).await?),
                 Method::PUT => ok_json(&management::set_allocation(app, ctx.body).await?),
@@ -244,7 +244,7 @@ async fn serve(
         [u, h, name, d]
             if is(u, "usher") && is(h, "hubs") && is(d, "devices") && method == Method::GET =>
         {
-            authorize("ServiceConfig").await?;
+            authorize(Right::ServiceConfig).await?;
             ok_json(&management::hub_devices(app, name).await?)
         }
         _ => Err(ApiError::NoRoute(format!("{method} /{}", seg.join("/")))),
@@ -291,46 +291,9 @@ fn paging(ctx: &Ctx<'_>) -> Result<(u64, u64), ApiError> {
     Ok((cursor, page))
 }
 
-/// Checks the service SAS token: a known policy, signed with one of its keys, for one of this
-/// instance's host names, unexpired, and holding `right`.
-async fn authorize(ctx: &Ctx<'_>, right: &'static str) -> Result<String, ApiError> {
-    let app = ctx.app;
-    let text = match ctx.headers.get("authorization") {
-        None => return Err(AuthError::MissingAuthorization.into()),
-        Some(v) => v.to_str().map_err(|_| AuthError::AuthorizationNotText)?,
-    };
-    let token = SasToken::parse(text).map_err(AuthError::from)?;
-    let now = Now {
-        unix_secs: unix_now(),
-        skew_secs: app.settings.clock_skew_secs,
-    };
-    let mut last = None;
-    let mut policy_name = None;
-    for host in &app.hostnames {
-        match token.check_service_claims(host, now) {
-            Ok(p) => {
-                policy_name = Some(p.to_owned());
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let policy_name = match (policy_name, last) {
-        (Some(p), _) => p,
-        (None, Some(e)) => return Err(AuthError::Token(e).into()),
-        (None, None) => return Err(AuthError::UnknownPolicy(String::new()).into()),
-    };
-    let policy = app
-        .store
-        .policy(&policy_name)
-        .await?
-        .ok_or_else(|| AuthError::UnknownPolicy(policy_name.clone()))?;
-    policy.check_signature(&token).map_err(AuthError::from)?;
-    if !policy.grants(right) {
-        return Err(ApiError::MissingRight {
-            policy: policy.name,
-            right,
-        });
-    }
-    Ok(policy.name)
+/// Authenticates the request's service SAS token and checks that its policy holds `right`.
+async fn authorize(ctx: &Ctx<'_>, right: Right) -> Result<Principal, ApiError> {
+    let principal = auth::authenticate_token(ctx.app, ctx.header("authorization")).await?;
+    auth::authorize(&principal, right)?;
+    Ok(principal)
 }

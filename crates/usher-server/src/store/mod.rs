@@ -64,7 +64,25 @@ pub enum Right {
 }
 
 impl Right {
-    pub const ALL: [Self; 9] = [
+    /// Every right a DPS shared access policy can hold, in the order DPS lists them.
+    pub const ALL: [Self; 6] = [
+        Self::ServiceConfig,
+        Self::EnrollmentRead,
+        Self::EnrollmentWrite,
+        Self::DeviceConnect,
+        Self::RegistrationStatusRead,
+        Self::RegistrationStatusWrite,
+    ];
+
+    /// The rights of a built-in hub's policies.
+    pub const HUB: [Self; 3] = [
+        Self::RegistryRead,
+        Self::RegistryWrite,
+        Self::ServiceConnect,
+    ];
+
+    /// Every right of either kind; a right's bit is its place here.
+    const EVERY: [Self; 9] = [
         Self::ServiceConfig,
         Self::EnrollmentRead,
         Self::EnrollmentWrite,
@@ -76,7 +94,8 @@ impl Right {
         Self::ServiceConnect,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    /// The right's name as DPS and IoT Hub spell it.
+    pub fn name(self) -> &'static str {
         match self {
             Self::ServiceConfig => "ServiceConfig",
             Self::EnrollmentRead => "EnrollmentRead",
@@ -92,9 +111,9 @@ impl Right {
 
     /// A right by its name (case-insensitively).
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL
+        Self::EVERY
             .into_iter()
-            .find(|r| r.as_str().eq_ignore_ascii_case(name.trim()))
+            .find(|r| r.name().eq_ignore_ascii_case(name.trim()))
     }
 
     /// Its bit in the stored set.
@@ -104,7 +123,7 @@ impl Right {
 
     /// The rights of a stored set.
     pub fn from_bits(bits: i64) -> Vec<Self> {
-        Self::ALL
+        Self::EVERY
             .into_iter()
             .filter(|r| bits & r.bit() != 0)
             .collect()
@@ -113,6 +132,12 @@ impl Right {
     /// A stored set.
     pub fn to_bits(rights: &[Self]) -> i64 {
         rights.iter().fold(0, |bits, r| bits | r.bit())
+    }
+}
+
+impl std::fmt::Display for Right {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -159,7 +184,7 @@ impl Policy {
     pub fn rights_text(&self) -> String {
         self.rights
             .iter()
-            .map(|r| r.as_str())
+            .map(|r| r.name())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -248,6 +273,16 @@ impl std::fmt::Debug for HubDevice {
             .field("etag", &self.etag)
             .finish_non_exhaustive()
     }
+}
+
+/// How many records the store holds, for the console's overview.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub enrollments: u64,
+    pub enrollment_groups: u64,
+    pub registrations: u64,
+    /// Device identities per built-in hub, by hub name, in hub order (hubs without devices too).
+    pub hub_devices: Vec<(String, u64)>,
 }
 
 /// Which document collection.
@@ -419,6 +454,11 @@ impl Store {
         dispatch!(self, s => s.add_hub(hub).await)
     }
 
+    /// How many enrollments, groups, registration records and hub devices there are.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        dispatch!(self, s => s.counts().await)
+    }
+
     pub async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
         dispatch!(self, s => s.hub_devices(hub).await)
     }
@@ -530,6 +570,21 @@ impl Store {
         group_id: &str,
     ) -> Result<Vec<(u64, Registration)>, StoreError> {
         dispatch!(self, s => s.registrations_of_group(group_id).await)
+    }
+
+    /// Up to `limit` registration records in storage order, each with its position, after position
+    /// `after` (0 for the beginning); positions are stable as for [`Store::docs`].
+    pub async fn registrations(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Registration)>, StoreError> {
+        dispatch!(self, s => s.registrations(after, limit).await)
+    }
+
+    /// The `limit` most recently updated registration records, newest first.
+    pub async fn recent_registrations(&self, limit: u64) -> Result<Vec<Registration>, StoreError> {
+        dispatch!(self, s => s.recent_registrations(limit).await)
     }
 
     /// A registration, in one write transaction: `decide` sees the rows as they are (the previous

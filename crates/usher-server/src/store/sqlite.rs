@@ -13,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AllocationSettings, Assignment, Bootstrap, Collection, Doc, Hub, HubDevice, Instance, Policy,
-    RegisterView, Registration, Right, StoreError, TwinWrite, from_ticks, to_ticks,
+    AllocationSettings, Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance,
+    Policy, RegisterView, Registration, Right, StoreError, TwinWrite, from_ticks, to_ticks,
 };
 use usher_proto::SymmetricKey;
 use usher_proto::model::{RegistrationStatus, Substatus};
@@ -287,6 +287,32 @@ impl SqliteStore {
             }
             insert_hub(c, &hub)?;
             Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
+        self.read(|c| {
+            let count = |table: &str| -> Result<u64, StoreError> {
+                let n: i64 =
+                    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            let mut stmt = c.prepare(
+                "SELECT hubs.name, COUNT(hub_devices.device_id) FROM hubs
+                 LEFT JOIN hub_devices ON hub_devices.hub = hubs.name
+                 WHERE hubs.builtin GROUP BY hubs.name ORDER BY hubs.seq",
+            )?;
+            let hub_devices = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .map(|row| row.map(|(hub, n)| (hub, u64::try_from(n).unwrap_or(0))))
+                .collect::<Result<_, _>>()?;
+            Ok(Counts {
+                enrollments: count("enrollments")?,
+                enrollment_groups: count("enrollment_groups")?,
+                registrations: count("registrations")?,
+                hub_devices,
+            })
         })
         .await
     }
@@ -587,6 +613,41 @@ impl SqliteStore {
                 params![seq, hash],
             )?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    pub(super) async fn registrations(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Registration)>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {REGISTRATION_COLUMNS}, seq FROM registrations WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt
+                .query_map(params![clamp(after), clamp(limit)], |r| Ok((r.get::<_, i64>(14)?, raw_registration(r)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?))).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn recent_registrations(
+        &self,
+        limit: u64,
+    ) -> Result<Vec<Registration>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY updated DESC, seq DESC LIMIT ?1"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt
+                .query_map([clamp(limit)], raw_registration)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(parse_registration).collect()
         })
         .await
     }

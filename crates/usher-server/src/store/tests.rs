@@ -499,6 +499,94 @@ fn at(n: i64) -> Time {
     from_ticks(17_000_000_000_000_000 + n * 10_000_000)
 }
 
+fn registration(id: &str, group: Option<&str>, updated: Time) -> Registration {
+    Registration {
+        registration_id: id.into(),
+        enrollment_group_id: group.map(Into::into),
+        status: usher_proto::model::RegistrationStatus::Assigned,
+        substatus: None,
+        assigned_hub: Some("h.example".into()),
+        device_id: Some(id.into()),
+        error_code: None,
+        error_message: None,
+        created: updated,
+        updated,
+        etag: "e".into(),
+        operation_id: "op".into(),
+        payload: None,
+        initial_hub: Some("h.example".into()),
+    }
+}
+
+#[tokio::test]
+async fn counts_registration_pages_and_recent_records() {
+    let (_dir, store) = open();
+    store.add_hub(builtin("h", "h.example")).await.unwrap();
+    store.add_hub(builtin("empty", "e.example")).await.unwrap();
+    store
+        .upsert_doc(Collection::Enrollments, "e1", |_| {
+            Ok::<_, Refused>(doc("e1", "x"))
+        })
+        .await
+        .unwrap();
+    store
+        .upsert_doc(Collection::EnrollmentGroups, "g1", |_| {
+            Ok::<_, Refused>(doc("g1", "x"))
+        })
+        .await
+        .unwrap();
+    for (id, updated) in [("r1", at(1)), ("r2", at(3)), ("r3", at(2))] {
+        record(
+            &store,
+            Assignment {
+                registration: Some(registration(id, Some("g1"), updated)),
+                device: Some(keep(hub_device("h", id))),
+                remove_device: None,
+                audit: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        counts,
+        Counts {
+            enrollments: 1,
+            enrollment_groups: 1,
+            registrations: 3,
+            hub_devices: vec![("h".into(), 3), ("empty".into(), 0)],
+        }
+    );
+
+    // Pages in storage order, resumable from a position; an update keeps a record's place.
+    let first = store.registrations(0, 2).await.unwrap();
+    let ids: Vec<&str> = first
+        .iter()
+        .map(|(_, r)| r.registration_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r1", "r2"]);
+    record(
+        &store,
+        Assignment {
+            registration: Some(registration("r1", None, at(9))),
+            device: None,
+            remove_device: None,
+            audit: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let rest = store.registrations(first[1].0, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1.registration_id, "r3");
+
+    // Newest first, by last update.
+    let recent = store.recent_registrations(2).await.unwrap();
+    let ids: Vec<&str> = recent.iter().map(|r| r.registration_id.as_str()).collect();
+    assert_eq!(ids, ["r1", "r2"]);
+}
+
 /// The same KEK every time, so a test can reopen a database.
 fn test_kek() -> crate::secrets::Kek {
     crate::secrets::Kek::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "test")

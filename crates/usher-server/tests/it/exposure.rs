@@ -38,6 +38,7 @@ fn tight() -> Limits {
             open_timeout: Duration::from_secs(1),
             ..Default::default()
         },
+        ..Limits::default()
     }
 }
 

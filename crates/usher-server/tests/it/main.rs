@@ -4,6 +4,7 @@
 
 mod allocation;
 mod amqp;
+mod console;
 mod device;
 mod exposure;
 mod fidelity;

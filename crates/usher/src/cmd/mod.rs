@@ -30,7 +30,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SasToken(cmd) => sas_token::run(cmd),
         Command::Serve(args) => {
             init_logging();
-            runtime()?.block_on(serve::run(args))
+            runtime()?.block_on(serve::run(*args))
         }
         Command::Instance(InstanceCommand::Show {
             data_dir,

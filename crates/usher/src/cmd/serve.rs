@@ -3,6 +3,7 @@ use std::io::ErrorKind;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_proto::ttl::parse_duration;
+use usher_server::console::ConsoleSettings;
 use usher_server::server::{ConnectionLimits, HttpLimits};
 use usher_server::testing::{Fault, TestingModes};
 use usher_server::throttle::ThrottleSettings;
@@ -53,7 +54,13 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             testing: testing_modes(&args.testing)?,
             testing_registrations_per_minute: args.testing.testing_registrations_per_minute,
         },
-        limits: limits(&args.limits),
+        limits: Limits {
+            console: ConsoleSettings {
+                enabled: !args.no_console,
+                session_ttl: args.console_session_ttl,
+            },
+            ..limits(&args.limits)
+        },
         kek: args.kek.source(),
     };
     raise_open_file_limit();
@@ -87,6 +94,13 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if hub.connection_string.is_some() {
             println!("    Hub connection string:    usher instance show --show-keys");
         }
+    }
+    if !args.no_console {
+        println!(
+            "  Console:                    https://{}:{}/console/ (sign in with a service connection string)",
+            o.device_endpoint,
+            listener.local_addr()?.port()
+        );
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signal = shutdown.clone();
@@ -124,6 +138,7 @@ fn limits(a: &LimitArgs) -> Limits {
             max_connections: a.amqp_max_connections as usize,
             ..usher_server::amqp::Limits::default()
         },
+        console: ConsoleSettings::default(),
     }
 }
 

@@ -212,3 +212,4 @@ INSERT INTO registrations_new (key, registration_id, enrollment_group_id, enroll
 DROP TABLE registrations;
 ALTER TABLE registrations_new RENAME TO registrations;
 CREATE INDEX registrations_by_group ON registrations (enrollment_group_key, seq);
+CREATE INDEX registrations_by_update ON registrations (updated);

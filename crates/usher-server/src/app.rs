@@ -8,6 +8,7 @@ use usher_proto::{IdScope, SymmetricKey};
 
 use crate::error::ApiError;
 use crate::http::now_text;
+use crate::metrics::Metrics;
 use crate::pki::{self, PkiError, PkiFiles};
 use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
 
@@ -67,6 +68,10 @@ impl Protocol {
 /// 10 s.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 2;
 
+/// How long open connections get to finish after shutdown is asked for, unless
+/// `--shutdown-timeout` says otherwise.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Settings that shape behaviour, fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -74,6 +79,9 @@ pub struct Settings {
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
     pub mqtt: crate::mqtt::Limits,
+    /// How long open connections get to finish after shutdown is asked for, before the server
+    /// stops anyway.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -84,6 +92,7 @@ impl Default for Settings {
                 retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
             mqtt: crate::mqtt::Limits::default(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -102,6 +111,10 @@ pub struct AppInner {
     pub mqtt_sessions: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Counters, gauges and histograms for the metrics listener.
+    pub metrics: Metrics,
+    /// Set once every listener accepts connections (`/readyz`).
+    pub listening: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for App {
@@ -120,6 +133,8 @@ impl App {
     ) -> Self {
         let mqtt_sessions = Arc::new(tokio::sync::Semaphore::new(settings.mqtt.max_sessions));
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let metrics = Metrics::new();
+        store.set_metrics(metrics.clone());
         Self(Arc::new(AppInner {
             store,
             instance,
@@ -127,6 +142,8 @@ impl App {
             settings,
             mqtt_sessions,
             shutdown,
+            metrics,
+            listening: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }

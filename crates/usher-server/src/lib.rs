@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`app`]: shared state, settings, first-run set-up of a data directory, the overview.
+//! - [`metrics`]: the Prometheus metrics every part records; [`health`]: readiness checks.
 //! - [`registration`]: the registration core every device transport calls (attest, allocate, record).
 //! - [`management`]: enrollment, group, registration-record and hub operations.
 //! - [`http`]: the HTTPS dispatcher for the device and management APIs.
@@ -14,9 +15,11 @@
 
 pub mod app;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod hub;
 pub mod management;
+pub mod metrics;
 pub mod mqtt;
 pub mod pki;
 pub mod registration;
@@ -66,6 +69,8 @@ pub struct Prepared {
     /// The same certificate without ALPN, for MQTT.
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
     data_dir: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over plain HTTP, if anywhere.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Opens or creates the data directory, the development PKI and the TLS configuration.
@@ -101,12 +106,21 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         tls,
         mqtt_tls,
         data_dir: config.data_dir,
+        metrics_listener: None,
     })
 }
 
 impl Prepared {
+    /// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on `listener` too.
+    #[must_use]
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// Serves HTTPS (device API, management API, MQTT over WebSockets) on `https` and MQTT over TLS
-    /// on `mqtt`, until `shutdown` is cancelled. Records the bound addresses in the data
+    /// on `mqtt`, until `shutdown` is cancelled; then lets open connections finish for up to
+    /// `Settings::shutdown_timeout` and closes the rest. Records the bound addresses in the data
     /// directory's runtime file so the CLI can find the server.
     pub async fn run(
         self,
@@ -125,13 +139,20 @@ impl Prepared {
             .map(TcpListener::local_addr)
             .transpose()
             .map_err(io)?;
+        let metrics_addr = self
+            .metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(io)?;
         let text = serde_json::json!({
             "httpsAddr": https_addr.to_string(),
             "mqttAddr": mqtt_addr.map(|a| a.to_string()),
+            "metricsAddr": metrics_addr.map(|a| a.to_string()),
         })
         .to_string();
         std::fs::write(&runtime, text).map_err(io)?;
-        tracing::info!(%https_addr, ?mqtt_addr, "serving");
+        tracing::info!(%https_addr, ?mqtt_addr, ?metrics_addr, "serving");
 
         let app = self.app.clone();
         let app_shutdown = app.shutdown.clone();
@@ -140,22 +161,59 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
+        let drain = app.settings.shutdown_timeout;
+        let options = |name| server::ListenerOptions {
+            name,
+            metrics: app.metrics.clone(),
+            drain_timeout: drain,
+        };
+        // Serves until the device listeners have drained.
+        let drained = CancellationToken::new();
+        let ops_task = self.metrics_listener.map(|listener| {
+            tokio::spawn(http::ops::serve(
+                listener,
+                app.clone(),
+                shutdown.clone(),
+                drained.clone(),
+                drain,
+            ))
+        });
         let router = http::router(self.app);
-        let https_task =
-            server::serve_tls(https, self.tls, shutdown.clone(), move |tls, peer, stop| {
-                server::serve_http_connection(tls, peer, router.clone(), stop)
-            });
+        let https_task = server::serve_tls(
+            https,
+            self.tls,
+            shutdown.clone(),
+            options(metrics::Listener::Https),
+            move |tls, peer, stop| {
+                server::serve_http_connection(tls, peer, router.clone(), stop, drain)
+            },
+        );
+        app.listening
+            .store(true, std::sync::atomic::Ordering::Release);
         match mqtt {
             Some(listener) => {
-                let mqtt_task =
-                    server::serve_tls(listener, self.mqtt_tls, shutdown, move |tls, peer, stop| {
-                        mqtt::serve_tls_connection(app.clone(), tls, peer, stop)
-                    });
+                let mqtt_app = app.clone();
+                let mqtt_task = server::serve_tls(
+                    listener,
+                    self.mqtt_tls,
+                    shutdown,
+                    options(metrics::Listener::Mqtt),
+                    move |tls, peer, stop| {
+                        mqtt::serve_tls_connection(mqtt_app.clone(), tls, peer, stop)
+                    },
+                );
                 tokio::join!(https_task, mqtt_task);
             }
             None => https_task.await,
         }
+        app.listening
+            .store(false, std::sync::atomic::Ordering::Release);
+        drained.cancel();
+        if let Some(task) = ops_task {
+            let _ = task.await;
+        }
         let _ = std::fs::remove_file(&runtime);
+        tracing::info!("stopped");
         Ok(())
     }
 }

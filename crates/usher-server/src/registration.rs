@@ -12,9 +12,10 @@ use usher_proto::service::{
 };
 use usher_proto::{ErrorCode, RegistrationId, SymmetricKey};
 
-use crate::app::App;
+use crate::app::{App, Protocol};
 use crate::error::{ApiError, AuthError};
 use crate::http::{new_etag, now_text, unix_now};
+use crate::metrics::{Operation, RegistrationOutcome};
 use crate::store::{Assignment, Collection, Doc, Hub, Registration, StoreError};
 
 /// Who a device request claims to be, as the transport received it.
@@ -25,6 +26,8 @@ pub struct DeviceRequest<'a> {
     pub registration_id: &'a str,
     /// The SAS token (HTTP `Authorization`, MQTT password).
     pub authorization: Option<&'a str>,
+    /// The transport the request arrived on (for metrics).
+    pub protocol: Protocol,
 }
 
 /// The enrollment a device proved it belongs to.
@@ -65,6 +68,18 @@ pub async fn register(
     req: DeviceRequest<'_>,
     body: &DeviceRegistration,
 ) -> Result<RegistrationOperationStatus, ApiError> {
+    let started = tokio::time::Instant::now();
+    let result = assign(app, req, body).await;
+    app.metrics
+        .request(req.protocol, Operation::Register, started.elapsed());
+    result
+}
+
+async fn assign(
+    app: &App,
+    req: DeviceRequest<'_>,
+    body: &DeviceRegistration,
+) -> Result<RegistrationOperationStatus, ApiError> {
     if let Some(in_body) = &body.registration_id
         && !in_body.eq_ignore_ascii_case(req.registration_id)
     {
@@ -79,6 +94,8 @@ pub async fn register(
 
     if !attested.enrollment.settings().is_enabled() {
         // Nothing is recorded: the device learns its enrollment is disabled and stops.
+        app.metrics
+            .registration(None, RegistrationOutcome::Disabled);
         let state = DeviceRegistrationResult::bare(
             attested.registration_id.as_str(),
             RegistrationStatus::Disabled,
@@ -181,6 +198,13 @@ pub async fn register(
     assignment.registration = record.clone();
     // Acknowledged only once durable.
     app.store.record_assignment(assignment).await?;
+    let outcome = if record.status == RegistrationStatus::Assigned.as_str() {
+        RegistrationOutcome::Assigned
+    } else {
+        RegistrationOutcome::Failed
+    };
+    app.metrics
+        .registration(record.assigned_hub.as_deref(), outcome);
 
     let state = registration_result(&record);
     match app.settings.register_response {
@@ -203,6 +227,18 @@ pub async fn operation_status(
     req: DeviceRequest<'_>,
     operation_id: &str,
 ) -> Result<RegistrationOperationStatus, ApiError> {
+    let started = tokio::time::Instant::now();
+    let result = find_operation(app, req, operation_id).await;
+    app.metrics
+        .request(req.protocol, Operation::OperationStatus, started.elapsed());
+    result
+}
+
+async fn find_operation(
+    app: &App,
+    req: DeviceRequest<'_>,
+    operation_id: &str,
+) -> Result<RegistrationOperationStatus, ApiError> {
     let attested = attest(app, req).await?;
     let record = app
         .store
@@ -220,6 +256,17 @@ pub async fn operation_status(
 
 /// `POST /{idScope}/registrations/{id}`: the device's registration record, flat.
 pub async fn registration_status(
+    app: &App,
+    req: DeviceRequest<'_>,
+) -> Result<DeviceRegistrationResult, ApiError> {
+    let started = tokio::time::Instant::now();
+    let result = find_registration(app, req).await;
+    app.metrics
+        .request(req.protocol, Operation::StatusLookup, started.elapsed());
+    result
+}
+
+async fn find_registration(
     app: &App,
     req: DeviceRequest<'_>,
 ) -> Result<DeviceRegistrationResult, ApiError> {
@@ -312,14 +359,23 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
     }
 }
 
+/// Attests a device request and counts the attempt (`usher_attestation_attempts_total`), whatever
+/// made it fail.
+async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+    let result = verify(app, req).await;
+    app.metrics.attestation(req.protocol, result.is_ok());
+    result
+}
+
 /// Checks the device's token against its individual enrollment (primary, then secondary key) or,
 /// if it has none, against every symmetric-key group (keys derived from the group's primary, then
 /// secondary key, with the registration ID as the device spelled it).
-async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+async fn verify(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
     let DeviceRequest {
         id_scope,
         registration_id,
         authorization,
+        protocol: _,
     } = req;
     let registration_id =
         RegistrationId::parse(registration_id).map_err(ApiError::InvalidRegistrationId)?;

@@ -16,19 +16,31 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{Listener, Metrics};
+
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once per listener; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 10_000;
-/// How long open connections get to finish after shutdown is asked for.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a listener is called and how it ends.
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// The `listener` label of `usher_open_connections`.
+    pub name: Listener,
+    pub metrics: Metrics,
+    /// How long open connections get to finish after shutdown is asked for
+    /// (`Settings::shutdown_timeout`).
+    pub drain_timeout: Duration,
+}
 
 /// Accepts TLS connections on `listener` and hands each to `handle` in its own task, until
-/// `shutdown` is cancelled; then waits up to [`DRAIN_TIMEOUT`] for the handlers to finish.
+/// `shutdown` is cancelled; then waits up to `options.drain_timeout` for the handlers to finish.
 pub async fn serve_tls<H, F>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
+    options: ListenerOptions,
     handle: H,
 ) where
     H: Fn(TlsStream<TcpStream>, SocketAddr, CancellationToken) -> F + Clone + Send + 'static,
@@ -37,6 +49,8 @@ pub async fn serve_tls<H, F>(
     let acceptor = TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
+    // Cancelled when the drain time is up: every connection still open is dropped.
+    let force = CancellationToken::new();
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -61,17 +75,37 @@ pub async fn serve_tls<H, F>(
         let acceptor = acceptor.clone();
         let handle = handle.clone();
         let shutdown = shutdown.clone();
+        let open = options.metrics.connection(options.name);
+        let force = force.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => handle(tls, peer, shutdown).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            let _open = open;
+            let serve = async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => handle(tls, peer, shutdown).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = force.cancelled() => tracing::debug!(%peer, "connection closed at the end of the shutdown timeout"),
             }
         });
     }
     tracker.close();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+    if tokio::time::timeout(options.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = options.name.as_str(),
+            open = tracker.len(),
+            "connections still open after the shutdown timeout; closing them"
+        );
+        force.cancel();
+        tracker.wait().await;
+    }
 }
 
 /// Serves HTTP/1.1 (with upgrades, for MQTT over WebSockets) on one TLS connection.
@@ -80,6 +114,7 @@ pub async fn serve_http_connection(
     peer: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
+    drain_timeout: Duration,
 ) {
     let service =
         TowerToHyperService::new(router.layer(axum::Extension(crate::mqtt::PeerAddr(peer))));
@@ -94,7 +129,7 @@ pub async fn serve_http_connection(
         }
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+            let _ = tokio::time::timeout(drain_timeout, conn).await;
         }
     }
 }

@@ -96,6 +96,7 @@ pub async fn run_session<I, O>(
         refuse_busy(output).await;
         return;
     };
+    let _open = app.metrics.mqtt_session(protocol);
     let limits = app.settings.mqtt;
     let mut session = Session {
         app,
@@ -106,10 +107,10 @@ pub async fn run_session<I, O>(
         next_packet_id: 0,
         buffer: BytesMut::new(),
     };
-    let result = tokio::select! {
-        r = session.drive(&mut input, &mut output, limits) => r,
-        () = shutdown.cancelled() => Ok(()),
-    };
+    // On shutdown the session stops reading; a request already being answered is finished first.
+    let result = session
+        .drive(&mut input, &mut output, limits, &shutdown)
+        .await;
     match result {
         Ok(()) => tracing::debug!(%peer, "MQTT session ended"),
         Err(e) => tracing::info!(%peer, error = %e, "MQTT session closed"),
@@ -148,6 +149,7 @@ impl Session {
         input: &mut I,
         output: &mut O,
         limits: Limits,
+        shutdown: &CancellationToken,
     ) -> Result<(), SessionError>
     where
         I: Stream<Item = std::io::Result<Bytes>> + Unpin,
@@ -169,7 +171,11 @@ impl Session {
                 }
                 Some(_) => limits.idle_timeout,
             };
-            let chunk = match tokio::time::timeout(wait, input.next()).await {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = tokio::time::timeout(wait, input.next()) => next,
+            };
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk?,
                 Ok(None) => return Ok(()),
                 Err(_) if self.connected.is_none() => {
@@ -337,6 +343,7 @@ impl Session {
             id_scope: &connected.username.id_scope,
             registration_id: &connected.username.registration_id,
             authorization: connected.password.as_deref(),
+            protocol: self.protocol,
         };
         let result = match request {
             Request::Register { .. } => match registration::parse_registration_body(payload) {

@@ -6,5 +6,6 @@ mod device;
 mod fidelity;
 mod management;
 mod mqtt;
+mod ops;
 mod parity;
 mod support;

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     /// No route matches the request path.
     RouteNotFound = 404_000,
     MethodNotAllowed = 405_000,
+    /// The request did not arrive in time (a body that stalls).
+    RequestTimeout = 408_000,
     DeviceAlreadyExists = 409_001,
     EnrollmentConflict = 409_201,
     EnrollmentGroupConflict = 409_202,
@@ -96,6 +98,7 @@ impl ErrorCode {
             AccessPolicyNotFound => "Access policy not found.",
             RouteNotFound => "Not found.",
             MethodNotAllowed => "Method not allowed.",
+            RequestTimeout => "The request did not arrive in time.",
             DeviceAlreadyExists => "Device already exists.",
             EnrollmentConflict => "Enrollment already exists.",
             EnrollmentGroupConflict => "EnrollmentGroup already exists.",
@@ -142,6 +145,7 @@ impl ErrorCode {
         Self::AccessPolicyNotFound,
         Self::RouteNotFound,
         Self::MethodNotAllowed,
+        Self::RequestTimeout,
         Self::DeviceAlreadyExists,
         Self::EnrollmentConflict,
         Self::EnrollmentGroupConflict,

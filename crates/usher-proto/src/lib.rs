@@ -11,15 +11,18 @@
 //! - [`model`]: the device-API wire JSON (`DeviceRegistration`, `RegistrationOperationStatus`, …).
 //! - [`error_code`]: the one catalogue of six-digit DPS error codes and their HTTP statuses.
 //! - [`service`]: the management-API wire model (enrollments, groups, attestation).
+//! - [`audit`]: audit-log entries and their hash chain.
 //! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
 //! - [`api_version`]: the `api-version` values each API accepts.
 //! - [`mqtt`]: a sans-IO MQTT 3.1.1 codec for the subset DPS uses, and the DPS topic grammar.
 //! - [`query`]: the management API's query language (DPS's `SELECT *`, plus `WHERE` filters).
+//! - [`throttle`]: failure budgets (GCRA) with time passed in.
 //! - [`ttl`]: human durations (`90s`, `15m`, `1h`, `7d`) for token lifetimes.
 #![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod api_version;
+pub mod audit;
 pub mod error_code;
 pub mod ids;
 pub mod keys;
@@ -28,6 +31,7 @@ pub mod mqtt;
 pub mod query;
 pub mod sas;
 pub mod service;
+pub mod throttle;
 pub mod ttl;
 
 pub use error_code::ErrorCode;

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::http::now_text;
 use crate::metrics::Metrics;
 use crate::pki::{self, PkiError, PkiFiles};
+use crate::secrets::KekSource;
 use crate::store::{Bootstrap, Hub, Instance, Policy, Store, StoreError};
 
 /// The owner policy every instance starts with.
@@ -78,10 +79,13 @@ pub struct Settings {
     /// How far past expiry a token is still accepted.
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
-    pub mqtt: crate::mqtt::Limits,
     /// How long open connections get to finish after shutdown is asked for, before the server
     /// stops anyway.
     pub shutdown_timeout: std::time::Duration,
+    /// Failed-attestation budgets.
+    pub throttle: crate::throttle::ThrottleSettings,
+    /// How long audit entries are kept.
+    pub audit_retention: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -91,8 +95,9 @@ impl Default for Settings {
             register_response: RegisterResponse::Assigning {
                 retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
-            mqtt: crate::mqtt::Limits::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            throttle: crate::throttle::ThrottleSettings::default(),
+            audit_retention: crate::audit::DEFAULT_RETENTION,
         }
     }
 }
@@ -107,8 +112,8 @@ pub struct AppInner {
     /// Host names this instance answers to; service tokens may name any of them.
     pub hostnames: Vec<String>,
     pub settings: Settings,
-    /// Open MQTT sessions (over TLS and WebSockets) are limited to `settings.mqtt.max_sessions`.
-    pub mqtt_sessions: Arc<tokio::sync::Semaphore>,
+    /// The failed-attestation budgets of every client address and registration ID.
+    pub throttle: crate::throttle::Throttle,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Counters, gauges and histograms for the metrics listener.
@@ -131,16 +136,16 @@ impl App {
         hostnames: Vec<String>,
         settings: Settings,
     ) -> Self {
-        let mqtt_sessions = Arc::new(tokio::sync::Semaphore::new(settings.mqtt.max_sessions));
         let shutdown = tokio_util::sync::CancellationToken::new();
         let metrics = Metrics::new();
         store.set_metrics(metrics.clone());
+        let throttle = crate::throttle::Throttle::new(settings.throttle);
         Self(Arc::new(AppInner {
             store,
             instance,
             hostnames,
             settings,
-            mqtt_sessions,
+            throttle,
             shutdown,
             metrics,
             listening: std::sync::atomic::AtomicBool::new(false),
@@ -188,12 +193,17 @@ pub fn new_key(n: usize) -> Result<String, ApiError> {
 pub async fn open_data_dir(
     data_dir: &Path,
     service_host: &str,
+    kek: &KekSource,
 ) -> Result<(Store, Instance), SetupError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| SetupError::DataDir {
+    let private = |source| SetupError::DataDir {
         path: data_dir.to_owned(),
         source,
-    })?;
-    let store = Store::open_sqlite(&data_dir.join(DB_FILE))?;
+    };
+    crate::files::create_private_dir(data_dir).map_err(private)?;
+    // A data directory from before file modes were enforced gets them now.
+    crate::files::restrict_tree(data_dir).map_err(private)?;
+    let kek = kek.load(data_dir, true).map_err(StoreError::from)?;
+    let store = Store::open_sqlite(&data_dir.join(DB_FILE), &kek)?;
     if let Some(instance) = store.instance().await? {
         return Ok((store, instance));
     }
@@ -230,12 +240,16 @@ pub async fn open_data_dir(
 }
 
 /// Opens an existing data directory without creating anything.
-pub async fn open_existing(data_dir: &Path) -> Result<(Store, Instance), SetupError> {
+pub async fn open_existing(
+    data_dir: &Path,
+    kek: &KekSource,
+) -> Result<(Store, Instance), SetupError> {
     let db = data_dir.join(DB_FILE);
     if !db.exists() {
         return Err(SetupError::NoInstance(data_dir.to_owned()));
     }
-    let store = Store::open_sqlite(&db)?;
+    let kek = kek.load(data_dir, false).map_err(StoreError::from)?;
+    let store = Store::open_sqlite(&db, &kek)?;
     let instance = store
         .instance()
         .await?

@@ -45,6 +45,8 @@ pub enum ApiError {
     BodyTooLarge,
     #[error("the request body could not be read: {0}")]
     BodyUnreadable(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     ApiVersion(#[from] ApiVersionError),
     /// A register body asks for a device certificate, which this Usher does not issue yet.
@@ -86,6 +88,11 @@ pub enum ApiError {
     NoRoute(String),
     #[error("{0} is not allowed on this path")]
     MethodNotAllowed(String),
+    #[error("too many failed attestations for this {}; retry after {retry_after_secs} s", by.as_str())]
+    Throttled {
+        by: crate::throttle::ThrottledBy,
+        retry_after_secs: u32,
+    },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
 }
@@ -99,6 +106,7 @@ impl ApiError {
             Self::InvalidJson(_) => ErrorCode::InvalidJson,
             Self::BodyTooLarge => ErrorCode::RequestEntityTooLarge,
             Self::BodyUnreadable(_) => ErrorCode::BadRequest,
+            Self::BodyTimeout(_) => ErrorCode::RequestTimeout,
             Self::ApiVersion(_) | Self::CertificateIssuanceNotConfigured { .. } => {
                 ErrorCode::ArgumentInvalid
             }
@@ -120,6 +128,7 @@ impl ApiError {
             Self::EtagMismatch => ErrorCode::PreconditionFailed,
             Self::NoRoute(_) => ErrorCode::RouteNotFound,
             Self::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Self::Throttled { .. } => ErrorCode::Throttled,
             Self::Store(_) => ErrorCode::InternalServerError,
         }
     }
@@ -129,6 +138,16 @@ impl ApiError {
         match self {
             Self::Unauthorized(_) | Self::Store(_) => self.code().message().to_owned(),
             other => other.to_string(),
+        }
+    }
+
+    /// The Retry-After that goes with this error, in seconds.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Throttled {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 
@@ -154,7 +173,7 @@ impl ApiError {
         let protocol = protocol.as_str();
         match self {
             Self::Store(_) => tracing::error!(protocol, peer, error = %self, "request failed"),
-            Self::Unauthorized(_) | Self::MissingRight { .. } => {
+            Self::Unauthorized(_) | Self::MissingRight { .. } | Self::Throttled { .. } => {
                 tracing::info!(protocol, peer, error = %self, "request refused");
             }
             _ => tracing::debug!(protocol, peer, error = %self, "request refused"),
@@ -189,6 +208,9 @@ impl IntoResponse for ApiError {
         }
         if let Ok(v) = HeaderValue::from_str(&code.name()) {
             headers.insert("x-ms-error-code", v);
+        }
+        if let Some(secs) = self.retry_after() {
+            headers.insert("retry-after", HeaderValue::from(secs));
         }
         response
     }

@@ -14,7 +14,9 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod error;
+pub mod files;
 pub mod health;
 pub mod http;
 pub mod hub;
@@ -23,8 +25,10 @@ pub mod metrics;
 pub mod mqtt;
 pub mod pki;
 pub mod registration;
+pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -45,6 +49,18 @@ pub struct ServeConfig {
     /// A certificate chain and key to use instead of the development PKI.
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub settings: Settings,
+    pub limits: Limits,
+    /// Where the key-encryption key comes from.
+    pub kek: secrets::KekSource,
+}
+
+/// What the transports enforce on connections, requests and sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Per listener (HTTPS and MQTT each).
+    pub connections: server::ConnectionLimits,
+    pub http: server::HttpLimits,
+    pub mqtt: mqtt::Limits,
 }
 
 /// Why the server could not start.
@@ -68,6 +84,7 @@ pub struct Prepared {
     tls: std::sync::Arc<rustls::ServerConfig>,
     /// The same certificate without ALPN, for MQTT.
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
+    limits: Limits,
     data_dir: PathBuf,
     /// Where `/metrics`, `/healthz` and `/readyz` are served over plain HTTP, if anywhere.
     metrics_listener: Option<TcpListener>,
@@ -80,7 +97,8 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         .first()
         .cloned()
         .unwrap_or_else(|| "localhost".into());
-    let (store, instance) = app::open_data_dir(&config.data_dir, &service_host).await?;
+    let (store, instance) =
+        app::open_data_dir(&config.data_dir, &service_host, &config.kek).await?;
     app::ensure_hub_policies(&store).await?;
     let (cert, key) = match &config.tls_cert {
         Some((cert, key)) => (cert.clone(), key.clone()),
@@ -105,6 +123,7 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         overview,
         tls,
         mqtt_tls,
+        limits: config.limits,
         data_dir: config.data_dir,
         metrics_listener: None,
     })
@@ -151,7 +170,7 @@ impl Prepared {
             "metricsAddr": metrics_addr.map(|a| a.to_string()),
         })
         .to_string();
-        std::fs::write(&runtime, text).map_err(io)?;
+        files::write_private(&runtime, text.as_bytes()).map_err(io)?;
         tracing::info!(%https_addr, ?mqtt_addr, ?metrics_addr, "serving");
 
         let app = self.app.clone();
@@ -161,6 +180,11 @@ impl Prepared {
             watch.cancelled().await;
             app_shutdown.cancel();
         });
+        tokio::spawn(audit::prune_periodically(
+            self.app.clone(),
+            self.app.settings.audit_retention,
+        ));
+        let limits = self.limits;
         let drain = app.settings.shutdown_timeout;
         let options = |name| server::ListenerOptions {
             name,
@@ -178,14 +202,16 @@ impl Prepared {
                 drain,
             ))
         });
-        let router = http::router(self.app);
+        let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
+        let router = http::router(self.app, limits.http, mqtt_endpoint.clone());
         let https_task = server::serve_tls(
             https,
             self.tls,
-            shutdown.clone(),
+            limits.connections,
             options(metrics::Listener::Https),
+            shutdown.clone(),
             move |tls, peer, stop| {
-                server::serve_http_connection(tls, peer, router.clone(), stop, drain)
+                server::serve_http_connection(tls, peer, router.clone(), limits.http, stop, drain)
             },
         );
         app.listening
@@ -196,10 +222,17 @@ impl Prepared {
                 let mqtt_task = server::serve_tls(
                     listener,
                     self.mqtt_tls,
-                    shutdown,
+                    limits.connections,
                     options(metrics::Listener::Mqtt),
+                    shutdown,
                     move |tls, peer, stop| {
-                        mqtt::serve_tls_connection(mqtt_app.clone(), tls, peer, stop)
+                        mqtt::serve_tls_connection(
+                            mqtt_app.clone(),
+                            mqtt_endpoint.clone(),
+                            tls,
+                            peer,
+                            stop,
+                        )
                     },
                 );
                 tokio::join!(https_task, mqtt_task);

@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::app::Protocol;
+use crate::throttle::ThrottledBy;
 
 /// The `Content-Type` of a scrape (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -137,6 +138,14 @@ struct ReasonLabels {
 
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
+/// The `reason` label of a throttled request.
+fn throttle_reason(by: ThrottledBy) -> &'static str {
+    match by {
+        ThrottledBy::Address => "address",
+        ThrottledBy::RegistrationId => "registration_id",
+    }
+}
+
 /// Request latency: 0.5 ms to 16 s in powers of two.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
@@ -216,7 +225,7 @@ impl Metrics {
         let throttled_requests = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "throttled_requests",
-            "Requests refused by protective throttling, by reason",
+            "Device requests refused by protective throttling, by the budget spent (address, registration_id)",
             throttled_requests.clone(),
         );
         let store_commit_duration = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
@@ -249,6 +258,11 @@ impl Metrics {
         for listener in [Listener::Https, Listener::Mqtt] {
             let _ = open_connections.get_or_create(&ListenerLabels {
                 listener: listener.as_str(),
+            });
+        }
+        for by in [ThrottledBy::Address, ThrottledBy::RegistrationId] {
+            let _ = throttled_requests.get_or_create(&ReasonLabels {
+                reason: throttle_reason(by),
             });
         }
         for protocol in [Protocol::Mqtt, Protocol::MqttWs] {
@@ -330,21 +344,14 @@ impl Metrics {
         }))
     }
 
-    /// One request refused by protective throttling; `reason` is a short fixed name
-    /// (`address`, `registration_id`, …), never a value a peer chose.
-    pub fn throttled(&self, reason: &'static str) {
+    /// One request refused by protective throttling, by the budget that was spent.
+    pub fn throttled(&self, by: ThrottledBy) {
         self.0
             .throttled_requests
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ReasonLabels {
+                reason: throttle_reason(by),
+            })
             .inc();
-    }
-
-    /// Creates the throttling series for `reason` at 0, so a rate over it starts from zero.
-    pub fn declare_throttle_reason(&self, reason: &'static str) {
-        let _ = self
-            .0
-            .throttled_requests
-            .get_or_create(&ReasonLabels { reason });
     }
 
     /// One store transaction: how long it took (begin to durable commit) and how many writes it

@@ -3,7 +3,6 @@
 //! configured host names change or it nears expiry, so devices that trust the CA keep working.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -68,7 +67,7 @@ pub fn ensure(dir: &Path, hostnames: &[String], now: OffsetDateTime) -> Result<P
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(3650);
         let cert = params.self_signed(&key)?;
-        write_private(&ca_key_path, &key.serialize_pem())?;
+        write(&ca_key_path, &key.serialize_pem())?;
         write(&files.ca_cert, &cert.pem())?;
         // A new CA invalidates any old server certificate.
         let _ = fs::remove_file(&names_path);
@@ -92,7 +91,7 @@ pub fn ensure(dir: &Path, hostnames: &[String], now: OffsetDateTime) -> Result<P
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(397);
         let cert = params.signed_by(&key, &issuer)?;
-        write_private(&files.server_key, &key.serialize_pem())?;
+        write(&files.server_key, &key.serialize_pem())?;
         write(&files.server_cert, &format!("{}{}", cert.pem(), ca_pem))?;
         write(&names_path, &wanted)?;
         write(
@@ -123,7 +122,7 @@ fn unusable(path: &Path, reason: impl std::fmt::Display) -> PkiError {
 }
 
 fn create_dir(dir: &Path) -> Result<(), PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+    crate::files::create_private_dir(dir).map_err(|source| PkiError::Io {
         path: dir.to_owned(),
         source,
     })
@@ -136,25 +135,13 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
+/// Every file of the PKI is written readable by the owner only, like the rest of the data
+/// directory (`files`).
 fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
-    fs::write(path, contents).map_err(|source| PkiError::Io {
+    crate::files::write_private(path, contents.as_bytes()).map_err(|source| PkiError::Io {
         path: path.to_owned(),
         source,
     })
-}
-
-/// Writes a private key readable by the owner only.
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use usher_proto::service::{
 use usher_proto::{ErrorCode, RegistrationId, SymmetricKey};
 
 use crate::app::{App, Protocol};
+use crate::audit;
 use crate::error::{ApiError, AuthError};
 use crate::http::{new_etag, now_text, unix_now};
 use crate::metrics::{Operation, RegistrationOutcome};
@@ -28,6 +29,8 @@ pub struct DeviceRequest<'a> {
     pub authorization: Option<&'a str>,
     /// The transport the request arrived on (for metrics).
     pub protocol: Protocol,
+    /// The client's address, for the failure budget (`throttle`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The enrollment a device proved it belongs to.
@@ -89,10 +92,30 @@ async fn assign(
         )));
     }
     let attested = attest(app, req).await?;
-    refuse_unsupported(body)?;
+    if let Err(e) = refuse_unsupported(body) {
+        audit::append(
+            app,
+            vec![device_record(
+                req,
+                "registration.register",
+                audit::refused(&e),
+            )],
+        )
+        .await;
+        return Err(e);
+    }
     let operation_id = new_operation_id();
 
     if !attested.enrollment.settings().is_enabled() {
+        audit::append(
+            app,
+            vec![device_record(
+                req,
+                "registration.register",
+                "disabled".into(),
+            )],
+        )
+        .await;
         // Nothing is recorded: the device learns its enrollment is disabled and stops.
         app.metrics
             .registration(None, RegistrationOutcome::Disabled);
@@ -134,6 +157,7 @@ async fn assign(
         registration: record.clone(),
         device: None,
         remove_device: None,
+        audit: Vec::new(),
     };
 
     match choose_hub(&attested, previous.as_ref(), &hubs) {
@@ -196,6 +220,11 @@ async fn assign(
         }
     }
     assignment.registration = record.clone();
+    assignment.audit = vec![device_record(
+        req,
+        "registration.register",
+        record.status.clone(),
+    )];
     // Acknowledged only once durable.
     app.store.record_assignment(assignment).await?;
     let outcome = if record.status == RegistrationStatus::Assigned.as_str() {
@@ -359,23 +388,57 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
     }
 }
 
-/// Attests a device request and counts the attempt (`usher_attestation_attempts_total`), whatever
-/// made it fail.
+/// Attests a device, within the failure budgets of its address and registration ID: a request
+/// whose budget is spent is refused (429) before any key is looked at, and a refused credential
+/// spends from both budgets. Every attestation decided counts in
+/// `usher_attestation_attempts_total`, whatever made it fail; a throttled request is counted in
+/// `usher_throttled_requests_total` instead.
 async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
-    let result = verify(app, req).await;
+    if let Err((by, retry_after_secs)) = app.throttle.check(req.peer, req.registration_id) {
+        app.metrics.throttled(by);
+        return Err(ApiError::Throttled {
+            by,
+            retry_after_secs,
+        });
+    }
+    let result = check_credential(app, req).await;
     app.metrics.attestation(req.protocol, result.is_ok());
+    if let Err(e @ ApiError::Unauthorized(_)) = &result {
+        app.throttle.failed(req.peer, req.registration_id);
+        audit::append(
+            app,
+            vec![device_record(req, "device.attest", audit::refused(e))],
+        )
+        .await;
+    }
     result
+}
+
+/// The audit record of a device request's decision.
+fn device_record(
+    req: DeviceRequest<'_>,
+    action: &str,
+    result: String,
+) -> usher_proto::audit::Record {
+    audit::record(
+        format!("device:{}", req.registration_id),
+        req.peer,
+        action,
+        req.registration_id,
+        result,
+    )
 }
 
 /// Checks the device's token against its individual enrollment (primary, then secondary key) or,
 /// if it has none, against every symmetric-key group (keys derived from the group's primary, then
 /// secondary key, with the registration ID as the device spelled it).
-async fn verify(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
+async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
     let DeviceRequest {
         id_scope,
         registration_id,
         authorization,
         protocol: _,
+        peer: _,
     } = req;
     let registration_id =
         RegistrationId::parse(registration_id).map_err(ApiError::InvalidRegistrationId)?;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -23,6 +24,12 @@ pub(crate) enum Command {
     /// Show a provisioning instance's overview.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Manage the key-encryption key that protects the keys at rest.
+    #[command(subcommand)]
+    Kek(KekCommand),
+    /// Read, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage individual enrollments.
     #[command(subcommand)]
     Enrollment(EnrollmentCommand),
@@ -133,6 +140,90 @@ pub(crate) struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=300)
     )]
     pub(crate) retry_after: u32,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+    /// Failed attestations a client address may have per minute before it is answered 429 (all may
+    /// come at once).
+    #[arg(long, env = "USHER_AUTH_FAILURES_PER_ADDRESS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) auth_failures_per_address: u32,
+    /// Failed attestations a registration ID may have per minute before it is answered 429.
+    #[arg(long, env = "USHER_AUTH_FAILURES_PER_REGISTRATION", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) auth_failures_per_registration: u32,
+    /// How long audit entries are kept (older ones are pruned hourly; the hash chain keeps its
+    /// anchor).
+    #[arg(long, env = "USHER_AUDIT_RETENTION", default_value = "90d", value_parser = duration_arg)]
+    pub(crate) audit_retention: Duration,
+    #[command(flatten)]
+    pub(crate) kek: KekArgs,
+}
+
+/// Where the key-encryption key (KEK) comes from. Without `--kek-file`: the file named by
+/// `USHER_KEK_FILE`, the key in `USHER_KEK` (base64 of 32 bytes), the systemd credential
+/// `usher-kek`, else the data directory's `kek` file, generated on first run.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KekArgs {
+    /// File holding the key-encryption key (base64 of 32 bytes).
+    #[arg(long, env = "USHER_KEK_FILE", value_name = "FILE")]
+    pub(crate) kek_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KekCommand {
+    /// Re-wrap the instance's data key with a new key-encryption key. A KEK kept in the data
+    /// directory is replaced there; a KEK from elsewhere needs --new-kek-file, which is created
+    /// (with a new random key) if it does not exist. The server may keep running.
+    Rotate {
+        #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
+        /// Where the new KEK is (or is to be written, 0600).
+        #[arg(long, value_name = "FILE")]
+        new_kek_file: Option<PathBuf>,
+    },
+}
+
+/// Connection, request and session limits (per listener; see README "Limits").
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LimitArgs {
+    /// Connections one listener serves at once; more wait in the listen backlog.
+    #[arg(long, env = "USHER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+    /// Connections one client address may hold at once on one listener; more are closed at once.
+    #[arg(long, env = "USHER_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections_per_address: u32,
+    /// Time a client has to finish the TLS handshake.
+    #[arg(long, env = "USHER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub(crate) handshake_timeout: Duration,
+    /// Time a client has to send a request's headers, from connecting or from the previous answer
+    /// (so also the idle timeout of a kept-alive HTTPS connection).
+    #[arg(long, env = "USHER_HEADER_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub(crate) header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in (408 after).
+    #[arg(long, env = "USHER_BODY_TIMEOUT", default_value = "30s", value_parser = duration_arg)]
+    pub(crate) body_timeout: Duration,
+    /// Most bytes of request line and headers buffered per HTTPS connection (8192 or more).
+    #[arg(long, env = "USHER_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(8192..=1_048_576))]
+    pub(crate) max_header_bytes: u32,
+    /// Time an MQTT client has from connecting to a complete CONNECT.
+    #[arg(long, env = "USHER_MQTT_CONNECT_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub(crate) mqtt_connect_timeout: Duration,
+    /// The longest silence an MQTT session may keep, whatever keep-alive it asks for (keep-alive
+    /// is enforced at 1.5x the client's value, up to this; keep-alive 0 gets this).
+    #[arg(long, env = "USHER_MQTT_MAX_KEEP_ALIVE", default_value = "20m", value_parser = duration_arg)]
+    pub(crate) mqtt_max_keep_alive: Duration,
+    /// MQTT sessions open at once, over TLS and WebSockets together (over it: CONNACK 3).
+    #[arg(long, env = "USHER_MQTT_MAX_SESSIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) mqtt_max_sessions: u32,
+}
+
+/// A duration flag: a whole number with an optional unit s, m, h or d (at least one second).
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    match usher_proto::ttl::parse_duration(text) {
+        Ok(0) => Err("must be at least 1s".into()),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A duration flag: seconds, or a number with s, m, h or d (`90s`, `5m`), as seconds.
@@ -159,6 +250,8 @@ pub(crate) struct Login {
     /// CA certificate (PEM) to trust for the service's TLS certificate.
     #[arg(long, env = "USHER_CA_CERT")]
     pub(crate) ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) kek: KekArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +262,11 @@ pub(crate) enum InstanceCommand {
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Print the connection strings with their keys (hidden otherwise).
+        #[arg(long)]
+        show_keys: bool,
+        #[command(flatten)]
+        kek: KekArgs,
     },
 }
 
@@ -315,6 +413,40 @@ pub(crate) struct UpdateOptions {
 pub(crate) enum ImportMode {
     Create,
     Update,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// List audit entries, oldest first.
+    List {
+        /// Start after this entry's position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Most entries to list.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Write the whole log as JSON Lines: the chain's anchor first, then every entry.
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Check the hash chain of the whole log (from the server, or from an export with --file);
+    /// exits 1 naming the first entry that was changed, removed or inserted.
+    Verify {
+        /// Verify this export instead of the server's log.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        login: Login,
+    },
 }
 
 #[derive(Debug, Subcommand)]

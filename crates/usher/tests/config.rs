@@ -21,6 +21,19 @@ const SAMPLES: &[(&str, &str)] = &[
     ("shutdown-timeout", r#""30s""#),
     ("register-response", r#""assigned""#),
     ("retry-after", "5"),
+    ("max-connections", "5000"),
+    ("max-connections-per-address", "100"),
+    ("handshake-timeout", r#""5s""#),
+    ("header-timeout", r#""15s""#),
+    ("body-timeout", r#""1m""#),
+    ("max-header-bytes", "32768"),
+    ("mqtt-connect-timeout", r#""20s""#),
+    ("mqtt-max-keep-alive", r#""10m""#),
+    ("mqtt-max-sessions", "2000"),
+    ("auth-failures-per-address", "60"),
+    ("auth-failures-per-registration", "10"),
+    ("audit-retention", r#""30d""#),
+    ("kek-file", r#""/etc/usher/kek""#),
 ];
 
 /// Runs `usher serve … --print-config` with exactly the environment given.

@@ -48,6 +48,19 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
 
 /// Starts `usher serve` on loopback ports with its log (stderr) going to `log`.
 fn start_logging(dir: &Path, extra: &[&str], log: impl Into<Stdio>) -> Server {
+    start_capturing(dir, extra, Stdio::null(), log)
+}
+
+/// Starts `usher serve` on loopback ports with its banner (stdout) and log (stderr) going where
+/// given.
+fn start_capturing(
+    dir: &Path,
+    extra: &[&str],
+    banner: impl Into<Stdio>,
+    log: impl Into<Stdio>,
+) -> Server {
+    // A server killed earlier leaves its runtime file behind; the new one writes its own.
+    let _ = std::fs::remove_file(dir.join("usher-data/runtime.json"));
     // Wrapped at once so the child is killed and reaped on every path.
     let server = Server {
         child: Command::new(env!("CARGO_BIN_EXE_usher"))
@@ -61,7 +74,7 @@ fn start_logging(dir: &Path, extra: &[&str], log: impl Into<Stdio>) -> Server {
             .args(extra)
             .current_dir(dir)
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
+            .stdout(banner)
             .stderr(log)
             .spawn()
             .unwrap(),
@@ -865,7 +878,7 @@ fn the_cli_says_how_to_trust_the_servers_ca() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let _server = start(dir, &[]);
-    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let instance = json(&usher(dir, &["instance", "show", "--json", "--show-keys"]));
     let login = instance["serviceConnectionString"]
         .as_str()
         .unwrap()
@@ -886,4 +899,294 @@ fn the_cli_says_how_to_trust_the_servers_ca() {
         elsewhere.path(),
         &["enrollment", "list", "--login", &login, "--ca", ca],
     ));
+}
+
+/// Every file under `dir`, with its mode.
+fn modes(dir: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = vec![(
+        dir.to_owned(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+    )];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(modes(&path));
+        } else {
+            out.push((
+                path.clone(),
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            ));
+        }
+    }
+    out
+}
+
+/// All the bytes of the database and its write-ahead log.
+fn database_bytes(data: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(data.join("usher.db")).unwrap();
+    if let Ok(wal) = std::fs::read(data.join("usher.db-wal")) {
+        bytes.extend(wal);
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn keys_are_sealed_at_rest_files_are_private_and_nothing_prints_a_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("usher-data");
+    let banner = std::fs::File::create(dir.join("banner.txt")).unwrap();
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let server = start_capturing(dir, &["--register-response", "assigned"], banner, log);
+
+    let instance = json(&usher(dir, &["instance", "show", "--json", "--show-keys"]));
+    let owner_key = instance["serviceConnectionString"]
+        .as_str()
+        .unwrap()
+        .split("SharedAccessKey=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let hub_key = instance["hubs"][0]["connectionString"]
+        .as_str()
+        .unwrap()
+        .split("SharedAccessKey=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let hidden = json(&usher(dir, &["instance", "show", "--json"]));
+    assert!(
+        !hidden.to_string().contains(&owner_key),
+        "hidden without --show-keys"
+    );
+    assert!(!ok(&usher(dir, &["instance", "show"])).contains(&owner_key));
+
+    // An enrollment with keys we know, and a device provisioned with it (a derived device key and
+    // a hub identity now exist too).
+    let primary = "UHJpbWFyeSBrZXkgb2YgdGhlIGVuY3J5cHRpb24gdGVzdA==";
+    let secondary = "U2Vjb25kYXJ5IGtleSBvZiB0aGUgZW5jcnlwdGlvbiB0ZXN0";
+    ok(&usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "sealed-1",
+            "--primary-key",
+            primary,
+            "--secondary-key",
+            secondary,
+        ],
+    ));
+    let group = json(&usher(
+        dir,
+        &["enrollment-group", "create", "--group-id", "sealed-g"],
+    ));
+    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let device_key = ok(&usher(
+        dir,
+        &[
+            "key",
+            "derive",
+            "--group-key",
+            &group_key,
+            "--registration-id",
+            "sealed-dev",
+        ],
+    ))
+    .trim()
+    .to_owned();
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let host = listener(dir, "httpsAddr");
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    for (id, key) in [("sealed-1", primary), ("sealed-dev", device_key.as_str())] {
+        ok(&usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                id,
+                "--key",
+                key,
+                "--host",
+                &host,
+                "--ca",
+                &ca,
+            ],
+        ));
+    }
+
+    // Ciphertext, not keys, in the database and its log.
+    let db = database_bytes(&data);
+    for (what, key) in [
+        ("owner policy key", owner_key.as_str()),
+        ("hub owner key", hub_key.as_str()),
+        ("enrollment primary key", primary),
+        ("enrollment secondary key", secondary),
+        ("group key", group_key.as_str()),
+        ("derived device key", device_key.as_str()),
+    ] {
+        assert!(
+            !contains(&db, key),
+            "the {what} is in the database in plaintext"
+        );
+    }
+    assert!(contains(&db, "sealed:v1:"));
+
+    // The data directory is 0700, every file in it 0600.
+    for (path, mode) in modes(&data) {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+
+    // No key in the banner or the log.
+    drop(server);
+    let printed = std::fs::read_to_string(dir.join("banner.txt")).unwrap()
+        + &std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    assert!(
+        printed.contains("usher instance show --show-keys"),
+        "{printed}"
+    );
+    for key in [
+        &owner_key,
+        &hub_key,
+        primary,
+        secondary,
+        &group_key,
+        &device_key,
+    ] {
+        assert!(!printed.contains(key), "a key was printed:\n{printed}");
+    }
+
+    // KEK rotation: the old KEK opens nothing any more, the new one opens everything.
+    let old_kek = std::fs::read_to_string(data.join("kek")).unwrap();
+    std::fs::write(dir.join("old-kek"), &old_kek).unwrap();
+    let out = ok(&usher(dir, &["kek", "rotate"]));
+    assert!(
+        out.contains("is now wrapped by key-encryption key"),
+        "{out}"
+    );
+    let new_kek = std::fs::read_to_string(data.join("kek")).unwrap();
+    assert_ne!(old_kek, new_kek);
+    let refused = usher(
+        dir,
+        &[
+            "instance",
+            "show",
+            "--kek-file",
+            dir.join("old-kek").to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("is not the one this instance's keys are wrapped with"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let _server = start(dir, &["--register-response", "assigned"]);
+    let shown = json(&usher(
+        dir,
+        &["enrollment", "show", "sealed-1", "--show-keys", "--json"],
+    ));
+    assert_eq!(shown["attestation"]["symmetricKey"]["primaryKey"], primary);
+    ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            "sealed-dev",
+            "--key",
+            &device_key,
+            "--host",
+            &listener(dir, "httpsAddr"),
+            "--ca",
+            &ca,
+        ],
+    ));
+    assert!(!contains(&database_bytes(&data), primary));
+    // A KEK given from outside the data directory needs a place for the new one.
+    let elsewhere = usher(
+        dir,
+        &[
+            "kek",
+            "rotate",
+            "--kek-file",
+            data.join("kek").to_str().unwrap(),
+        ],
+    );
+    assert!(!elsewhere.status.success());
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("--new-kek-file"));
+}
+
+#[test]
+fn the_audit_log_verifies_and_a_tampered_entry_is_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    for id in ["audit-a", "audit-b", "audit-c"] {
+        ok(&usher(
+            dir,
+            &["enrollment", "create", "--enrollment-id", id],
+        ));
+    }
+    ok(&usher(dir, &["enrollment", "delete", "audit-b"]));
+    let listed = ok(&usher(dir, &["audit", "list"]));
+    assert!(
+        listed.contains("enrollment.delete") && listed.contains("audit-b"),
+        "{listed}"
+    );
+    let out = ok(&usher(dir, &["audit", "verify"]));
+    assert!(out.contains("The audit log is intact: 4 entries"), "{out}");
+    let export = dir.join("audit.jsonl");
+    ok(&usher(
+        dir,
+        &["audit", "export", "--file", export.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read_to_string(&export).unwrap().lines().count(), 5);
+    assert!(
+        ok(&usher(
+            dir,
+            &["audit", "verify", "--file", export.to_str().unwrap()]
+        ))
+        .contains("intact")
+    );
+
+    // Someone with write access to the database rewrites entry 2.
+    let db = rusqlite::Connection::open(dir.join("usher-data/usher.db")).unwrap();
+    db.execute(
+        "UPDATE audit_log SET target = 'someone-else' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    let out = usher(dir, &["audit", "verify"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tampered") && stderr.contains("entry 2"),
+        "{stderr}"
+    );
+    // The export taken before still verifies; edited, it does not.
+    let text = std::fs::read_to_string(&export).unwrap();
+    std::fs::write(&export, text.replacen("audit-c", "audit-x", 1)).unwrap();
+    let out = usher(
+        dir,
+        &["audit", "verify", "--file", export.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("entry 3"));
 }

@@ -81,7 +81,7 @@ def instance():
     """`usher instance show --json`: idScope, deviceEndpoint, caCertificate, hubs, ..."""
     global _instance
     if _instance is None:
-        _instance = usher_json("instance", "show", "--data-dir", DATA_DIR, "--json")
+        _instance = usher_json("instance", "show", "--data-dir", DATA_DIR, "--json", "--show-keys")
     return _instance
 
 

@@ -27,6 +27,7 @@ pub(super) async fn route(
         registration_id: id,
         authorization,
         protocol: crate::app::Protocol::Https,
+        peer: ctx.peer.map(|p| p.ip()),
     };
     match rest {
         [r] if is(r, "register") => {

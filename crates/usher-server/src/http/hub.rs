@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use usher_proto::sas::{Now, SasToken};
 
-use super::{Ctx, json_response, unix_now};
+use super::{Ctx, json_response, query_param, unix_now};
 use crate::hub::{self, HubError};
 use crate::management::Precondition;
 use crate::store::Hub;
@@ -24,9 +24,39 @@ pub(super) fn is_hub_route(seg: &[&str]) -> bool {
 }
 
 pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Response {
-    match handle(ctx, seg).await {
+    let result = handle(ctx, seg).await;
+    if let Some(action) = write_action(ctx.method, seg) {
+        // A write that succeeded was made with a verified token, so its key name is the policy.
+        let actor = match &result {
+            Ok(_) => ctx
+                .header("authorization")
+                .and_then(|t| SasToken::parse(t).ok())
+                .and_then(|t| t.key_name().map(|k| format!("hub-policy:{k}")))
+                .unwrap_or_else(|| "hub-policy".into()),
+            Err(_) => "unauthenticated".into(),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("refused {}", e.status_and_code().2),
+        };
+        let target = seg.get(1).copied().unwrap_or_default();
+        let record = crate::audit::record(actor, ctx.peer.map(|p| p.ip()), action, target, outcome);
+        crate::audit::append(ctx.app, vec![record]).await;
+    }
+    match result {
         Ok(response) => response,
         Err(e) => error_response(&e),
+    }
+}
+
+/// The audit action of a registry write.
+fn write_action(method: &Method, seg: &[&str]) -> Option<&'static str> {
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    match (method.as_str(), seg) {
+        ("PUT", [d, _]) if is(d, "devices") => Some("hub.device.put"),
+        ("DELETE", [d, _]) if is(d, "devices") => Some("hub.device.delete"),
+        ("PUT" | "PATCH", [t, _]) if is(t, "twins") => Some("hub.twin.update"),
+        _ => None,
     }
 }
 
@@ -226,21 +256,13 @@ async fn authorize(ctx: &Ctx<'_>, right: &'static str) -> Result<Hub, HubError> 
     })))
 }
 
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
-/// The hub's legacy error body, which the Node client parses (`Message` = `ErrorCode:<name>;<text>`),
-/// and the `iothub-errorcode` header.
 /// An unknown or missing `api-version`, answered as IoT Hub does (`InvalidProtocolVersion`).
 pub(super) fn version_refused(e: &usher_proto::api_version::ApiVersionError) -> Response {
     error_response(&HubError::ProtocolVersion(e.to_string()))
 }
 
+/// The hub's legacy error body, which the Node client parses (`Message` = `ErrorCode:<name>;<text>`),
+/// and the `iothub-errorcode` header.
 fn error_response(e: &HubError) -> Response {
     let (status, name, code) = e.status_and_code();
     let tracking = uuid::Uuid::new_v4().simple().to_string();

@@ -23,25 +23,32 @@ use usher_proto::api_version::{self, Api};
 use crate::app::{App, Protocol};
 use crate::error::ApiError;
 use crate::metrics::Operation;
+use crate::server::HttpLimits;
 
 /// Largest request body accepted (the DPS message limit, the same on every transport).
 pub const MAX_BODY: usize = usher_proto::model::MAX_MESSAGE_BYTES;
 
 /// The router for the HTTPS port.
-pub fn router(app: App) -> Router {
+pub fn router(app: App, limits: HttpLimits, mqtt: crate::mqtt::Endpoint) -> Router {
     Router::new()
         .route(
             "/$iothub/websocket",
             axum::routing::get(crate::mqtt::websocket_route),
         )
         .fallback(dispatch)
+        .layer(axum::Extension(limits))
+        .layer(axum::Extension(mqtt))
         .with_state(app)
 }
 
-async fn dispatch(State(app): State<App>, req: Request) -> Response {
+async fn dispatch(
+    State(app): State<App>,
+    axum::Extension(limits): axum::Extension<HttpLimits>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let peer = parts.extensions.get::<crate::mqtt::PeerAddr>().map(|p| p.0);
-    let mut response = match route(&app, &parts, body).await {
+    let mut response = match route(&app, &parts, body, limits, peer).await {
         Ok(response) => response,
         Err(e) => {
             e.log(Protocol::Https, peer);
@@ -61,6 +68,8 @@ async fn route(
     app: &App,
     parts: &axum::http::request::Parts,
     body: Body,
+    limits: HttpLimits,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Response, ApiError> {
     // Probes carry no credentials and no api-version.
     if let Some(response) = ops::health_route(app, &parts.method, parts.uri.path()).await {
@@ -81,9 +90,12 @@ async fn route(
             Api::Device | Api::Service => return Err(e.into()),
         });
     }
-    let body = read_body(body).await?;
+    let body = tokio::time::timeout(limits.body_timeout, read_body(body))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
     let ctx = Ctx {
         query: parts.uri.query(),
+        peer,
         app,
         method: &parts.method,
         headers: &parts.headers,
@@ -106,6 +118,7 @@ async fn route(
 /// What a route handler sees of the request.
 pub(crate) struct Ctx<'a> {
     pub(crate) app: &'a App,
+    pub(crate) peer: Option<std::net::SocketAddr>,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) query: Option<&'a str>,
@@ -120,6 +133,15 @@ impl Ctx<'_> {
     pub(crate) fn not_allowed(&self) -> ApiError {
         ApiError::MethodNotAllowed(self.method.to_string())
     }
+}
+
+/// A query parameter's raw value (`name` matched case-insensitively).
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
 }
 
 /// Splits a path into percent-decoded segments, dropping the empty ones a leading or trailing

@@ -6,11 +6,83 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use usher_proto::sas::{Now, SasToken};
 
-use super::{Ctx, json_response, unix_now};
+use super::{Ctx, json_response, query_param, unix_now};
+use crate::audit;
 use crate::error::{ApiError, AuthError};
 use crate::management::{self, DEFAULT_PAGE, Kind, MAX_PAGE, Precondition};
 
+/// Serves one management request; a write (or an attempted one) goes into the audit log with the
+/// policy that made it and how it ended.
 pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiError> {
+    let principal = std::sync::OnceLock::new();
+    let result = serve(ctx, seg, &principal).await;
+    if let Some((action, target)) = write_action(ctx.method, seg) {
+        // A policy that proved itself but lacks the right is named too.
+        let actor = match (principal.get(), &result) {
+            (Some(p), _) | (None, Err(ApiError::MissingRight { policy: p, .. })) => {
+                format!("policy:{p}")
+            }
+            (None, _) => "unauthenticated".to_owned(),
+        };
+        let record = audit::record(
+            actor,
+            ctx.peer.map(|p| p.ip()),
+            action,
+            target,
+            audit::outcome(&result),
+        );
+        audit::append(ctx.app, vec![record]).await;
+    }
+    result
+}
+
+/// The audit action of a write route, and what it writes to.
+fn write_action<'s>(method: &Method, seg: &[&'s str]) -> Option<(&'static str, &'s str)> {
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    let kind = |s: &str| {
+        if is(s, "enrollments") {
+            Some("enrollment")
+        } else if is(s, "enrollmentGroups") {
+            Some("enrollmentGroup")
+        } else {
+            None
+        }
+    };
+    let action = match (method.as_str(), seg) {
+        ("POST", [coll]) => match kind(coll)? {
+            "enrollment" => ("enrollment.bulk", ""),
+            _ => ("enrollmentGroup.bulk", ""),
+        },
+        ("PUT", [coll, id]) => match kind(coll)? {
+            "enrollment" => ("enrollment.put", *id),
+            _ => ("enrollmentGroup.put", *id),
+        },
+        ("DELETE", [coll, id]) if is(coll, "registrations") => ("registration.delete", *id),
+        ("DELETE", [coll, id]) => match kind(coll)? {
+            "enrollment" => ("enrollment.delete", *id),
+            _ => ("enrollmentGroup.delete", *id),
+        },
+        ("PUT", [u, p, name]) if is(u, "usher") && is(p, "policies") => ("policy.create", *name),
+        ("DELETE", [u, p, name]) if is(u, "usher") && is(p, "policies") => ("policy.delete", *name),
+        ("POST", [u, p, name, r, _]) if is(u, "usher") && is(p, "policies") && is(r, "rotate") => {
+            ("policy.rotate", *name)
+        }
+        ("PUT", [u, h, name]) if is(u, "usher") && is(h, "hubs") => ("hub.add", *name),
+        _ => return None,
+    };
+    Some(action)
+}
+
+async fn serve(
+    ctx: &Ctx<'_>,
+    seg: &[&str],
+    principal: &std::sync::OnceLock<String>,
+) -> Result<Response, ApiError> {
+    let authorize = |right: &'static str| async move {
+        let name = authorize(ctx, right).await?;
+        let _ = principal.set(name.clone());
+        Ok::<_, ApiError>(name)
+    };
     let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
     let method = ctx.method.clone();
     let kind_of = |s: &str| {
@@ -26,7 +98,7 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
     match seg {
         [coll, q] if kind_of(coll).is_some() && is(q, "query") && method == Method::POST => {
             let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
-            authorize(ctx, "EnrollmentRead").await?;
+            authorize("EnrollmentRead").await?;
             let query = management::parse_query(ctx.body)?;
             let (after, page) = paging(ctx)?;
             let (items, next) = management::query(app, kind, &query, after, page).await?;
@@ -42,7 +114,7 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             if method != Method::POST {
                 return Err(ctx.not_allowed());
             }
-            authorize(ctx, "EnrollmentRead").await?;
+            authorize("EnrollmentRead").await?;
             ok_json(&management::attestation_mechanism(app, kind, id).await?)
         }
         [coll] if kind_of(coll).is_some() => {
@@ -50,7 +122,7 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             if method != Method::POST {
                 return Err(ctx.not_allowed());
             }
-            authorize(ctx, "EnrollmentWrite").await?;
+            authorize("EnrollmentWrite").await?;
             ok_json(&management::bulk(app, kind, ctx.body).await?)
         }
         [coll, id] if kind_of(coll).is_some() => {
@@ -58,15 +130,15 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             let pre = Precondition::from_header(ctx.header("if-match"));
             match method {
                 Method::GET => {
-                    authorize(ctx, "EnrollmentRead").await?;
+                    authorize("EnrollmentRead").await?;
                     ok_json(&management::get(app, kind, id).await?)
                 }
                 Method::PUT => {
-                    authorize(ctx, "EnrollmentWrite").await?;
+                    authorize("EnrollmentWrite").await?;
                     ok_json(&management::put(app, kind, id, ctx.body, pre).await?)
                 }
                 Method::DELETE => {
-                    authorize(ctx, "EnrollmentWrite").await?;
+                    authorize("EnrollmentWrite").await?;
                     management::delete(app, kind, id, pre).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
@@ -77,11 +149,11 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             let pre = Precondition::from_header(ctx.header("if-match"));
             match method {
                 Method::GET => {
-                    authorize(ctx, "RegistrationStatusRead").await?;
+                    authorize("RegistrationStatusRead").await?;
                     ok_json(&management::get_registration(app, id).await?)
                 }
                 Method::DELETE => {
-                    authorize(ctx, "RegistrationStatusWrite").await?;
+                    authorize("RegistrationStatusWrite").await?;
                     management::delete_registration(app, id, pre).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
@@ -89,17 +161,17 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
             }
         }
         [r, group_id, q] if is(r, "registrations") && is(q, "query") && method == Method::POST => {
-            authorize(ctx, "RegistrationStatusRead").await?;
+            authorize("RegistrationStatusRead").await?;
             let (after, page) = paging(ctx)?;
             let (items, next) = management::group_registrations(app, group_id, after, page).await?;
             Ok(query_response(&items, "DeviceRegistration", next))
         }
         [u, p] if is(u, "usher") && is(p, "policies") && method == Method::GET => {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize("ServiceConfig").await?;
             ok_json(&management::policies(app).await?)
         }
         [u, p, name] if is(u, "usher") && is(p, "policies") => {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize("ServiceConfig").await?;
             match method {
                 Method::PUT => ok_json(&management::add_policy(app, name, ctx.body).await?),
                 Method::DELETE => {
@@ -112,21 +184,38 @@ pub(super) async fn route(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, ApiEr
         [u, p, name, r, which]
             if is(u, "usher") && is(p, "policies") && is(r, "rotate") && method == Method::POST =>
         {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize("ServiceConfig").await?;
             ok_json(&management::rotate_policy_key(app, name, which).await?)
         }
+        [u, a] if is(u, "usher") && is(a, "audit") && method == Method::GET => {
+            authorize("ServiceConfig").await?;
+            let number = |name: &str, default: u64| match query_param(ctx.query, name) {
+                None => Ok(default),
+                Some(v) => v.parse::<u64>().map_err(|_| {
+                    ApiError::InvalidArgument(format!("{name} {v:?} is not a whole number"))
+                }),
+            };
+            let after = number("after", 0)?;
+            let limit = number("limit", DEFAULT_PAGE)?.clamp(1, MAX_PAGE);
+            let (anchor_seq, anchor_hash) = app.store.audit_anchor().await?;
+            let entries = app.store.audit_entries(after, limit).await?;
+            ok_json(&serde_json::json!({
+                "anchor": {"seq": anchor_seq, "hash": anchor_hash},
+                "entries": entries,
+            }))
+        }
         [u, h] if is(u, "usher") && is(h, "hubs") && method == Method::GET => {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize("ServiceConfig").await?;
             ok_json(&management::hubs(app).await?)
         }
         [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PUT => {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize("ServiceConfig").await?;
             ok_json(&management::add_hub(app, name, ctx.body).await?)
         }
         [u, h, name, d]
             if is(u, "usher") && is(h, "hubs") && is(d, "devices") && method == Method::GET =>
         {
-            authorize(ctx, "ServiceConfig").await?;
+            authorize("ServiceConfig").await?;
             ok_json(&management::hub_devices(app, name).await?)
         }
         _ => Err(ApiError::NoRoute(format!("{method} /{}", seg.join("/")))),

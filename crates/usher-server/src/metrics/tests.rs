@@ -46,8 +46,7 @@ fn recording_shows_in_the_scrape() {
         Operation::Register,
         Duration::from_millis(3),
     );
-    metrics.throttled("address");
-    metrics.declare_throttle_reason("registration_id");
+    metrics.throttled(ThrottledBy::Address);
     metrics.store_commit(Duration::from_micros(300), 5);
     let guard = metrics.connection(Listener::Mqtt);
     let session = metrics.mqtt_session(Protocol::Mqtt);

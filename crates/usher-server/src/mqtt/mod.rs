@@ -17,14 +17,32 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-pub use session::{Limits, MAX_PACKET, run_session};
+pub use session::{Limits, MAX_KEEP_ALIVE, MAX_PACKET, run_session};
 pub use ws::{PeerAddr, websocket_route};
+
+/// What every MQTT session shares, over TLS and WebSockets alike: the limits, and the count of
+/// open sessions (over `Limits::max_sessions` a client gets CONNACK 3).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub limits: Limits,
+    sessions: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Endpoint {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            sessions: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_sessions)),
+        }
+    }
+}
 
 use crate::app::{App, Protocol};
 
 /// Runs an MQTT session on a TLS connection.
 pub async fn serve_tls_connection(
     app: App,
+    endpoint: Endpoint,
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
     shutdown: CancellationToken,
@@ -32,5 +50,14 @@ pub async fn serve_tls_connection(
     let (read, write) = tokio::io::split(tls);
     let input = FramedRead::new(read, BytesCodec::new()).map(|r| r.map(bytes::BytesMut::freeze));
     let output = FramedWrite::new(write, BytesCodec::new());
-    run_session(app, input, output, peer, Protocol::Mqtt, shutdown).await;
+    run_session(
+        app,
+        &endpoint,
+        input,
+        output,
+        peer,
+        Protocol::Mqtt,
+        shutdown,
+    )
+    .await;
 }

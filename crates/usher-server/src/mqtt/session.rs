@@ -23,15 +23,23 @@ use crate::registration::{self, DeviceRequest};
 /// fits is answered 413, as HTTPS answers a body over the limit.
 pub const MAX_PACKET: usize = usher_proto::model::MAX_MESSAGE_BYTES + 4 * 1024;
 
-/// Limits every session enforces.
+/// The longest keep-alive enforced: a client asking for more (or for 0, "no keep-alive", as the C
+/// SDK does) is held to this, so no session can stay silent for longer.
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(20 * 60);
+
+/// Limits every session enforces. Every timeout is a wall-clock deadline, not a per-byte one: a
+/// client that dribbles a byte now and then does not keep a session alive.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest packet accepted; a larger one closes the connection. See [`MAX_PACKET`].
     pub max_packet: usize,
-    /// How long a new connection has to send CONNECT.
+    /// How long a new connection has from its start to a complete CONNECT.
     pub connect_timeout: Duration,
-    /// How long a session with keep-alive 0 may stay silent.
-    pub idle_timeout: Duration,
+    /// The most silence a session may keep: the keep-alive a client asks for is enforced at 1.5×
+    /// (MQTT 3.1.1 §3.1.2.10) but never longer than this; keep-alive 0 gets this.
+    pub max_keep_alive: Duration,
+    /// How long a packet may take to arrive once its first byte is in.
+    pub packet_timeout: Duration,
     /// MQTT sessions open at once; a connection over the limit gets CONNACK 3 (server unavailable).
     pub max_sessions: usize,
 }
@@ -41,9 +49,20 @@ impl Default for Limits {
         Self {
             max_packet: MAX_PACKET,
             connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30 * 60),
+            max_keep_alive: MAX_KEEP_ALIVE,
+            packet_timeout: Duration::from_secs(10),
             max_sessions: 10_000,
         }
+    }
+}
+
+impl Limits {
+    /// How long a connected session may go without a complete packet.
+    fn silence_allowed(&self, keep_alive_secs: u16) -> Duration {
+        if keep_alive_secs == 0 {
+            return self.max_keep_alive;
+        }
+        Duration::from_millis(u64::from(keep_alive_secs) * 1500).min(self.max_keep_alive)
     }
 }
 
@@ -52,10 +71,12 @@ impl Default for Limits {
 enum SessionError {
     #[error("malformed packet: {0}")]
     Decode(#[from] DecodeError),
-    #[error("no CONNECT within {0:?}")]
+    #[error("no complete CONNECT within {0:?} of connecting")]
     ConnectTimeout(Duration),
-    #[error("nothing received for {0:?} (keep-alive)")]
+    #[error("no complete packet for {0:?} (keep-alive)")]
     KeepAliveExpired(Duration),
+    #[error("a packet took longer than {0:?} to arrive")]
+    PacketTimeout(Duration),
     #[error("{0} before CONNECT")]
     NotConnected(&'static str),
     #[error("a second CONNECT")]
@@ -82,6 +103,7 @@ struct Connected {
 /// (server unavailable) and the connection is closed.
 pub async fn run_session<I, O>(
     app: App,
+    endpoint: &super::Endpoint,
     mut input: I,
     mut output: O,
     peer: SocketAddr,
@@ -91,13 +113,13 @@ pub async fn run_session<I, O>(
     I: Stream<Item = std::io::Result<Bytes>> + Unpin,
     O: Sink<Bytes, Error = std::io::Error> + Unpin,
 {
-    let Ok(_permit) = std::sync::Arc::clone(&app.mqtt_sessions).try_acquire_owned() else {
+    let Ok(_permit) = std::sync::Arc::clone(&endpoint.sessions).try_acquire_owned() else {
         tracing::warn!(%peer, "MQTT connection limit reached");
         refuse_busy(output).await;
         return;
     };
     let _open = app.metrics.mqtt_session(protocol);
-    let limits = app.settings.mqtt;
+    let limits = endpoint.limits;
     let mut session = Session {
         app,
         peer,
@@ -155,33 +177,52 @@ impl Session {
         I: Stream<Item = std::io::Result<Bytes>> + Unpin,
         O: Sink<Bytes, Error = std::io::Error> + Unpin,
     {
+        let started = tokio::time::Instant::now();
+        // When the last complete packet arrived (the keep-alive clock), and when the first byte of
+        // the packet now arriving did (the packet clock).
+        let mut last_packet = started;
+        let mut partial_since = None;
         loop {
             // Handle every whole packet already buffered, in order.
             while let Some((packet, used)) = decode(&self.buffer, limits.max_packet)? {
                 let _ = self.buffer.split_to(used);
+                last_packet = tokio::time::Instant::now();
+                partial_since = None;
                 if !self.handle(packet, output).await? {
                     return Ok(());
                 }
             }
-            let wait = match &self.connected {
-                None => limits.connect_timeout,
-                // MQTT 3.1.1: one and a half keep-alive periods without a packet ends the session.
-                Some(c) if c.keep_alive > 0 => {
-                    Duration::from_millis(u64::from(c.keep_alive) * 1500)
+            if !self.buffer.is_empty() {
+                partial_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            let (deadline, expired) = match &self.connected {
+                None => (
+                    started + limits.connect_timeout,
+                    SessionError::ConnectTimeout(limits.connect_timeout),
+                ),
+                Some(c) => {
+                    let allowed = limits.silence_allowed(c.keep_alive);
+                    (
+                        last_packet + allowed,
+                        SessionError::KeepAliveExpired(allowed),
+                    )
                 }
-                Some(_) => limits.idle_timeout,
+            };
+            let (deadline, expired) = match partial_since {
+                Some(since) if since + limits.packet_timeout < deadline => (
+                    since + limits.packet_timeout,
+                    SessionError::PacketTimeout(limits.packet_timeout),
+                ),
+                _ => (deadline, expired),
             };
             let next = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                next = tokio::time::timeout(wait, input.next()) => next,
+                next = tokio::time::timeout_at(deadline, input.next()) => next,
             };
             let chunk = match next {
                 Ok(Some(chunk)) => chunk?,
                 Ok(None) => return Ok(()),
-                Err(_) if self.connected.is_none() => {
-                    return Err(SessionError::ConnectTimeout(wait));
-                }
-                Err(_) => return Err(SessionError::KeepAliveExpired(wait)),
+                Err(_) => return Err(expired),
             };
             self.buffer.extend_from_slice(&chunk);
         }
@@ -344,6 +385,7 @@ impl Session {
             registration_id: &connected.username.registration_id,
             authorization: connected.password.as_deref(),
             protocol: self.protocol,
+            peer: Some(self.peer.ip()),
         };
         let result = match request {
             Request::Register { .. } => match registration::parse_registration_body(payload) {
@@ -367,7 +409,11 @@ impl Session {
     /// Logs a refused request (the same line every transport writes) and renders its answer.
     fn refuse(&self, error: &ApiError) -> (u16, Vec<u8>, Option<u32>) {
         error.log(self.protocol, Some(self.peer));
-        (error.code().http_status(), json(&error.body()), None)
+        (
+            error.code().http_status(),
+            json(&error.body()),
+            error.retry_after(),
+        )
     }
 }
 

@@ -21,6 +21,7 @@ pub struct PeerAddr(pub SocketAddr);
 /// The upgrade handler. Echoes the client's own spelling of `mqtt` (Node's `ws` checks it).
 pub async fn websocket_route(
     State(app): State<App>,
+    Extension(endpoint): Extension<super::Endpoint>,
     peer: Option<Extension<PeerAddr>>,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -39,14 +40,14 @@ pub async fn websocket_route(
         || SocketAddr::from(([0, 0, 0, 0], 0)),
         |Extension(PeerAddr(p))| p,
     );
-    let max = app.settings.mqtt.max_packet;
+    let max = endpoint.limits.max_packet;
     ws.protocols([protocol])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(app, socket, peer))
+        .on_upgrade(move |socket| session(app, endpoint, socket, peer))
 }
 
-async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
+async fn session(app: App, endpoint: super::Endpoint, socket: WebSocket, peer: SocketAddr) {
     let (sink, stream) = socket.split();
     let output = sink
         .sink_map_err(std::io::Error::other)
@@ -64,6 +65,7 @@ async fn session(app: App, socket: WebSocket, peer: SocketAddr) {
     let shutdown = app.shutdown.clone();
     run_session(
         app,
+        &endpoint,
         Box::pin(input),
         Box::pin(output),
         peer,

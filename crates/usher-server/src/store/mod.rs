@@ -25,6 +25,8 @@ pub enum StoreError {
     WriterGone,
     #[error("the database schema is version {found}, newer than this Usher ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -42,13 +44,22 @@ pub struct Instance {
     pub created: String,
 }
 
-/// A shared access policy: a name, two keys and the rights it grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A shared access policy: a name, two keys and the rights it grants. `Debug` leaves the keys out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub primary_key: String,
     pub secondary_key: String,
     pub rights: Vec<String>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("rights", &self.rights)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
@@ -81,8 +92,8 @@ pub struct Hub {
     pub created: String,
 }
 
-/// A device identity in a built-in hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A device identity in a built-in hub. `Debug` leaves the keys out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HubDevice {
     pub hub: String,
     pub device_id: String,
@@ -103,6 +114,17 @@ pub struct HubDevice {
     pub twin_version: i64,
 }
 
+impl std::fmt::Debug for HubDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubDevice")
+            .field("hub", &self.hub)
+            .field("device_id", &self.device_id)
+            .field("status", &self.status)
+            .field("etag", &self.etag)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Which document collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collection {
@@ -112,12 +134,22 @@ pub enum Collection {
 
 /// A stored enrollment or enrollment group: the full JSON document (keys included), keyed on the
 /// lower-cased ID.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Doc {
     /// The ID as the client spelled it.
     pub id: String,
     pub json: Value,
     pub etag: String,
+}
+
+impl std::fmt::Debug for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The document holds keys: only its identity is shown.
+        f.debug_struct("Doc")
+            .field("id", &self.id)
+            .field("etag", &self.etag)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A device's registration record.
@@ -148,6 +180,8 @@ pub struct Assignment {
     pub device: Option<HubDevice>,
     /// An identity to remove from a built-in hub (the device moved away from it).
     pub remove_device: Option<(String, String)>,
+    /// What the audit log says of it, written in the same transaction.
+    pub audit: Vec<usher_proto::audit::Record>,
 }
 
 /// Everything a first run creates, written in one transaction.
@@ -174,9 +208,10 @@ macro_rules! dispatch {
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to date.
-    pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::Sqlite(SqliteStore::open(path)?))
+    /// Opens (creating if needed) the SQLite database at `path`, brings its schema up to date and
+    /// unwraps its data key with `kek`.
+    pub fn open_sqlite(path: &Path, kek: &crate::secrets::Kek) -> Result<Self, StoreError> {
+        Ok(Self::Sqlite(SqliteStore::open(path, kek)?))
     }
 
     /// Records each transaction's latency and batch size in `metrics` from now on (the first
@@ -347,6 +382,35 @@ impl Store {
     /// Writes a registration's effects durably, in one transaction.
     pub async fn record_assignment(&self, assignment: Assignment) -> Result<(), StoreError> {
         dispatch!(self, s => s.record_assignment(assignment).await)
+    }
+
+    /// Appends records to the audit log, chained, in the writer's next transaction.
+    pub async fn append_audit(
+        &self,
+        records: Vec<usher_proto::audit::Record>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.append_audit(records).await)
+    }
+
+    /// Up to `limit` audit entries after position `after`, in order.
+    pub async fn audit_entries(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<usher_proto::audit::Entry>, StoreError> {
+        dispatch!(self, s => s.audit_entries(after, limit).await)
+    }
+
+    /// Where the audit chain starts: the last pruned entry's position and hash (0 and
+    /// `audit::GENESIS` if none was pruned).
+    pub async fn audit_anchor(&self) -> Result<(u64, String), StoreError> {
+        dispatch!(self, s => s.audit_anchor().await)
+    }
+
+    /// Removes the audit entries written before `before` (a timestamp), keeping the last removed
+    /// one's hash as the chain's anchor; returns how many went.
+    pub async fn prune_audit(&self, before: String) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_audit(before).await)
     }
 
     /// Deletes a registration record if `allow` agrees; `Ok(None)` if there was none.

@@ -18,6 +18,8 @@ use super::{
     Assignment, Bootstrap, Collection, Doc, Hub, HubDevice, Instance, Policy, Registration,
     StoreError,
 };
+use crate::secrets::{DataKey, Kek, Sealer};
+use usher_proto::audit::{Entry as AuditEntry, Record as AuditRecord};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -30,6 +32,8 @@ const READ_POOL: usize = 8;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_hub_registry.sql"),
+    include_str!("migrations/0003_keyring.sql"),
+    include_str!("migrations/0004_audit_log.sql"),
 ];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
@@ -81,14 +85,22 @@ pub struct SqliteStore {
     path: Arc<PathBuf>,
     /// Shared with the writer thread, which records each commit once a handle is set.
     metrics: Arc<OnceLock<Metrics>>,
+    /// Seals secret columns on the way in and opens them on the way out.
+    sealer: Arc<Sealer>,
 }
 
 impl SqliteStore {
-    /// Opens the database, applies migrations and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the database (created 0600, so SQLite's journal files are too), applies migrations,
+    /// unwraps the data key with `kek` (making and wrapping one on first open), seals any secret
+    /// still in plaintext from before encryption, and starts the writer thread.
+    pub fn open(path: &Path, kek: &Kek) -> Result<Self, StoreError> {
+        crate::files::touch_private(path)
+            .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
         let conn = open_connection(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL;")?;
         migrate(&conn)?;
+        let sealer = Arc::new(Sealer::new(data_key(&conn, kek)?));
+        seal_plaintext(&conn, &sealer)?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let metrics = Arc::new(OnceLock::new());
         let writer_metrics = Arc::clone(&metrics);
@@ -101,6 +113,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path.to_owned()),
             metrics,
+            sealer,
         })
     }
 
@@ -119,6 +132,18 @@ impl SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    /// Re-wraps the data key with `new` (after checking `current` unwraps it), in one transaction.
+    pub fn rewrap(path: &Path, current: &Kek, new: &Kek) -> Result<(), StoreError> {
+        let conn = open_connection(path)?;
+        migrate(&conn)?;
+        let dek = data_key(&conn, current)?;
+        conn.execute(
+            "UPDATE keyring SET kek_id = ?1, wrapped_dek = ?2 WHERE id = 1",
+            params![new.id(), new.wrap(&dek)?],
+        )?;
+        Ok(())
     }
 
     /// Runs `work` in the writer's next transaction and waits until it is durable.
@@ -172,6 +197,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn bootstrap(&self, first: Bootstrap) -> Result<Instance, StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             if let Some(existing) = load_instance(c)? {
                 return Ok(existing);
@@ -184,7 +210,7 @@ impl SqliteStore {
             for p in &first.policies {
                 c.execute(
                     "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)",
-                    params![p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                    params![p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
                 )?;
             }
             for h in &first.hubs {
@@ -197,34 +223,39 @@ impl SqliteStore {
 
     pub(super) async fn policy(&self, name: &str) -> Result<Option<Policy>, StoreError> {
         let name = name.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
                 [name],
                 policy_row,
             )
-            .optional()?)
+            .optional()?
+            .map(|p| open_policy(&sealer, p))
+            .transpose()
         })
         .await
     }
 
     pub(super) async fn policies(&self) -> Result<Vec<Policy>, StoreError> {
-        self.read(|c| {
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT name, primary_key, secondary_key, rights FROM policies ORDER BY name",
             )?;
-            let rows = stmt.query_map([], policy_row)?.collect::<Result<_, _>>()?;
-            Ok(rows)
+            let rows: Vec<Policy> = stmt.query_map([], policy_row)?.collect::<Result<_, _>>()?;
+            rows.into_iter().map(|p| open_policy(&sealer, p)).collect()
         })
         .await
     }
 
     pub(super) async fn add_policy(&self, p: Policy) -> Result<bool, StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             let n = c.execute(
                 "INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO NOTHING",
-                params![p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                params![p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
             )?;
             Ok(n == 1)
         })
@@ -244,17 +275,24 @@ impl SqliteStore {
         secondary_key: String,
     ) -> Result<Option<Policy>, StoreError> {
         let name = name.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             c.execute(
                 "UPDATE policies SET primary_key = ?2, secondary_key = ?3 WHERE name = ?1",
-                params![name, primary_key, secondary_key],
+                params![
+                    name,
+                    sealer.seal(&primary_key)?,
+                    sealer.seal(&secondary_key)?
+                ],
             )?;
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, primary_key, secondary_key, rights FROM policies WHERE name = ?1",
                 [&name],
                 policy_row,
             )
-            .optional()?)
+            .optional()?
+            .map(|p| open_policy(&sealer, p))
+            .transpose()
         })
         .await
     }
@@ -299,6 +337,7 @@ impl SqliteStore {
 
     pub(super) async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
         let hub = hub.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
             let sql = format!(
                 "SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 ORDER BY rowid"
@@ -307,7 +346,9 @@ impl SqliteStore {
             let rows = stmt
                 .query_map([hub], raw_hub_device)?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(parse_hub_device).collect()
+            rows.into_iter()
+                .map(|raw| parse_hub_device(&sealer, raw))
+                .collect()
         })
         .await
     }
@@ -318,7 +359,8 @@ impl SqliteStore {
         device_id: &str,
     ) -> Result<Option<HubDevice>, StoreError> {
         let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
-        self.read(move |c| load_hub_device(c, &hub, &device_id))
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| load_hub_device(c, &sealer, &hub, &device_id))
             .await
     }
 
@@ -332,10 +374,11 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let current = load_hub_device(c, &hub, &device_id)?;
+            let current = load_hub_device(c, &sealer, &hub, &device_id)?;
             let device = decide(current)?;
-            write_hub_device(c, &device)?;
+            write_hub_device(c, &sealer, &device)?;
             Ok(device)
         })
         .await
@@ -351,8 +394,9 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let (hub, device_id) = (hub.to_owned(), device_id.to_owned());
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let Some(device) = load_hub_device(c, &hub, &device_id)? else {
+            let Some(device) = load_hub_device(c, &sealer, &hub, &device_id)? else {
                 return Ok(None);
             };
             allow(&device)?;
@@ -372,13 +416,16 @@ impl SqliteStore {
         name: &str,
     ) -> Result<Option<Policy>, StoreError> {
         let (hub, name) = (hub.to_owned(), name.to_owned());
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT name, primary_key, secondary_key, rights FROM hub_policies WHERE hub = ?1 AND name = ?2",
                 params![hub, name],
                 policy_row,
             )
-            .optional()?)
+            .optional()?
+            .map(|p| open_policy(&sealer, p))
+            .transpose()
         })
         .await
     }
@@ -389,12 +436,13 @@ impl SqliteStore {
         policies: Vec<Policy>,
     ) -> Result<(), StoreError> {
         let hub = hub.to_owned();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             for p in &policies {
                 c.execute(
                     "INSERT INTO hub_policies (hub, name, primary_key, secondary_key, rights) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (hub, name) DO NOTHING",
-                    params![hub, p.name, p.primary_key, p.secondary_key, p.rights.join(",")],
+                    params![hub, p.name, sealer.seal(&p.primary_key)?, sealer.seal(&p.secondary_key)?, p.rights.join(",")],
                 )?;
             }
             Ok(())
@@ -404,7 +452,8 @@ impl SqliteStore {
 
     pub(super) async fn doc(&self, coll: Collection, id: &str) -> Result<Option<Doc>, StoreError> {
         let key = id.to_ascii_lowercase();
-        self.read(move |c| load_doc(c, coll, &key)).await
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| load_doc(c, &sealer, coll, &key)).await
     }
 
     pub(super) async fn docs(
@@ -413,6 +462,7 @@ impl SqliteStore {
         after: u64,
         limit: u64,
     ) -> Result<Vec<(u64, Doc)>, StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
             let sql = format!(
                 "SELECT rowid, id, doc, etag FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
@@ -425,7 +475,7 @@ impl SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_doc(raw)?)))
+                .map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_doc(&sealer, raw)?)))
                 .collect()
         })
         .await
@@ -441,10 +491,11 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let key = id.to_ascii_lowercase();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let current = load_doc(c, coll, &key)?;
+            let current = load_doc(c, &sealer, coll, &key)?;
             let doc = decide(current)?;
-            let json = serde_json::to_string(&doc.json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let json = seal_doc(&sealer, &doc.json)?;
             let sql = format!(
                 "INSERT INTO {} (key, id, doc, etag) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (key) DO UPDATE SET id = excluded.id, doc = excluded.doc, etag = excluded.etag",
@@ -466,8 +517,9 @@ impl SqliteStore {
         E: From<StoreError> + Send + 'static,
     {
         let key = id.to_ascii_lowercase();
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let Some(doc) = load_doc(c, coll, &key)? else {
+            let Some(doc) = load_doc(c, &sealer, coll, &key)? else {
                 return Ok(None);
             };
             allow(&doc)?;
@@ -507,7 +559,81 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        self.write(move |c| append_audit(c, records)).await
+    }
+
+    pub(super) async fn audit_entries(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, at, actor, address, action, target, result, prev, hash FROM audit_log
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![clamp(after), clamp(limit)], |r| {
+                    Ok(AuditEntry {
+                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        address: r.get(3)?,
+                        action: r.get(4)?,
+                        target: r.get(5)?,
+                        result: r.get(6)?,
+                        prev: r.get(7)?,
+                        hash: r.get(8)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(super) async fn audit_anchor(&self) -> Result<(u64, String), StoreError> {
+        self.read(|c| {
+            let anchor: Option<(i64, String)> = c
+                .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            Ok(anchor.map_or_else(
+                || (0, usher_proto::audit::GENESIS.to_owned()),
+                |(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash),
+            ))
+        })
+        .await
+    }
+
+    pub(super) async fn prune_audit(&self, before: String) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let last: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT seq, hash FROM audit_log WHERE at < ?1 ORDER BY seq DESC LIMIT 1",
+                    [&before],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((seq, hash)) = last else {
+                return Ok(0);
+            };
+            // Everything up to that entry goes, so the chain stays whole from the anchor on.
+            let n = c.execute("DELETE FROM audit_log WHERE seq <= ?1", [seq])?;
+            c.execute(
+                "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                params![seq, hash],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     pub(super) async fn record_assignment(&self, a: Assignment) -> Result<(), StoreError> {
+        let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             let r = &a.registration;
             let payload = r.payload.as_ref().map(Value::to_string);
@@ -547,9 +673,10 @@ impl SqliteStore {
             if let Some(d) = &a.device {
                 // A device the registry already has keeps its generation, document and twin; its
                 // status, keys and etag follow the assignment.
-                match load_hub_device(c, &d.hub, &d.device_id)? {
+                match load_hub_device(c, &sealer, &d.hub, &d.device_id)? {
                     Some(existing) => write_hub_device(
                         c,
+                        &sealer,
                         &HubDevice {
                             status: d.status.clone(),
                             primary_key: d.primary_key.clone(),
@@ -559,9 +686,10 @@ impl SqliteStore {
                             ..existing
                         },
                     )?,
-                    None => write_hub_device(c, d)?,
+                    None => write_hub_device(c, &sealer, d)?,
                 }
             }
+            append_audit(c, a.audit)?;
             Ok(())
         })
         .await
@@ -620,16 +748,22 @@ fn raw_hub_device(r: &Row<'_>) -> rusqlite::Result<RawHubDevice> {
     ))
 }
 
-fn parse_hub_device((mut d, doc, twin): RawHubDevice) -> Result<HubDevice, StoreError> {
+fn parse_hub_device(
+    sealer: &Sealer,
+    (mut d, doc, twin): RawHubDevice,
+) -> Result<HubDevice, StoreError> {
     let corrupt =
         |e: serde_json::Error| StoreError::Corrupt(format!("hub device {}: {e}", d.device_id));
     d.doc = serde_json::from_str(&doc).map_err(corrupt)?;
     d.twin = serde_json::from_str(&twin).map_err(corrupt)?;
+    d.primary_key = sealer.open(&d.primary_key)?;
+    d.secondary_key = sealer.open(&d.secondary_key)?;
     Ok(d)
 }
 
 fn load_hub_device(
     c: &Connection,
+    sealer: &Sealer,
     hub: &str,
     device_id: &str,
 ) -> Result<Option<HubDevice>, StoreError> {
@@ -637,11 +771,11 @@ fn load_hub_device(
         format!("SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 AND device_id = ?2");
     c.query_row(&sql, params![hub, device_id], raw_hub_device)
         .optional()?
-        .map(parse_hub_device)
+        .map(|raw| parse_hub_device(sealer, raw))
         .transpose()
 }
 
-fn write_hub_device(c: &Connection, d: &HubDevice) -> Result<(), StoreError> {
+fn write_hub_device(c: &Connection, sealer: &Sealer, d: &HubDevice) -> Result<(), StoreError> {
     c.execute(
         &format!(
             "INSERT INTO hub_devices ({HUB_DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
@@ -654,8 +788,8 @@ fn write_hub_device(c: &Connection, d: &HubDevice) -> Result<(), StoreError> {
             d.hub,
             d.device_id,
             d.status,
-            d.primary_key,
-            d.secondary_key,
+            sealer.seal(&d.primary_key)?,
+            sealer.seal(&d.secondary_key)?,
             d.created,
             d.updated,
             d.etag,
@@ -802,18 +936,197 @@ fn raw_doc(r: &Row<'_>) -> rusqlite::Result<(String, String, String)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
-fn parse_doc((id, json, etag): (String, String, String)) -> Result<Doc, StoreError> {
-    let json = serde_json::from_str(&json)
+fn parse_doc(
+    sealer: &Sealer,
+    (id, json, etag): (String, String, String),
+) -> Result<Doc, StoreError> {
+    let mut json: Value = serde_json::from_str(&json)
         .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
+    for slot in doc_key_slots(&mut json) {
+        if let Value::String(sealed) = slot {
+            *sealed = sealer.open(sealed)?;
+        }
+    }
     Ok(Doc { id, json, etag })
 }
 
-fn load_doc(c: &Connection, coll: Collection, key: &str) -> Result<Option<Doc>, StoreError> {
+fn load_doc(
+    c: &Connection,
+    sealer: &Sealer,
+    coll: Collection,
+    key: &str,
+) -> Result<Option<Doc>, StoreError> {
     let sql = format!("SELECT id, doc, etag FROM {} WHERE key = ?1", table(coll));
     c.query_row(&sql, [key], raw_doc)
         .optional()?
-        .map(parse_doc)
+        .map(|raw| parse_doc(sealer, raw))
         .transpose()
+}
+
+/// A document's secret values: its symmetric keys.
+fn doc_key_slots(json: &mut Value) -> impl Iterator<Item = &mut Value> {
+    json.pointer_mut("/attestation/symmetricKey")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|keys| {
+            keys.iter_mut()
+                .filter(|(name, _)| *name == "primaryKey" || *name == "secondaryKey")
+                .map(|(_, value)| value)
+        })
+}
+
+/// The stored text of a document, its keys sealed.
+fn seal_doc(sealer: &Sealer, json: &Value) -> Result<String, StoreError> {
+    let mut json = json.clone();
+    for slot in doc_key_slots(&mut json) {
+        if let Value::String(plain) = slot {
+            *plain = sealer.seal(plain)?;
+        }
+    }
+    serde_json::to_string(&json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn open_policy(sealer: &Sealer, mut p: Policy) -> Result<Policy, StoreError> {
+    p.primary_key = sealer.open(&p.primary_key)?;
+    p.secondary_key = sealer.open(&p.secondary_key)?;
+    Ok(p)
+}
+
+/// The last entry's place and hash (or the anchor's, or the genesis): where the next entry chains on.
+fn chain_end(c: &Connection) -> rusqlite::Result<(u64, String)> {
+    let last = c
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?
+        .or(c
+            .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?);
+    Ok(last.map_or_else(
+        || (0, usher_proto::audit::GENESIS.to_owned()),
+        |(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash),
+    ))
+}
+
+/// Appends records to the audit log, each chained to the one before, inside the writer's
+/// transaction (so the chain has one writer and no two entries claim the same place).
+fn append_audit(c: &Connection, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut prev) = chain_end(c)?;
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for record in records {
+        seq += 1;
+        let e = record.chain(seq, &prev);
+        stmt.execute(params![
+            clamp(e.seq),
+            e.at,
+            e.actor,
+            e.address,
+            e.action,
+            e.target,
+            e.result,
+            e.prev,
+            e.hash
+        ])?;
+        prev = e.hash;
+    }
+    Ok(())
+}
+
+/// The data key: unwrapped with `kek`, or on a database that has none yet, made and wrapped.
+fn data_key(c: &Connection, kek: &Kek) -> Result<DataKey, StoreError> {
+    let stored: Option<(String, String)> = c
+        .query_row(
+            "SELECT kek_id, wrapped_dek FROM keyring WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((kek_id, wrapped)) = stored {
+        return Ok(kek.unwrap(&wrapped, &kek_id)?);
+    }
+    let dek = DataKey::generate()?;
+    c.execute(
+        "INSERT INTO keyring (id, kek_id, wrapped_dek) VALUES (1, ?1, ?2)",
+        params![kek.id(), kek.wrap(&dek)?],
+    )?;
+    Ok(dek)
+}
+
+/// Seals, in one transaction, every secret still stored in plaintext (a database from before
+/// encryption at rest). Does nothing on a database whose secrets are all sealed.
+fn seal_plaintext(c: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<(), StoreError> {
+        for table in ["policies", "hub_policies", "hub_devices"] {
+            let rows: Vec<(i64, String, String)> = c
+                .prepare(&format!(
+                    "SELECT rowid, primary_key, secondary_key FROM {table}"
+                ))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            for (rowid, primary, secondary) in rows {
+                if Sealer::is_sealed(&primary) && Sealer::is_sealed(&secondary) {
+                    continue;
+                }
+                let seal = |k: &str| -> Result<String, StoreError> {
+                    if Sealer::is_sealed(k) {
+                        Ok(k.to_owned())
+                    } else {
+                        Ok(sealer.seal(k)?)
+                    }
+                };
+                c.execute(
+                    &format!(
+                        "UPDATE {table} SET primary_key = ?2, secondary_key = ?3 WHERE rowid = ?1"
+                    ),
+                    params![rowid, seal(&primary)?, seal(&secondary)?],
+                )?;
+            }
+        }
+        for table in ["enrollments", "enrollment_groups"] {
+            let rows: Vec<(i64, String)> = c
+                .prepare(&format!("SELECT rowid, doc FROM {table}"))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (rowid, text) in rows {
+                let mut json: Value = serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("{table} row {rowid}: {e}")))?;
+                let mut changed = false;
+                for slot in doc_key_slots(&mut json) {
+                    if let Value::String(k) = slot
+                        && !Sealer::is_sealed(k)
+                    {
+                        *k = sealer.seal(k)?;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    c.execute(
+                        &format!("UPDATE {table} SET doc = ?2 WHERE rowid = ?1"),
+                        params![rowid, json.to_string()],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => c.execute_batch("COMMIT")?,
+        Err(_) => {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+    }
+    result
 }
 
 type RawRegistration = (Registration, Option<String>);

@@ -5,7 +5,7 @@ use serde_json::json;
 
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("usher.db")).unwrap();
+    let store = Store::open_sqlite(&dir.path().join("usher.db"), &test_kek()).unwrap();
     (dir, store)
 }
 
@@ -175,7 +175,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usher.db");
     {
-        let store = Store::open_sqlite(&path).unwrap();
+        let store = Store::open_sqlite(&path, &test_kek()).unwrap();
         store
             .add_hub(Hub {
                 name: "h".into(),
@@ -212,6 +212,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
                 registration,
                 device: Some(device),
                 remove_device: None,
+                audit: Vec::new(),
             })
             .await
             .unwrap();
@@ -223,6 +224,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             },
             device: Some(hub_device("nope", "dev-2")),
             remove_device: None,
+            audit: Vec::new(),
         };
         assert!(store.record_assignment(bad).await.is_err());
         assert!(
@@ -230,7 +232,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             "no half-written record"
         );
     }
-    let store = Store::open_sqlite(&path).unwrap();
+    let store = Store::open_sqlite(&path, &test_kek()).unwrap();
     let reg = store.registration("DEV-1").await.unwrap().unwrap();
     assert_eq!(reg.payload, Some(json!({"a": 1})));
     assert_eq!(store.registrations_of_group("g1").await.unwrap().len(), 1);
@@ -328,6 +330,7 @@ async fn hub_registry_read_modify_write_and_policies() {
             registration: reg,
             device: Some(again),
             remove_device: None,
+            audit: Vec::new(),
         })
         .await
         .unwrap();
@@ -458,4 +461,125 @@ async fn hubs_are_unique_by_name_and_hostname() {
             .await
             .unwrap()
     );
+}
+
+/// The same KEK every time, so a test can reopen a database.
+fn test_kek() -> crate::secrets::Kek {
+    crate::secrets::Kek::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "test")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usher.db");
+    {
+        // A database as Usher wrote it before keys were sealed (schema version 2).
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("migrations/0001_initial.sql"))
+            .unwrap();
+        c.execute_batch(include_str!("migrations/0002_hub_registry.sql"))
+            .unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (1), (2);
+             INSERT INTO policies VALUES ('owner', 'cGxhaW4tcHJpbWFyeQ==', 'cGxhaW4tc2Vjb25kYXJ5', 'ServiceConfig');
+             INSERT INTO enrollments VALUES ('dev', 'dev',
+               '{\"registrationId\":\"dev\",\"attestation\":{\"type\":\"symmetricKey\",\"symmetricKey\":{\"primaryKey\":\"ZG9jLXByaW1hcnk=\",\"secondaryKey\":\"ZG9jLXNlY29uZGFyeQ==\"}}}', 'e1');",
+        )
+        .unwrap();
+    }
+    let store = Store::open_sqlite(&path, &test_kek()).unwrap();
+    let policy = store.policy("owner").await.unwrap().unwrap();
+    assert_eq!(policy.primary_key, "cGxhaW4tcHJpbWFyeQ==");
+    let doc = store
+        .doc(Collection::Enrollments, "dev")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        doc.json["attestation"]["symmetricKey"]["secondaryKey"],
+        "ZG9jLXNlY29uZGFyeQ=="
+    );
+    drop(store);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let (primary, enrollment): (String, String) = c
+        .query_row(
+            "SELECT p.primary_key, e.doc FROM policies p, enrollments e",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(primary.starts_with("sealed:v1:"), "{primary}");
+    assert!(!enrollment.contains("ZG9jLXByaW1hcnk="), "{enrollment}");
+    // A KEK other than the one the data key is wrapped with opens nothing.
+    let other = crate::secrets::Kek::generate("other").unwrap();
+    assert!(matches!(
+        Store::open_sqlite(&path, &other).err(),
+        Some(StoreError::Secret(
+            crate::secrets::SecretError::WrongKek { .. }
+        ))
+    ));
+}
+
+#[tokio::test]
+async fn the_audit_chain_survives_pruning_from_its_anchor() {
+    use usher_proto::audit::{GENESIS, Record, verify};
+    let (_dir, store) = open();
+    let record = |at: &str, target: &str| Record {
+        at: at.into(),
+        actor: "policy:owner".into(),
+        address: String::new(),
+        action: "enrollment.put".into(),
+        target: target.into(),
+        result: "ok".into(),
+    };
+    store
+        .append_audit(vec![
+            record("2026-01-01T00:00:00.0000000Z", "a"),
+            record("2026-01-02T00:00:00.0000000Z", "b"),
+        ])
+        .await
+        .unwrap();
+    // Concurrent appends each find their own place in the one chain.
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_audit(vec![record(
+                    "2026-03-01T00:00:00.0000000Z",
+                    &format!("c{n}"),
+                )])
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let all = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(all.len(), 22);
+    assert_eq!(store.audit_anchor().await.unwrap(), (0, GENESIS.to_owned()));
+    assert_eq!(verify(0, GENESIS, &all), Ok(22));
+
+    let removed = store
+        .prune_audit("2026-02-01T00:00:00.0000000Z".into())
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    let (anchor_seq, anchor_hash) = store.audit_anchor().await.unwrap();
+    assert_eq!(
+        (anchor_seq, anchor_hash.as_str()),
+        (2, all[1].hash.as_str())
+    );
+    let rest = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(verify(anchor_seq, &anchor_hash, &rest), Ok(20));
+    // New entries chain on after pruning.
+    store
+        .append_audit(vec![record("2026-04-01T00:00:00.0000000Z", "d")])
+        .await
+        .unwrap();
+    let rest = store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(rest.last().unwrap().seq, 23);
+    assert_eq!(verify(anchor_seq, &anchor_hash, &rest), Ok(21));
 }

@@ -372,3 +372,138 @@ async fn service_tokens_are_checked() {
     let (status, headers, err) = s.call(Method::GET, "/no/such/route/here", None, &[]).await;
     assert_error(status, &headers, &err, 404, 404_000);
 }
+
+#[tokio::test]
+async fn management_writes_and_attestation_decisions_are_audited_in_a_chain() {
+    use usher_proto::audit::{Entry, verify};
+    let s = TestServer::start().await;
+    let (key, _) = s.enroll("aud-1", json!({})).await;
+    let (key2, _) = s
+        .enroll("aud-2", json!({"provisioningStatus": "disabled"}))
+        .await;
+    // A read-only policy tries to write.
+    let (status, _, _) = s
+        .call(
+            Method::PUT,
+            "/usher/policies/reader",
+            Some(json!({"rights": ["EnrollmentRead"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let reader_key = {
+        let (_, _, body) = s.call(Method::GET, "/usher/policies", None, &[]).await;
+        body.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["keyName"] == "reader")
+            .unwrap()["primaryKey"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let reader = sas::service_token(
+        "localhost",
+        "reader",
+        &SymmetricKey::from_base64(&reader_key).unwrap(),
+        unix_now() + 600,
+    );
+    let (status, _, _) = s
+        .raw_request(
+            Method::DELETE,
+            "/enrollments/aud-1?api-version=2021-10-01",
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Devices: one assigned, one disabled, one with a wrong key.
+    let client = s.device_client();
+    client
+        .provision(
+            &Credential::individual("aud-1", &key).unwrap(),
+            None,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let _ = client
+        .provision(
+            &Credential::individual("aud-2", &key2).unwrap(),
+            None,
+            |_| {},
+        )
+        .await;
+    let _ = client
+        .provision(
+            &Credential::individual("aud-1", "V3Jvbmcga2V5IGZvciB0aGUgYXVkaXQgdGVzdCEh").unwrap(),
+            None,
+            |_| {},
+        )
+        .await;
+    s.call(Method::DELETE, "/registrations/aud-1", None, &[])
+        .await;
+
+    let (status, _, body) = s.call(Method::GET, "/usher/audit", None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let entries: Vec<Entry> = serde_json::from_value(body["entries"].clone()).unwrap();
+    let seen: Vec<(&str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.actor.as_str(),
+                e.action.as_str(),
+                e.target.as_str(),
+                e.result.as_str(),
+            )
+        })
+        .collect();
+    for expected in [
+        (
+            "policy:provisioningserviceowner",
+            "enrollment.put",
+            "aud-1",
+            "ok",
+        ),
+        (
+            "policy:provisioningserviceowner",
+            "enrollment.put",
+            "aud-2",
+            "ok",
+        ),
+        (
+            "policy:provisioningserviceowner",
+            "policy.create",
+            "reader",
+            "ok",
+        ),
+        (
+            "policy:reader",
+            "enrollment.delete",
+            "aud-1",
+            "refused 401003",
+        ),
+        ("device:aud-1", "registration.register", "aud-1", "assigned"),
+        ("device:aud-2", "registration.register", "aud-2", "disabled"),
+        ("device:aud-1", "device.attest", "aud-1", "refused 401002"),
+        (
+            "policy:provisioningserviceowner",
+            "registration.delete",
+            "aud-1",
+            "ok",
+        ),
+    ] {
+        assert!(seen.contains(&expected), "{expected:?} not in {seen:#?}");
+    }
+    assert!(
+        entries.iter().all(|e| e.address == "127.0.0.1"),
+        "{entries:#?}"
+    );
+    // Reads are not audited.
+    assert!(!seen.iter().any(|(_, action, _, _)| action.contains("get")));
+    let (seq, hash) = (
+        body["anchor"]["seq"].as_u64().unwrap(),
+        body["anchor"]["hash"].as_str().unwrap(),
+    );
+    assert_eq!(verify(seq, hash, &entries), Ok(entries.len() as u64));
+}

@@ -333,9 +333,9 @@ async fn misbehaving_connections_are_closed() {
         max_packet: 4096,
         ..Limits::default()
     };
-    let s = TestServer::start_with(Settings {
+    let s = TestServer::start_with_limits(usher_server::Limits {
         mqtt: limits,
-        ..Settings::default()
+        ..Default::default()
     })
     .await;
     let (key, _) = s.enroll("bad-conn", json!({})).await;
@@ -426,9 +426,9 @@ async fn connections_over_the_limit_get_connack_3() {
         ..Limits::default()
     };
     let s = Arc::new(
-        TestServer::start_with(Settings {
+        TestServer::start_with_limits(usher_server::Limits {
             mqtt: limits,
-            ..Settings::default()
+            ..Default::default()
         })
         .await,
     );

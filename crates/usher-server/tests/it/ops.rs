@@ -198,16 +198,22 @@ async fn metrics_count_known_traffic_exactly() {
         6.0
     );
 
-    // The store wrote 3 enrollments and 7 registration records (a disabled device gets none),
-    // in however many transactions group commit made of them.
-    assert_eq!(value(&m, "usher_store_commit_batch_size_sum"), 10.0);
+    // Writes the store's writer ran, in however many transactions group commit made of them:
+    // 3 enrollments; 7 registration records (a disabled device gets none), each with its audit
+    // entry in the same write; 7 audit entries written on their own (the 3 management writes',
+    // the 3 refused attestations', the disabled device's); the audit pruning pass at start.
+    assert_eq!(value(&m, "usher_store_commit_batch_size_sum"), 18.0);
     let commits = value(&m, "usher_store_commit_batch_size_count");
-    assert!((1.0..=10.0).contains(&commits), "{commits}");
+    assert!((1.0..=18.0).contains(&commits), "{commits}");
     assert_eq!(
         value(&m, "usher_store_commit_duration_seconds_count"),
         commits
     );
     assert!(value(&m, "usher_store_commit_duration_seconds_sum") > 0.0);
+    for reason in ["address", "registration_id"] {
+        let series = format!("usher_throttled_requests_total{{reason=\"{reason}\"}}");
+        assert_eq!(value(&m, &series), 0.0, "{series}");
+    }
 
     // Open connections and sessions: one MQTT session held open, one bare HTTPS connection.
     let _https_conn = tls_connect(&s, s.addr.port(), &[b"http/1.1"]).await;
@@ -399,4 +405,63 @@ async fn shutdown_closes_what_is_still_open_when_its_bound_is_up() {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection is still open");
+}
+
+#[tokio::test]
+async fn throttled_requests_are_counted_by_the_budget_spent() {
+    let settings = Settings {
+        throttle: usher_server::throttle::ThrottleSettings {
+            failures_per_address: 1_000,
+            failures_per_registration: 1,
+        },
+        ..fast()
+    };
+    let s = TestServer::start_with_metrics(settings).await;
+    s.enroll("t-dev", json!({})).await;
+    let wrong = s.token(
+        "t-dev",
+        &usher_proto::SymmetricKey::generate(&[7; 32])
+            .unwrap()
+            .to_base64(),
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, _, _) = s
+            .device_request(
+                Method::PUT,
+                &format!("/{}/registrations/t-dev/register", s.scope),
+                Some(&wrong),
+                Some(b"{}".to_vec()),
+            )
+            .await;
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, [401, 429, 429]);
+    let m = scrape(&s).await;
+    assert_eq!(
+        value(
+            &m,
+            "usher_throttled_requests_total{reason=\"registration_id\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "usher_throttled_requests_total{reason=\"address\"}"),
+        0.0
+    );
+    // A throttled request is refused before attestation, so it is no attestation attempt.
+    assert_eq!(
+        value(
+            &m,
+            "usher_attestation_attempts_total{status=\"failure\",protocol=\"https\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "usher_request_duration_seconds_count{protocol=\"https\",operation=\"register\"}"
+        ),
+        3.0
+    );
 }

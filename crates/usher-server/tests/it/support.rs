@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use usher_device::Credential;
 use usher_device::{Client, Endpoint, Transport};
 use usher_proto::{SymmetricKey, sas};
-use usher_server::{ServeConfig, Settings};
+use usher_server::{Limits, ServeConfig, Settings};
 
 /// The default settings with register answering `200 assigned` at once.
 pub(crate) fn fast() -> Settings {
@@ -53,13 +53,25 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (to test restarts).
     pub(crate) async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Self {
-        Self::start_full(dir, settings, None, false).await
+        Self::start_full(dir, settings, Limits::default(), None, false).await
+    }
+
+    /// Starts a server with the fast register answer and the given transport limits.
+    pub(crate) async fn start_with_limits(limits: Limits) -> Self {
+        Self::start_full(tempfile::tempdir().unwrap(), fast(), limits, None, false).await
     }
 
     /// Starts a server that also serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on a
     /// loopback port (`metrics_addr`).
     pub(crate) async fn start_with_metrics(settings: Settings) -> Self {
-        Self::start_full(tempfile::tempdir().unwrap(), settings, None, true).await
+        Self::start_full(
+            tempfile::tempdir().unwrap(),
+            settings,
+            Limits::default(),
+            None,
+            true,
+        )
+        .await
     }
 
     /// Starts a server with its own certificate chain and key (PEM files) instead of the
@@ -72,6 +84,7 @@ impl TestServer {
         Self::start_full(
             tempfile::tempdir().unwrap(),
             Settings::default(),
+            Limits::default(),
             Some((cert, key, ca_pem)),
             false,
         )
@@ -81,6 +94,7 @@ impl TestServer {
     async fn start_full(
         dir: tempfile::TempDir,
         settings: Settings,
+        limits: Limits,
         own_tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
         metrics: bool,
     ) -> Self {
@@ -89,6 +103,8 @@ impl TestServer {
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
             tls_cert: own_tls.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             settings,
+            limits,
+            kek: usher_server::secrets::KekSource::default(),
         };
         let mut prepared = usher_server::prepare(config).await.unwrap();
         let mut metrics_addr = None;

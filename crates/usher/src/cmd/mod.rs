@@ -1,5 +1,6 @@
 //! One function per command; each validates its input and calls the library crates.
 
+mod audit;
 mod instance;
 mod key;
 mod manage;
@@ -12,7 +13,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-use crate::cli::{Cli, Command, InstanceCommand};
+use crate::cli::{Cli, Command, InstanceCommand, KekArgs, KekCommand};
+
+impl KekArgs {
+    /// The server library's description of where the KEK comes from.
+    pub(crate) fn source(&self) -> usher_server::secrets::KekSource {
+        usher_server::secrets::KekSource {
+            file: self.kek_file.clone(),
+        }
+    }
+}
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -26,9 +36,18 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
             result
         }
-        Command::Instance(InstanceCommand::Show { data_dir, json }) => {
-            runtime()?.block_on(instance::show(&data_dir, json))
-        }
+        Command::Instance(InstanceCommand::Show {
+            data_dir,
+            json,
+            show_keys,
+            kek,
+        }) => runtime()?.block_on(instance::show(&data_dir, json, show_keys, &kek)),
+        Command::Kek(KekCommand::Rotate {
+            data_dir,
+            kek,
+            new_kek_file,
+        }) => instance::rotate_kek(&data_dir, &kek, new_kek_file.as_deref()),
+        Command::Audit(cmd) => runtime()?.block_on(audit::run(cmd)),
         Command::Enrollment(cmd) => runtime()?.block_on(manage::enrollment(false, cmd)),
         Command::EnrollmentGroup(cmd) => runtime()?.block_on(manage::enrollment(true, cmd)),
         Command::Registration(cmd) => runtime()?.block_on(manage::registration(cmd)),

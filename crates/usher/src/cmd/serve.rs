@@ -1,12 +1,13 @@
 use std::io::ErrorKind;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use std::time::Duration;
 use tokio::net::TcpListener;
+use usher_server::server::{ConnectionLimits, HttpLimits};
+use usher_server::throttle::ThrottleSettings;
+use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 
-use usher_server::{RegisterResponse, ServeConfig, Settings};
-
-use crate::cli::{RegisterResponseArg, ServeArgs};
+use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(text) = &args.effective_config {
@@ -39,9 +40,16 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             clock_skew_secs: args.clock_skew,
             register_response,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-            ..Settings::default()
+            throttle: ThrottleSettings {
+                failures_per_address: args.auth_failures_per_address,
+                failures_per_registration: args.auth_failures_per_registration,
+            },
+            audit_retention: args.audit_retention,
         },
+        limits: limits(&args.limits),
+        kek: args.kek.source(),
     };
+    raise_open_file_limit();
     let mut prepared = usher_server::prepare(config).await?;
     let listener = bind(args.https_addr, "--https-addr").await?;
     let mqtt = bind(args.mqtt_addr, "--mqtt-addr").await?;
@@ -58,9 +66,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         mqtt.local_addr()?
     );
+    // Keys stay out of the banner, which ends up in journald and container logs.
     println!(
-        "  Service connection string:  {}",
-        o.service_connection_string
+        "  Service connection string:  usher instance show --show-keys --data-dir {}",
+        args.data_dir.display()
     );
     if let Some(ca) = &o.ca_certificate {
         println!("  CA certificate:             {ca}");
@@ -76,8 +85,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "  Hub:                        {} ({}, weight {})",
             hub.name, hub.hostname, hub.weight
         );
-        if let Some(cs) = &hub.connection_string {
-            println!("    Hub connection string:    {cs}");
+        if hub.connection_string.is_some() {
+            println!("    Hub connection string:    usher instance show --show-keys");
         }
     }
     if let Some(metrics) = metrics {
@@ -96,6 +105,36 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     prepared.run(listener, Some(mqtt), shutdown).await?;
     Ok(())
+}
+
+fn limits(a: &LimitArgs) -> Limits {
+    Limits {
+        connections: ConnectionLimits {
+            handshake_timeout: a.handshake_timeout,
+            max_connections: a.max_connections as usize,
+            max_connections_per_address: a.max_connections_per_address as usize,
+        },
+        http: HttpLimits {
+            header_timeout: a.header_timeout,
+            body_timeout: a.body_timeout,
+            max_header_bytes: a.max_header_bytes as usize,
+        },
+        mqtt: usher_server::mqtt::Limits {
+            connect_timeout: a.mqtt_connect_timeout,
+            max_keep_alive: a.mqtt_max_keep_alive,
+            max_sessions: a.mqtt_max_sessions as usize,
+            ..usher_server::mqtt::Limits::default()
+        },
+    }
+}
+
+/// Every connection holds a file descriptor: raise the soft limit to the hard one, so the
+/// connection caps, not the descriptor limit, decide how many are served.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {

@@ -32,7 +32,7 @@ impl ServiceClient {
     pub(crate) async fn connect(login: &Login) -> anyhow::Result<Self> {
         let (connection_string, mut ca, address) = match &login.login {
             Some(cs) => (cs.clone(), None, None),
-            None => from_data_dir(&login.data_dir).await?,
+            None => from_data_dir(&login.data_dir, &login.kek.source()).await?,
         };
         if let Some(path) = &login.ca {
             ca = Some(path.clone());
@@ -179,8 +179,9 @@ fn parse_connection_string(text: &str) -> anyhow::Result<ConnectionString> {
 /// Reads a local instance's connection string, CA and listening address.
 async fn from_data_dir(
     dir: &Path,
+    kek: &usher_server::secrets::KekSource,
 ) -> anyhow::Result<(String, Option<std::path::PathBuf>, Option<SocketAddr>)> {
-    let (store, instance) = usher_server::app::open_existing(dir)
+    let (store, instance) = usher_server::app::open_existing(dir, kek)
         .await
         .with_context(|| {
             format!(

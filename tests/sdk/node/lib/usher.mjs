@@ -89,7 +89,7 @@ let instanceCache;
 /** `usher instance show --json`: idScope, deviceEndpoint, caCertificate, hubs, ... */
 export function instance() {
   if (!instanceCache) {
-    instanceCache = usherJson('instance', 'show', '--data-dir', dataDir, '--json');
+    instanceCache = usherJson('instance', 'show', '--data-dir', dataDir, '--json', '--show-keys');
   }
   return instanceCache;
 }

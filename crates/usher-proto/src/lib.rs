@@ -11,6 +11,7 @@
 //! - [`model`]: the device-API wire JSON (`DeviceRegistration`, `RegistrationOperationStatus`, …).
 //! - [`error_code`]: the one catalogue of six-digit DPS error codes and their HTTP statuses.
 //! - [`service`]: the management-API wire model (enrollments, groups, attestation).
+//! - [`decision`]: the registration decision (hub, device ID, substatus, identity plans).
 //! - [`audit`]: audit-log entries and their hash chain.
 //! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
 //! - [`api_version`]: the `api-version` values each API accepts.
@@ -23,6 +24,7 @@
 pub mod allocation;
 pub mod api_version;
 pub mod audit;
+pub mod decision;
 pub mod error_code;
 pub mod ids;
 pub mod keys;

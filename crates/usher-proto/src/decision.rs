@@ -105,6 +105,7 @@ pub enum Twin {
 
 /// The decision.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // Made once per registration and consumed at once.
 pub enum Outcome {
     /// The enrollment is disabled: nothing is created; the previous record stays as it was.
     Disabled,

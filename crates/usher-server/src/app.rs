@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use usher_proto::{IdScope, SymmetricKey};
 
+use crate::clock::now_text;
 use crate::error::ApiError;
-use crate::http::now_text;
 use crate::metrics::Metrics;
 use crate::pki::{self, PkiError, PkiFiles};
 use crate::secrets::KekSource;
@@ -86,6 +86,8 @@ pub struct Settings {
     pub throttle: crate::throttle::ThrottleSettings,
     /// How long audit entries are kept.
     pub audit_retention: std::time::Duration,
+    /// How custom allocation webhooks are called.
+    pub webhook: crate::webhook::WebhookSettings,
 }
 
 impl Default for Settings {
@@ -98,6 +100,7 @@ impl Default for Settings {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             throttle: crate::throttle::ThrottleSettings::default(),
             audit_retention: crate::audit::DEFAULT_RETENTION,
+            webhook: crate::webhook::WebhookSettings::default(),
         }
     }
 }
@@ -225,6 +228,7 @@ pub async fn open_data_dir(
         apply_allocation_policy: true,
         builtin: true,
         created: created.clone(),
+        location: None,
     };
     let first = Bootstrap {
         instance: Instance {

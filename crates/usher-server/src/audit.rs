@@ -9,8 +9,8 @@ use std::time::Duration;
 use usher_proto::audit::Record;
 
 use crate::app::App;
+use crate::clock::now_text;
 use crate::error::ApiError;
-use crate::http::now_text;
 
 /// How long entries are kept unless `--audit-retention` says otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);

@@ -1,15 +1,13 @@
 //! `ApiError`: everything a request can fail with, and the one place that maps failures to DPS
-//! error codes and HTTP responses.
+//! error codes. Transports render it (`http::error_response`, the MQTT and AMQP answers).
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use usher_proto::api_version::ApiVersionError;
 use usher_proto::model::ErrorBody;
 use usher_proto::{ErrorCode, IdError, SasError};
 
 use crate::app::Protocol;
 
-use crate::http::{json_response, now};
+use crate::clock::now;
 use crate::store::StoreError;
 
 /// Why a credential was refused. Every variant is answered with 401 and the bare message
@@ -191,27 +189,5 @@ fn csr_message(field: &str) -> String {
             "The register body carries {field} (a certificate signing request), but certificate \
              issuance is not configured in this Usher version; register without {field}."
         )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let code = self.code();
-        let body = self.body();
-        let status =
-            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let tracking_id = body.tracking_id.clone();
-        let mut response = json_response(status, &body);
-        let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&tracking_id) {
-            headers.insert("x-ms-request-id", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&code.name()) {
-            headers.insert("x-ms-error-code", v);
-        }
-        if let Some(secs) = self.retry_after() {
-            headers.insert("retry-after", HeaderValue::from(secs));
-        }
-        response
     }
 }

@@ -6,8 +6,8 @@ use serde_json::{Map, Value, json};
 use usher_proto::SymmetricKey;
 
 use crate::app::new_key;
+use crate::clock::{new_etag, now_text};
 use crate::error::ApiError;
-use crate::http::{new_etag, now_text};
 use crate::management::{GENERATED_KEY_BYTES, Precondition};
 use crate::store::{HubDevice, Policy};
 
@@ -86,6 +86,26 @@ pub fn assigned_device(
         twin: json!({"tags": clean(&tags), "desired": clean(&desired), "reported": {}, "desiredVersion": 1}),
         twin_version: 1,
     }
+}
+
+/// Gives a device the tags and desired properties of another identity's twin (a migration), as a
+/// new version of its twin.
+pub fn carry_twin(device: &mut HubDevice, from: &Value) {
+    let mut twin = device.twin.clone();
+    if let Some(obj) = twin.as_object_mut() {
+        for field in ["tags", "desired"] {
+            if let Some(v) = from.get(field) {
+                obj.insert(field.into(), v.clone());
+            }
+        }
+        let version = from
+            .get("desiredVersion")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        obj.insert("desiredVersion".into(), json!(version + 1));
+    }
+    device.twin = twin;
+    device.twin_version += 1;
 }
 
 /// The `Device` document.

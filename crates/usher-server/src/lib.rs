@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod clock;
 pub mod error;
 pub mod files;
 pub mod health;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -11,8 +11,8 @@ use usher_proto::service::{
 use usher_proto::{RegistrationId, SymmetricKey};
 
 use crate::app::{App, new_key};
+use crate::clock::{new_etag, now_text};
 use crate::error::ApiError;
-use crate::http::{new_etag, now_text};
 use crate::registration::registration_result;
 use crate::store::{Collection, Doc, Hub, HubDevice};
 
@@ -606,6 +606,8 @@ pub async fn add_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiErr
         weight: Option<u32>,
         #[serde(default)]
         apply_allocation_policy: Option<bool>,
+        #[serde(default)]
+        location: Option<String>,
     }
     let req: NewHub =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
@@ -618,12 +620,7 @@ pub async fn add_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiErr
         )));
     }
     validate_hostname(&req.hostname)?;
-    let weight = req.weight.unwrap_or(1);
-    if !(1..=1000).contains(&weight) {
-        return Err(ApiError::InvalidArgument(format!(
-            "invalid weight {weight}: use 1 to 1000"
-        )));
-    }
+    let weight = check_weight(req.weight.unwrap_or(1))?;
     let hub = Hub {
         name: name.to_owned(),
         hostname: req.hostname,
@@ -631,6 +628,7 @@ pub async fn add_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiErr
         apply_allocation_policy: req.apply_allocation_policy.unwrap_or(true),
         builtin: true,
         created: now_text(),
+        location: req.location.map(|l| check_location(&l)).transpose()?,
     };
     if !app.store.add_hub(hub.clone()).await? {
         return Err(ApiError::HubExists(name.to_owned()));
@@ -639,6 +637,97 @@ pub async fn add_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiErr
         .ensure_hub_policies(&hub.name, crate::hub::default_policies()?)
         .await?;
     Ok(hub_json(&hub))
+}
+
+/// Changes a linked hub's weight, location or `applyAllocationPolicy`; fields not given stay.
+pub async fn update_hub(app: &App, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Change {
+        #[serde(default, alias = "allocationWeight")]
+        weight: Option<u32>,
+        #[serde(default)]
+        apply_allocation_policy: Option<bool>,
+        #[serde(default)]
+        location: Option<String>,
+    }
+    let change: Change =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let weight = change.weight.map(check_weight).transpose()?;
+    let location = change
+        .location
+        .map(|l| {
+            if l.is_empty() {
+                Ok(None)
+            } else {
+                check_location(&l).map(Some)
+            }
+        })
+        .transpose()?;
+    let hub = app
+        .store
+        .update_hub(name, move |h| {
+            if let Some(w) = weight {
+                h.weight = w;
+            }
+            if let Some(a) = change.apply_allocation_policy {
+                h.apply_allocation_policy = a;
+            }
+            if let Some(l) = location {
+                h.location = l;
+            }
+        })
+        .await?
+        .ok_or_else(|| ApiError::HubNotFound(name.to_owned()))?;
+    Ok(hub_json(&hub))
+}
+
+fn check_weight(weight: u32) -> Result<u32, ApiError> {
+    if (1..=1000).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(ApiError::InvalidArgument(format!(
+            "invalid allocation weight {weight}: use 1 to 1000"
+        )))
+    }
+}
+
+/// A location name: letters, digits, `-` and `_`, as Azure region names are.
+fn check_location(location: &str) -> Result<String, ApiError> {
+    if !location.is_empty()
+        && location.len() <= 64
+        && location
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(location.to_owned())
+    } else {
+        Err(ApiError::InvalidArgument(format!(
+            "invalid location {location:?}: use a region name such as westeurope"
+        )))
+    }
+}
+
+/// The instance's allocation settings: default policy and network map.
+pub async fn allocation(app: &App) -> Result<Value, ApiError> {
+    serde_json::to_value(app.store.allocation_settings().await?)
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// Replaces the instance's allocation settings (`custom` cannot be the default, as in DPS).
+pub async fn set_allocation(app: &App, body: &[u8]) -> Result<Value, ApiError> {
+    let settings: crate::store::AllocationSettings =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if settings.default_policy == AllocationPolicy::Custom {
+        return Err(ApiError::InvalidArgument(
+            "custom allocation cannot be the instance default; set it on enrollments".into(),
+        ));
+    }
+    for rule in &settings.geo_map {
+        check_location(&rule.location)?;
+    }
+    app.store.set_allocation_settings(settings.clone()).await?;
+    serde_json::to_value(settings).map_err(|e| ApiError::InvalidArgument(e.to_string()))
 }
 
 /// The device identities of a built-in hub.
@@ -657,7 +746,7 @@ pub async fn hub_devices(app: &App, name: &str) -> Result<Vec<Value>, ApiError> 
 
 fn hub_json(h: &Hub) -> Value {
     serde_json::json!({
-        "name": h.name, "hostname": h.hostname, "weight": h.weight,
+        "name": h.name, "hostname": h.hostname, "weight": h.weight, "location": h.location,
         "applyAllocationPolicy": h.apply_allocation_policy, "builtin": h.builtin, "createdDateTimeUtc": h.created,
     })
 }
@@ -713,11 +802,29 @@ fn validate_attestation(att: &AttestationMechanism) -> Result<(), ApiError> {
 
 async fn validate_hubs(app: &App, settings: &EnrollmentSettings) -> Result<(), ApiError> {
     let named = settings.named_hubs();
-    if settings.allocation_policy == Some(AllocationPolicy::Static) && named.len() != 1 {
+    // DPS accepts a static enrollment with no hub (its devices go to the linked hubs); more than
+    // one is not static.
+    if settings.allocation_policy == Some(AllocationPolicy::Static) && named.len() > 1 {
         return Err(ApiError::InvalidArgument(format!(
-            "static allocation needs exactly one hub in iotHubs; {} given",
+            "static allocation names at most one hub in iotHubs; {} given",
             named.len()
         )));
+    }
+    if settings.allocation_policy == Some(AllocationPolicy::Custom) {
+        let definition = settings.other.get("customAllocationDefinition");
+        let url = definition
+            .and_then(|d| d.get("webhookUrl"))
+            .and_then(Value::as_str);
+        let version = definition
+            .and_then(|d| d.get("apiVersion"))
+            .and_then(Value::as_str);
+        let (Some(url), Some(_)) = (url, version) else {
+            return Err(ApiError::InvalidArgument(
+                "custom allocation needs customAllocationDefinition with webhookUrl and apiVersion"
+                    .into(),
+            ));
+        };
+        crate::webhook::check_url(url).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     }
     if named.is_empty() {
         return Ok(());

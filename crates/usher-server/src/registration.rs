@@ -1,23 +1,25 @@
 //! The registration core: attestation, allocation and the durable record of an assignment. Every
 //! device transport (HTTPS now, MQTT later) calls these functions; none has logic of its own.
 
-use usher_proto::allocation::{self, Candidate};
+use usher_proto::decision;
 use usher_proto::model::{
     DeviceRegistration, DeviceRegistrationResult, RegistrationOperationStatus, RegistrationStatus,
     Substatus, SymmetricKeyRegistrationResult,
 };
 use usher_proto::sas::{Now, SasToken};
 use usher_proto::service::{
-    AllocationPolicy, AttestationType, EnrollmentGroup, EnrollmentSettings, IndividualEnrollment,
+    AttestationType, EnrollmentGroup, EnrollmentSettings, IndividualEnrollment,
 };
-use usher_proto::{ErrorCode, RegistrationId, SymmetricKey};
+use usher_proto::{RegistrationId, SymmetricKey};
 
 use crate::app::{App, Protocol};
 use crate::audit;
+use crate::clock::{new_etag, now_text, unix_now};
 use crate::error::{ApiError, AuthError};
-use crate::http::{new_etag, now_text, unix_now};
 use crate::metrics::{Operation, RegistrationOutcome};
-use crate::store::{Assignment, Collection, Doc, Hub, Registration, StoreError};
+use crate::store::{
+    Assignment, Collection, DeviceWrite, Doc, RegisterView, Registration, StoreError, TwinWrite,
+};
 
 /// Who a device request claims to be, as the transport received it.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +59,7 @@ impl Enrollment {
 }
 
 /// A device that proved its identity.
+#[derive(Debug, Clone)]
 struct Attested {
     registration_id: RegistrationId,
     enrollment: Enrollment,
@@ -65,7 +68,9 @@ struct Attested {
     keys: [SymmetricKey; 2],
 }
 
-/// `PUT …/register`: attest, allocate, record durably, answer.
+/// `PUT …/register`: attest, then decide and record in one write transaction over the rows as
+/// they are at commit (`store::register`), and answer. A custom-allocation enrollment records the
+/// operation as `assigning` and calls its webhook in the background; the device polls.
 pub async fn register(
     app: &App,
     req: DeviceRequest<'_>,
@@ -105,149 +110,421 @@ async fn assign(
         return Err(e);
     }
     let operation_id = new_operation_id();
-
-    if !attested.enrollment.settings().is_enabled() {
-        audit::append(
-            app,
-            vec![device_record(
-                req,
-                "registration.register",
-                "disabled".into(),
-            )],
-        )
-        .await;
-        // Nothing is recorded: the device learns its enrollment is disabled and stops.
-        app.metrics
-            .registration(None, RegistrationOutcome::Disabled);
-        let state = DeviceRegistrationResult::bare(
-            attested.registration_id.as_str(),
-            RegistrationStatus::Disabled,
-        );
-        return Ok(RegistrationOperationStatus {
-            operation_id,
-            status: RegistrationStatus::Disabled,
-            registration_state: Some(state),
-        });
+    let job = RegisterJob {
+        attested,
+        token: req.authorization.unwrap_or_default().to_owned(),
+        operation_id: operation_id.clone(),
+        payload: body.payload.clone(),
+        device_address: req.peer,
+        audit: device_record(req, "registration.register", String::new()),
+        webhook: None,
+        skew_secs: app.settings.clock_skew_secs,
+    };
+    let decided = run(app, job).await?;
+    if let Decided::Pending { request } = &decided {
+        crate::webhook::spawn(app.clone(), request.clone());
     }
+    let record = decided.record();
+    let state = match record {
+        Some(r) => registration_result(r),
+        None => DeviceRegistrationResult::bare(req.registration_id, RegistrationStatus::Disabled),
+    };
+    let immediate = matches!(
+        app.settings.register_response,
+        crate::app::RegisterResponse::Assigned
+    ) || state.status == RegistrationStatus::Disabled;
+    Ok(
+        if immediate && state.status != RegistrationStatus::Assigning {
+            RegistrationOperationStatus {
+                operation_id,
+                status: state.status,
+                registration_state: Some(state),
+            }
+        } else {
+            RegistrationOperationStatus {
+                operation_id,
+                status: RegistrationStatus::Assigning,
+                registration_state: None,
+            }
+        },
+    )
+}
 
-    let previous = app
+/// A registration to decide and write.
+#[derive(Debug, Clone)]
+pub(crate) struct RegisterJob {
+    attested: Attested,
+    /// The device's token, to re-check against the enrollment if it changed since attestation.
+    token: String,
+    pub(crate) operation_id: String,
+    /// The device's custom payload (for a webhook).
+    payload: Option<serde_json::Value>,
+    device_address: Option<std::net::IpAddr>,
+    /// The audit record, its result filled in once decided.
+    audit: usher_proto::audit::Record,
+    /// The webhook's answer, on the second pass of a custom allocation.
+    pub(crate) webhook: Option<decision::Webhook>,
+    skew_secs: u64,
+}
+
+/// What a registration came to.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Made once per registration and consumed at once.
+pub(crate) enum Decided {
+    /// Written: assigned, failed, or (custom allocation) assigning.
+    Recorded(Registration),
+    /// The enrollment is disabled: nothing written.
+    Disabled,
+    /// Recorded as assigning; the webhook is to be called with this request.
+    Pending { request: crate::webhook::Call },
+    /// The device registered again meanwhile: this (webhook) pass no longer applies.
+    Superseded,
+}
+
+impl Decided {
+    fn record(&self) -> Option<&Registration> {
+        match self {
+            Self::Recorded(r) => Some(r),
+            Self::Pending { request } => Some(&request.record),
+            Self::Disabled | Self::Superseded => None,
+        }
+    }
+}
+
+/// Decides and writes a registration in one store transaction, and counts its final outcome
+/// (`usher_registration_attempts_total`; a custom allocation counts when its webhook's answer is
+/// recorded, on its second pass here).
+pub(crate) async fn run(app: &App, job: RegisterJob) -> Result<Decided, ApiError> {
+    let registration_id = job.attested.registration_id.as_str().to_owned();
+    let group_id = job.attested.enrollment.group_id().map(str::to_owned);
+    let scope = app.instance.id_scope.clone();
+    let decided = app
         .store
-        .registration(attested.registration_id.as_str())
+        .register(&registration_id, group_id.as_deref(), move |view| {
+            decide_in_transaction(&scope, job, view)
+        })
         .await?;
-    let hubs = app.store.hubs().await?;
+    match &decided {
+        Decided::Recorded(r) if r.status == RegistrationStatus::Assigned.as_str() => app
+            .metrics
+            .registration(r.assigned_hub.as_deref(), RegistrationOutcome::Assigned),
+        Decided::Recorded(r) if r.status == RegistrationStatus::Failed.as_str() => app
+            .metrics
+            .registration(r.assigned_hub.as_deref(), RegistrationOutcome::Failed),
+        Decided::Disabled => app
+            .metrics
+            .registration(None, RegistrationOutcome::Disabled),
+        Decided::Recorded(_) | Decided::Pending { .. } | Decided::Superseded => {}
+    }
+    Ok(decided)
+}
+
+/// The registration decision over the rows as they are at commit: re-reads the enrollment (it
+/// may have been disabled, changed or deleted since the device was attested), runs the pure
+/// decision and turns its outcome into the rows to write.
+fn decide_in_transaction(
+    scope: &str,
+    job: RegisterJob,
+    view: RegisterView,
+) -> Result<(Assignment, Decided), ApiError> {
+    let RegisterJob {
+        attested,
+        token,
+        operation_id,
+        payload,
+        device_address,
+        mut audit,
+        webhook,
+        skew_secs,
+    } = job;
+    // A webhook's answer applies only to the operation that called it.
+    if webhook.is_some()
+        && view
+            .previous
+            .as_ref()
+            .is_none_or(|p| p.operation_id != operation_id)
+    {
+        return Ok((Assignment::default(), Decided::Superseded));
+    }
+    let enrollment = current_enrollment(scope, &attested, &token, skew_secs, &view)?;
+    let Some(enrollment) = enrollment else {
+        audit.result = "disabled".into();
+        return Ok((
+            Assignment {
+                audit: vec![audit],
+                ..Assignment::default()
+            },
+            Decided::Disabled,
+        ));
+    };
+    let settings = enrollment.settings();
+    let previous = view.previous.as_ref().map(|p| decision::Previous {
+        assigned: match (&p.assigned_hub, &p.device_id) {
+            (Some(hub), Some(device_id))
+                if p.status == RegistrationStatus::Assigned.as_str()
+                    || p.status == RegistrationStatus::Assigning.as_str() =>
+            {
+                Some(decision::Assignment {
+                    hub: hub.clone(),
+                    device_id: device_id.clone(),
+                    substatus: p
+                        .substatus
+                        .as_deref()
+                        .and_then(Substatus::parse)
+                        .unwrap_or(Substatus::InitialAssignment),
+                })
+            }
+            _ => None,
+        },
+        initial_hub: p.initial_hub.clone(),
+    });
+    let hubs: Vec<decision::LinkedHub> = view
+        .hubs
+        .iter()
+        .map(|h| decision::LinkedHub {
+            hostname: h.hostname.clone(),
+            location: h.location.clone(),
+            weight: h.weight,
+            apply_allocation_policy: h.apply_allocation_policy,
+        })
+        .collect();
+    let enrollment_view = decision::EnrollmentView {
+        enabled: settings.is_enabled(),
+        // An individual enrollment's device is named by its deviceId, else by the enrollment's own
+        // spelling of the registration ID; a group's devices by their registration IDs.
+        device_id: match &enrollment {
+            Enrollment::Individual(e) => Some(
+                e.device_id
+                    .clone()
+                    .unwrap_or_else(|| e.registration_id.clone()),
+            ),
+            Enrollment::Group(_) => None,
+        },
+        allocation_policy: settings.allocation_policy,
+        iot_hubs: settings.named_hubs(),
+        reprovision_policy: settings.reprovision_policy,
+        initial_twin: settings.other.get("initialTwin").cloned(),
+    };
+    let registration_id = attested.registration_id.as_str();
+    let outcome = decision::decide(&decision::Inputs {
+        registration_id,
+        enrollment: &enrollment_view,
+        previous: previous.as_ref(),
+        hubs: &hubs,
+        default_policy: view.allocation.default_policy,
+        device_location: device_address.and_then(|a| view.allocation.location_of(a)),
+        webhook: webhook.as_ref(),
+    });
+
     let now = now_text();
     let mut record = Registration {
-        registration_id: attested.registration_id.as_str().to_owned(),
-        enrollment_group_id: attested.enrollment.group_id().map(str::to_owned),
+        registration_id: registration_id.to_owned(),
+        enrollment_group_id: enrollment.group_id().map(str::to_owned),
         status: RegistrationStatus::Assigned.as_str().to_owned(),
         substatus: None,
         assigned_hub: None,
         device_id: None,
         error_code: None,
         error_message: None,
-        created: previous
+        created: view
+            .previous
             .as_ref()
             .map_or_else(|| now.clone(), |p| p.created.clone()),
-        updated: now.clone(),
+        updated: now,
         etag: new_etag(),
-        operation_id: operation_id.clone(),
+        operation_id,
         payload: None,
+        initial_hub: view.previous.as_ref().and_then(|p| p.initial_hub.clone()),
     };
-    let mut assignment = Assignment {
-        registration: record.clone(),
-        device: None,
-        remove_device: None,
-        audit: Vec::new(),
-    };
-
-    match choose_hub(&attested, previous.as_ref(), &hubs) {
-        Ok(hub) => {
-            let device_id = match &attested.enrollment {
-                Enrollment::Individual(e) => e
-                    .device_id
-                    .clone()
-                    .unwrap_or_else(|| e.registration_id.clone()),
-                Enrollment::Group(_) => attested.registration_id.as_str().to_owned(),
-            };
-            let moved_from = previous
-                .as_ref()
-                .filter(|p| p.status == RegistrationStatus::Assigned.as_str())
-                .and_then(|p| Some((p.assigned_hub.clone()?, p.device_id.clone()?)))
-                .filter(|(old_hub, old_id)| {
-                    !old_hub.eq_ignore_ascii_case(&hub.hostname) || *old_id != device_id
-                });
-            let policy = attested
-                .enrollment
-                .settings()
-                .reprovision_policy
-                .unwrap_or_default();
-            record.substatus = Some(
-                match (&moved_from, &previous) {
-                    (Some(_), _) if policy.migrate_device_data => Substatus::DeviceDataMigrated,
-                    (Some(_), _) => Substatus::DeviceDataReset,
-                    (None, Some(p)) => p
-                        .substatus
-                        .as_deref()
-                        .and_then(Substatus::parse)
-                        .unwrap_or(Substatus::InitialAssignment),
-                    (None, None) => Substatus::InitialAssignment,
-                }
-                .as_str()
-                .to_owned(),
-            );
-            record.assigned_hub = Some(hub.hostname.clone());
-            record.device_id = Some(device_id.clone());
-            assignment.remove_device = moved_from.and_then(|(old_host, old_id)| {
-                hubs.iter()
-                    .find(|h| h.builtin && h.hostname.eq_ignore_ascii_case(&old_host))
-                    .map(|h| (h.name.clone(), old_id))
-            });
-            if hub.builtin {
-                let settings = attested.enrollment.settings();
-                assignment.device = Some(crate::hub::assigned_device(
-                    &hub.name,
-                    &device_id,
-                    [attested.keys[0].to_base64(), attested.keys[1].to_base64()],
-                    settings.other.get("capabilities"),
-                    settings.other.get("initialTwin"),
-                ));
-            }
+    let mut assignment = Assignment::default();
+    let decided = match outcome {
+        decision::Outcome::Disabled => {
+            audit.result = "disabled".into();
+            return Ok((
+                Assignment {
+                    audit: vec![audit],
+                    ..Assignment::default()
+                },
+                Decided::Disabled,
+            ));
         }
-        Err((code, message)) => {
+        decision::Outcome::CallWebhook { linked_hubs } => {
+            // The operation is assigning while the webhook is called; the previous assignment
+            // stays on the record, for the decision the webhook's answer completes.
+            let prev = view.previous.as_ref();
+            record.status = RegistrationStatus::Assigning.as_str().to_owned();
+            record.assigned_hub = prev.and_then(|p| p.assigned_hub.clone());
+            record.device_id = prev.and_then(|p| p.device_id.clone());
+            record.substatus = prev.and_then(|p| p.substatus.clone());
+            audit.result = "assigning".into();
+            let call = crate::webhook::Call {
+                job: RegisterJob {
+                    attested: attested.clone(),
+                    token,
+                    operation_id: record.operation_id.clone(),
+                    payload: payload.clone(),
+                    device_address,
+                    audit: audit.clone(),
+                    webhook: None,
+                    skew_secs,
+                },
+                enrollment: enrollment_json(&enrollment),
+                group: enrollment.group_id().is_some(),
+                previous: previous.and_then(|p| p.assigned),
+                payload,
+                linked_hubs,
+                record: record.clone(),
+            };
+            Decided::Pending { request: call }
+        }
+        decision::Outcome::Failed { code, message } => {
             record.status = RegistrationStatus::Failed.as_str().to_owned();
             record.error_code = Some(code.code());
             record.error_message = Some(message);
+            audit.result = format!("failed {}", code.code());
+            Decided::Recorded(record.clone())
+        }
+        decision::Outcome::Assigned {
+            assignment: to,
+            twin,
+            remove,
+            payload,
+            initial_hub,
+        } => {
+            record.assigned_hub = Some(to.hub.clone());
+            record.device_id = Some(to.device_id.clone());
+            record.substatus = Some(to.substatus.as_str().to_owned());
+            record.payload = payload;
+            record.initial_hub = Some(initial_hub);
+            audit.result = "assigned".into();
+            let builtin_name = |host: &str| {
+                view.hubs
+                    .iter()
+                    .find(|h| h.builtin && h.hostname.eq_ignore_ascii_case(host))
+                    .map(|h| h.name.clone())
+            };
+            assignment.remove_device =
+                remove.and_then(|(hub, id)| builtin_name(&hub).map(|name| (name, id)));
+            if let Some(hub_name) = builtin_name(&to.hub) {
+                let initial = match &twin {
+                    decision::Twin::Initial(t) => t.clone(),
+                    _ => settings.other.get("initialTwin").cloned(),
+                };
+                let device = crate::hub::assigned_device(
+                    &hub_name,
+                    &to.device_id,
+                    [attested.keys[0].to_base64(), attested.keys[1].to_base64()],
+                    settings.other.get("capabilities"),
+                    initial.as_ref(),
+                );
+                let twin = match twin {
+                    decision::Twin::Initial(_) => TwinWrite::Replace,
+                    decision::Twin::Keep => TwinWrite::Keep,
+                    decision::Twin::MigrateFrom { hub, device_id } => match builtin_name(&hub) {
+                        Some(from) => TwinWrite::CopyFrom(from, device_id),
+                        None => TwinWrite::Replace,
+                    },
+                };
+                assignment.device = Some(DeviceWrite { device, twin });
+            }
+            Decided::Recorded(record.clone())
+        }
+    };
+    assignment.registration = Some(record);
+    assignment.audit = vec![audit];
+    Ok((assignment, decided))
+}
+
+/// The enrollment the device belongs to as it is now, or `None` if it is disabled (a disabled
+/// individual enrollment overrides its group). If the enrollment changed since attestation, the
+/// token is checked again against it.
+fn current_enrollment(
+    scope: &str,
+    attested: &Attested,
+    token: &str,
+    skew_secs: u64,
+    view: &RegisterView,
+) -> Result<Option<Enrollment>, ApiError> {
+    let gone = || ApiError::Unauthorized(AuthError::NoMatchingEnrollment);
+    let recheck = |attestation: &usher_proto::service::AttestationMechanism, group: bool| {
+        let token = SasToken::parse(token).map_err(AuthError::from)?;
+        token
+            .check_device_claims(
+                scope,
+                attested.registration_id.as_str(),
+                Now {
+                    unix_secs: unix_now(),
+                    skew_secs,
+                },
+            )
+            .map_err(AuthError::from)?;
+        let [p, s] = stored_keys(attestation)?;
+        let keys = if group {
+            [
+                p.derive_device_key(attested.registration_id.as_str()),
+                s.derive_device_key(attested.registration_id.as_str()),
+            ]
+        } else {
+            [p, s]
+        };
+        token
+            .check_signature(&[&keys[0], &keys[1]])
+            .map_err(AuthError::from)?;
+        Ok::<_, ApiError>(())
+    };
+    match (&attested.enrollment, &view.individual, &view.group) {
+        (Enrollment::Individual(_), None, _) => Err(gone()),
+        (Enrollment::Individual(e), Some(doc), _) => {
+            let now: IndividualEnrollment = parse_doc(doc)?;
+            if now.settings.etag != e.settings.etag {
+                recheck(&now.attestation, false)?;
+            }
+            Ok(now
+                .settings
+                .is_enabled()
+                .then(|| Enrollment::Individual(Box::new(now))))
+        }
+        // A device of a group with an individual enrollment of its own: that one decides. A
+        // disabled one blocks the device; an enabled one means the device must use its keys.
+        (Enrollment::Group(_), Some(doc), _) => {
+            let individual: IndividualEnrollment = parse_doc(doc)?;
+            if individual.settings.is_enabled() {
+                Err(gone())
+            } else {
+                Ok(None)
+            }
+        }
+        (Enrollment::Group(_), None, None) => Err(gone()),
+        (Enrollment::Group(g), None, Some(doc)) => {
+            let now: EnrollmentGroup = parse_doc(doc)?;
+            if now.settings.etag != g.settings.etag {
+                recheck(&now.attestation, true)?;
+            }
+            Ok(now
+                .settings
+                .is_enabled()
+                .then(|| Enrollment::Group(Box::new(now))))
         }
     }
-    assignment.registration = record.clone();
-    assignment.audit = vec![device_record(
-        req,
-        "registration.register",
-        record.status.clone(),
-    )];
-    // Acknowledged only once durable.
-    app.store.record_assignment(assignment).await?;
-    let outcome = if record.status == RegistrationStatus::Assigned.as_str() {
-        RegistrationOutcome::Assigned
-    } else {
-        RegistrationOutcome::Failed
-    };
-    app.metrics
-        .registration(record.assigned_hub.as_deref(), outcome);
+}
 
-    let state = registration_result(&record);
-    match app.settings.register_response {
-        crate::app::RegisterResponse::Assigning { .. } => Ok(RegistrationOperationStatus {
-            operation_id,
-            status: RegistrationStatus::Assigning,
-            registration_state: None,
-        }),
-        crate::app::RegisterResponse::Assigned => Ok(RegistrationOperationStatus {
-            operation_id,
-            status: state.status,
-            registration_state: Some(state),
-        }),
+/// The enrollment as a custom allocation webhook receives it: its attestation reduced to its type.
+fn enrollment_json(e: &Enrollment) -> serde_json::Value {
+    let mut json = match e {
+        Enrollment::Individual(e) => serde_json::to_value(e.as_ref()),
+        Enrollment::Group(g) => serde_json::to_value(g.as_ref()),
     }
+    .unwrap_or_default();
+    if let Some(obj) = json.as_object_mut() {
+        let kind = obj
+            .get("attestation")
+            .and_then(|a| a.get("type"))
+            .cloned()
+            .unwrap_or_default();
+        obj.insert("attestation".into(), serde_json::json!({ "type": kind }));
+        obj.remove("registrationState");
+    }
+    json
 }
 
 /// `GET …/operations/{operationId}`: the outcome of the device's latest registration.
@@ -462,15 +739,20 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
     {
         let enrollment: IndividualEnrollment = parse_doc(&doc)?;
         let keys = stored_keys(&enrollment.attestation)?;
-        let index = token
-            .check_signature(&[&keys[0], &keys[1]])
-            .map_err(AuthError::from)?;
-        tracing::debug!(registration_id = %registration_id, key = index, "individual enrollment attested");
-        return Ok(Attested {
-            registration_id,
-            enrollment: Enrollment::Individual(Box::new(enrollment)),
-            keys,
-        });
+        match token.check_signature(&[&keys[0], &keys[1]]) {
+            Ok(index) => {
+                tracing::debug!(registration_id = %registration_id, key = index, "individual enrollment attested");
+                return Ok(Attested {
+                    registration_id,
+                    enrollment: Enrollment::Individual(Box::new(enrollment)),
+                    keys,
+                });
+            }
+            // A disabled individual enrollment is how one device of a group is blocked: a device
+            // proving membership of a group with its derived key is told it is disabled.
+            Err(_) if !enrollment.settings.is_enabled() => {}
+            Err(e) => return Err(AuthError::from(e).into()),
+        }
     }
 
     for (_, doc) in app
@@ -525,76 +807,6 @@ fn stored_keys(
         key(&sk.primary_key, "primary")?,
         key(&sk.secondary_key, "secondary")?,
     ])
-}
-
-/// Picks the hub per the enrollment's allocation policy, or says why none can be picked.
-fn choose_hub<'h>(
-    attested: &Attested,
-    previous: Option<&Registration>,
-    hubs: &'h [Hub],
-) -> Result<&'h Hub, (ErrorCode, String)> {
-    let settings = attested.enrollment.settings();
-    let by_host = |host: &str| hubs.iter().find(|h| h.hostname.eq_ignore_ascii_case(host));
-
-    // "Never re-provision": an assigned device stays where it is while that hub exists.
-    if settings
-        .reprovision_policy
-        .is_some_and(|p| !p.update_hub_assignment)
-        && let Some(current) = previous
-            .filter(|p| p.status == RegistrationStatus::Assigned.as_str())
-            .and_then(|p| p.assigned_hub.as_deref())
-            .and_then(by_host)
-    {
-        return Ok(current);
-    }
-
-    let named = settings.named_hubs();
-    let policy = settings
-        .allocation_policy
-        .unwrap_or(AllocationPolicy::Hashed);
-    match policy {
-        AllocationPolicy::Static => {
-            let [host] = named.as_slice() else {
-                return Err((
-                    ErrorCode::LinkedHubNotFound,
-                    "static allocation needs exactly one hub in iotHubs".into(),
-                ));
-            };
-            by_host(host).ok_or_else(|| {
-                (
-                    ErrorCode::LinkedHubNotFound,
-                    format!("the hub {host:?} is not linked"),
-                )
-            })
-        }
-        AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
-            // A self-hosted instance has no latency data: geoLatency falls back to hashed.
-            let pool: Vec<&Hub> = if named.is_empty() {
-                hubs.iter().filter(|h| h.apply_allocation_policy).collect()
-            } else {
-                named.iter().filter_map(|n| by_host(n)).collect()
-            };
-            let candidates: Vec<Candidate<'_>> = pool
-                .iter()
-                .map(|h| Candidate {
-                    hostname: &h.hostname,
-                    weight: h.weight,
-                })
-                .collect();
-            allocation::hashed(attested.registration_id.as_str(), &candidates)
-                .and_then(by_host)
-                .ok_or_else(|| {
-                    (
-                        ErrorCode::LinkedHubNotFound,
-                        "no linked hub is available for allocation".into(),
-                    )
-                })
-        }
-        AllocationPolicy::Custom => Err((
-            ErrorCode::CustomAllocationFailed,
-            "custom allocation (webhooks) is not supported by this Usher version".into(),
-        )),
-    }
 }
 
 /// A new operation ID in the shape DPS uses (`{digit}.{16 hex}.{uuid}`), from unreserved characters

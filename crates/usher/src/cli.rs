@@ -153,6 +153,12 @@ pub(crate) struct ServeArgs {
     /// anchor).
     #[arg(long, env = "USHER_AUDIT_RETENTION", default_value = "90d", value_parser = duration_arg)]
     pub(crate) audit_retention: Duration,
+    /// How long one call to a custom allocation webhook may take (then it is retried, as DPS does).
+    #[arg(long, env = "USHER_WEBHOOK_TIMEOUT", default_value = "30s", value_parser = duration_arg)]
+    pub(crate) webhook_timeout: Duration,
+    /// Extra CA certificates (PEM) to trust for custom allocation webhooks, besides the system's.
+    #[arg(long, env = "USHER_WEBHOOK_CA", value_name = "FILE")]
+    pub(crate) webhook_ca: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) kek: KekArgs,
 }

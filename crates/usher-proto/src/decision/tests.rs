@@ -155,7 +155,7 @@ fn hashed_moves_only_the_devices_a_new_hub_takes() {
     // The new hub takes about a third; nobody else moves.
     assert!((3_000..3_700).contains(&moved), "{moved}");
     // A hub with applyAllocationPolicy off takes no part unless named.
-    let mut off = before.clone();
+    let mut off = before;
     off.push(hub("c.hub", "x", 1000, false));
     for n in 0..200 {
         let id = format!("device-{n}");
@@ -325,10 +325,10 @@ fn re_registration_every_policy_and_previous_state() {
         assigned: None,
         initial_hub: None,
     };
-    let on_same = at("b.hub", "b.hub", Substatus::InitialAssignment);
-    let on_other = at("a.hub", "a.hub", Substatus::InitialAssignment);
-    let back_home = at("a.hub", "b.hub", Substatus::DeviceDataMigrated);
-    let on_unlinked = at("gone.hub", "gone.hub", Substatus::InitialAssignment);
+    let on_same = at("b.hub", "b.hub", InitialAssignment);
+    let on_other = at("a.hub", "a.hub", InitialAssignment);
+    let back_home = at("a.hub", "b.hub", DeviceDataMigrated);
+    let on_unlinked = at("gone.hub", "gone.hub", InitialAssignment);
     let initial = || Twin::Initial(Some(json!({"tags": {"site": "x"}})));
     let from_a = || Twin::MigrateFrom {
         hub: "a.hub".into(),
@@ -471,7 +471,7 @@ fn re_registration_every_policy_and_previous_state() {
             "b.hub",
             ReprovisionedToInitialAssignment,
             initial(),
-            a_removed.clone(),
+            a_removed,
         ),
         (
             "reset",
@@ -522,7 +522,7 @@ fn re_registration_every_policy_and_previous_state() {
             "b.hub",
             InitialAssignment,
             initial(),
-            gone_removed.clone(),
+            gone_removed,
         ),
     ];
     assert_eq!(table.len(), policies.len() * 6, "every combination");

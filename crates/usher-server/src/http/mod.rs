@@ -16,11 +16,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use usher_proto::api_version::{self, Api};
 
 use crate::app::{App, Protocol};
+pub(crate) use crate::clock::{now, unix_now};
 use crate::error::ApiError;
 use crate::metrics::Operation;
 use crate::server::HttpLimits;
@@ -52,7 +52,7 @@ async fn dispatch(
         Ok(response) => response,
         Err(e) => {
             e.log(Protocol::Https, peer);
-            e.into_response()
+            error_response(&e)
         }
     };
     if !response.headers().contains_key("x-ms-request-id")
@@ -189,23 +189,24 @@ pub(crate) fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T)
     }
 }
 
-/// The current UTC time.
-pub(crate) fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
-}
-
-/// The current time in DPS's timestamp format.
-pub(crate) fn now_text() -> String {
-    usher_proto::model::format_timestamp(now())
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    u64::try_from(now().unix_timestamp()).unwrap_or(0)
-}
-
-/// A new opaque etag, shaped like DPS's (base64 of a quoted identifier).
-pub(crate) fn new_etag() -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
+/// An error as an HTTP response: the DPS error body, its code in `x-ms-error-code`, the tracking ID
+/// in `x-ms-request-id`, and `Retry-After` when the error carries one.
+pub(crate) fn error_response(e: &ApiError) -> Response {
+    let code = e.code();
+    let body = e.body();
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let tracking_id = body.tracking_id.clone();
+    let mut response = json_response(status, &body);
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&tracking_id) {
+        headers.insert("x-ms-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&code.name()) {
+        headers.insert("x-ms-error-code", v);
+    }
+    if let Some(secs) = e.retry_after() {
+        headers.insert("retry-after", HeaderValue::from(secs));
+    }
+    response
 }

@@ -53,6 +53,7 @@ fn write_action<'s>(method: &Method, seg: &[&'s str]) -> Option<(&'static str, &
             "enrollment" => ("enrollment.bulk", ""),
             _ => ("enrollmentGroup.bulk", ""),
         },
+        ("PUT", [u, a]) if is(u, "usher") && is(a, "allocation") => ("allocation.set", ""),
         ("PUT", [coll, id]) => match kind(coll)? {
             "enrollment" => ("enrollment.put", *id),
             _ => ("enrollmentGroup.put", *id),
@@ -68,6 +69,7 @@ fn write_action<'s>(method: &Method, seg: &[&'s str]) -> Option<(&'static str, &
             ("policy.rotate", *name)
         }
         ("PUT", [u, h, name]) if is(u, "usher") && is(h, "hubs") => ("hub.add", *name),
+        ("PATCH", [u, h, name]) if is(u, "usher") && is(h, "hubs") => ("hub.update", *name),
         _ => return None,
     };
     Some(action)
@@ -211,6 +213,18 @@ async fn serve(
         [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PUT => {
             authorize("ServiceConfig").await?;
             ok_json(&management::add_hub(app, name, ctx.body).await?)
+        }
+        [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PATCH => {
+            authorize("ServiceConfig").await?;
+            ok_json(&management::update_hub(app, name, ctx.body).await?)
+        }
+        [u, a] if is(u, "usher") && is(a, "allocation") => {
+            authorize("ServiceConfig").await?;
+            match method {
+                Method::GET => ok_json(&management::allocation(app).await?),
+                Method::PUT => ok_json(&management::set_allocation(app, ctx.body).await?),
+                _ => Err(ctx.not_allowed()),
+            }
         }
         [u, h, name, d]
             if is(u, "usher") && is(h, "hubs") && is(d, "devices") && method == Method::GET =>

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 
@@ -31,10 +31,9 @@ pub async fn websocket_route(
         .find(|p| p.trim().eq_ignore_ascii_case("mqtt"))
         .map(|p| p.trim().to_owned());
     let Some(protocol) = offered else {
-        return ApiError::InvalidArgument(
+        return crate::http::error_response(&ApiError::InvalidArgument(
             "the WebSocket endpoint speaks the subprotocol mqtt only".into(),
-        )
-        .into_response();
+        ));
     };
     let peer = peer.map_or_else(
         || SocketAddr::from(([0, 0, 0, 0], 0)),

@@ -90,6 +90,44 @@ pub struct Hub {
     /// Whether Usher's own registry holds the hub's device identities.
     pub builtin: bool,
     pub created: String,
+    /// An Azure-style region name, for `geoLatency` allocation.
+    pub location: Option<String>,
+}
+
+/// How the instance allocates devices whose enrollment names no policy, and where clients are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationSettings {
+    pub default_policy: usher_proto::service::AllocationPolicy,
+    /// Client networks and the location each is in, for `geoLatency`; the first match wins.
+    pub geo_map: Vec<GeoRule>,
+}
+
+impl Default for AllocationSettings {
+    fn default() -> Self {
+        Self {
+            default_policy: usher_proto::service::AllocationPolicy::Hashed,
+            geo_map: Vec::new(),
+        }
+    }
+}
+
+/// A client network (CIDR) and its location.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GeoRule {
+    pub network: ipnet::IpNet,
+    pub location: String,
+}
+
+impl AllocationSettings {
+    /// The location of a client address by the network map.
+    pub fn location_of(&self, address: std::net::IpAddr) -> Option<&str> {
+        self.geo_map
+            .iter()
+            .find(|r| r.network.contains(&address))
+            .map(|r| r.location.as_str())
+    }
 }
 
 /// A device identity in a built-in hub. `Debug` leaves the keys out.
@@ -170,18 +208,52 @@ pub struct Registration {
     /// The latest operation; operation-status requests must name it.
     pub operation_id: String,
     pub payload: Option<Value>,
+    /// The hub the device was first assigned to.
+    pub initial_hub: Option<String>,
 }
 
 /// One registration's durable effects, written in one transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Assignment {
-    pub registration: Registration,
+    /// The record to write, if any (a disabled enrollment writes none).
+    pub registration: Option<Registration>,
     /// The identity to create or update in a built-in hub.
-    pub device: Option<HubDevice>,
-    /// An identity to remove from a built-in hub (the device moved away from it).
+    pub device: Option<DeviceWrite>,
+    /// An identity to remove from a built-in hub: (hub name, device ID).
     pub remove_device: Option<(String, String)>,
     /// What the audit log says of it, written in the same transaction.
     pub audit: Vec<usher_proto::audit::Record>,
+}
+
+/// A hub identity an assignment creates or updates, and what its twin becomes.
+#[derive(Debug, Clone)]
+pub struct DeviceWrite {
+    /// The identity with the twin it is to have if it is new.
+    pub device: HubDevice,
+    pub twin: TwinWrite,
+}
+
+/// What an existing identity's twin becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwinWrite {
+    /// Kept as it is (a new identity gets `device.twin`).
+    Keep,
+    /// Replaced by `device.twin` (a reset to the initial twin).
+    Replace,
+    /// The tags and desired properties of another identity: (hub name, device ID).
+    CopyFrom(String, String),
+}
+
+/// What a registration decides over, read inside its write transaction.
+#[derive(Debug, Clone)]
+pub struct RegisterView {
+    pub previous: Option<Registration>,
+    pub hubs: Vec<Hub>,
+    pub allocation: AllocationSettings,
+    /// The individual enrollment of the registration ID, as it is now.
+    pub individual: Option<Doc>,
+    /// The group the device attested through, as it is now.
+    pub group: Option<Doc>,
 }
 
 /// Everything a first run creates, written in one transaction.
@@ -379,9 +451,40 @@ impl Store {
         dispatch!(self, s => s.registrations_of_group(group_id).await)
     }
 
-    /// Writes a registration's effects durably, in one transaction.
-    pub async fn record_assignment(&self, assignment: Assignment) -> Result<(), StoreError> {
-        dispatch!(self, s => s.record_assignment(assignment).await)
+    /// A registration, in one write transaction: `decide` sees the rows as they are (the previous
+    /// record, the hubs, the allocation settings, the enrollment), returns the effects to write and
+    /// a value for the caller; nothing another writer does can come between the read and the write.
+    pub async fn register<R, E>(
+        &self,
+        registration_id: &str,
+        group_id: Option<&str>,
+        decide: impl FnOnce(RegisterView) -> Result<(Assignment, R), E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.register(registration_id, group_id, decide).await)
+    }
+
+    pub async fn allocation_settings(&self) -> Result<AllocationSettings, StoreError> {
+        dispatch!(self, s => s.allocation_settings().await)
+    }
+
+    pub async fn set_allocation_settings(
+        &self,
+        settings: AllocationSettings,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_allocation_settings(settings).await)
+    }
+
+    /// Changes a hub's weight, location or allocation flag; `Ok(None)` if there is no such hub.
+    pub async fn update_hub(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Hub) + Send + 'static,
+    ) -> Result<Option<Hub>, StoreError> {
+        dispatch!(self, s => s.update_hub(name, change).await)
     }
 
     /// Appends records to the audit log, chained, in the writer's next transaction.

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 
 use super::{
-    Assignment, Bootstrap, Collection, Doc, Hub, HubDevice, Instance, Policy, Registration,
-    StoreError,
+    AllocationSettings, Assignment, Bootstrap, Collection, Doc, Hub, HubDevice, Instance, Policy,
+    RegisterView, Registration, StoreError, TwinWrite,
 };
 use crate::secrets::{DataKey, Kek, Sealer};
 use usher_proto::audit::{Entry as AuditEntry, Record as AuditRecord};
@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_hub_registry.sql"),
     include_str!("migrations/0003_keyring.sql"),
     include_str!("migrations/0004_audit_log.sql"),
+    include_str!("migrations/0005_allocation.sql"),
 ];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
@@ -300,20 +301,9 @@ impl SqliteStore {
     pub(super) async fn hubs(&self) -> Result<Vec<Hub>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, hostname, weight, apply_allocation_policy, builtin, created FROM hubs ORDER BY rowid",
+                "SELECT name, hostname, weight, apply_allocation_policy, builtin, created, location FROM hubs ORDER BY rowid",
             )?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(Hub {
-                        name: r.get(0)?,
-                        hostname: r.get(1)?,
-                        weight: r.get(2)?,
-                        apply_allocation_policy: r.get(3)?,
-                        builtin: r.get(4)?,
-                        created: r.get(5)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            let rows = stmt.query_map([], hub_row)?.collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
@@ -552,7 +542,7 @@ impl SqliteStore {
             );
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt
-                .query_map([key], |r| Ok((r.get::<_, i64>(13)?, raw_registration(r)?)))?
+                .query_map([key], |r| Ok((r.get::<_, i64>(14)?, raw_registration(r)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?))).collect()
         })
@@ -632,65 +622,73 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn record_assignment(&self, a: Assignment) -> Result<(), StoreError> {
+    pub(super) async fn register<R, E>(
+        &self,
+        registration_id: &str,
+        group_id: Option<&str>,
+        decide: impl FnOnce(RegisterView) -> Result<(Assignment, R), E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = registration_id.to_ascii_lowercase();
+        let group_key = group_id.map(str::to_ascii_lowercase);
         let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
-            let r = &a.registration;
-            let payload = r.payload.as_ref().map(Value::to_string);
+            let view = RegisterView {
+                previous: load_registration(c, &key)?,
+                hubs: load_hubs(c).map_err(StoreError::from)?,
+                allocation: load_allocation(c)?,
+                individual: load_doc(c, &sealer, Collection::Enrollments, &key)?,
+                group: match &group_key {
+                    Some(g) => load_doc(c, &sealer, Collection::EnrollmentGroups, g)?,
+                    None => None,
+                },
+            };
+            let (assignment, answer) = decide(view)?;
+            write_assignment(c, &sealer, assignment)?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    pub(super) async fn allocation_settings(&self) -> Result<AllocationSettings, StoreError> {
+        self.read(load_allocation).await
+    }
+
+    pub(super) async fn set_allocation_settings(
+        &self,
+        settings: AllocationSettings,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let geo = serde_json::to_string(&settings.geo_map)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             c.execute(
-                &format!(
-                    "INSERT INTO registrations ({REGISTRATION_COLUMNS}, key, enrollment_group_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                     ON CONFLICT (key) DO UPDATE SET
-                       registration_id = excluded.registration_id, enrollment_group_id = excluded.enrollment_group_id,
-                       enrollment_group_key = excluded.enrollment_group_key, status = excluded.status,
-                       substatus = excluded.substatus, assigned_hub = excluded.assigned_hub,
-                       device_id = excluded.device_id, error_code = excluded.error_code,
-                       error_message = excluded.error_message, updated = excluded.updated, etag = excluded.etag,
-                       operation_id = excluded.operation_id, payload = excluded.payload"
-                ),
-                params![
-                    r.registration_id,
-                    r.enrollment_group_id,
-                    r.status,
-                    r.substatus,
-                    r.assigned_hub,
-                    r.device_id,
-                    r.error_code,
-                    r.error_message,
-                    r.created,
-                    r.updated,
-                    r.etag,
-                    r.operation_id,
-                    payload,
-                    r.registration_id.to_ascii_lowercase(),
-                    r.enrollment_group_id.as_deref().map(str::to_ascii_lowercase),
-                ],
+                "UPDATE instance SET allocation_policy = ?1, geo_map = ?2 WHERE id = 1",
+                params![settings.default_policy.as_str(), geo],
             )?;
-            if let Some((hub, device_id)) = &a.remove_device {
-                c.execute("DELETE FROM hub_devices WHERE hub = ?1 AND device_id = ?2", params![hub, device_id])?;
-            }
-            if let Some(d) = &a.device {
-                // A device the registry already has keeps its generation, document and twin; its
-                // status, keys and etag follow the assignment.
-                match load_hub_device(c, &sealer, &d.hub, &d.device_id)? {
-                    Some(existing) => write_hub_device(
-                        c,
-                        &sealer,
-                        &HubDevice {
-                            status: d.status.clone(),
-                            primary_key: d.primary_key.clone(),
-                            secondary_key: d.secondary_key.clone(),
-                            updated: d.updated.clone(),
-                            etag: d.etag.clone(),
-                            ..existing
-                        },
-                    )?,
-                    None => write_hub_device(c, &sealer, d)?,
-                }
-            }
-            append_audit(c, a.audit)?;
             Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn update_hub(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Hub) + Send + 'static,
+    ) -> Result<Option<Hub>, StoreError> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            let Some(mut hub) = load_hubs(c)?.into_iter().find(|h| h.name == name) else {
+                return Ok(None);
+            };
+            change(&mut hub);
+            c.execute(
+                "UPDATE hubs SET weight = ?2, apply_allocation_policy = ?3, location = ?4 WHERE name = ?1",
+                params![hub.name, hub.weight, hub.apply_allocation_policy, hub.location],
+            )?;
+            Ok(Some(hub))
         })
         .await
     }
@@ -719,8 +717,101 @@ impl SqliteStore {
 
 use serde_json::Value;
 
+/// Writes a registration's effects: the record, the hub identity (with its twin as the decision
+/// says), the identity it left, and the audit entries.
+fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<(), StoreError> {
+    if let Some(r) = &a.registration {
+        let payload = r.payload.as_ref().map(Value::to_string);
+        c.prepare_cached(&format!(
+            "INSERT INTO registrations ({REGISTRATION_COLUMNS}, key, enrollment_group_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT (key) DO UPDATE SET
+               registration_id = excluded.registration_id, enrollment_group_id = excluded.enrollment_group_id,
+               enrollment_group_key = excluded.enrollment_group_key, status = excluded.status,
+               substatus = excluded.substatus, assigned_hub = excluded.assigned_hub,
+               device_id = excluded.device_id, error_code = excluded.error_code,
+               error_message = excluded.error_message, updated = excluded.updated, etag = excluded.etag,
+               operation_id = excluded.operation_id, payload = excluded.payload,
+               initial_hub = excluded.initial_hub"
+        ))?
+        .execute(params![
+            r.registration_id,
+            r.enrollment_group_id,
+            r.status,
+            r.substatus,
+            r.assigned_hub,
+            r.device_id,
+            r.error_code,
+            r.error_message,
+            r.created,
+            r.updated,
+            r.etag,
+            r.operation_id,
+            payload,
+            r.initial_hub,
+            r.registration_id.to_ascii_lowercase(),
+            r.enrollment_group_id.as_deref().map(str::to_ascii_lowercase),
+        ])?;
+    }
+    if let Some(write) = &a.device {
+        let d = &write.device;
+        // The twin to carry over is read before the identity it comes from is removed.
+        let carried = match &write.twin {
+            TwinWrite::CopyFrom(hub, device_id) => {
+                load_hub_device(c, sealer, hub, device_id)?.map(|from| from.twin)
+            }
+            _ => None,
+        };
+        let existing = load_hub_device(c, sealer, &d.hub, &d.device_id)?;
+        let mut device = match (existing, &write.twin) {
+            // An identity the registry has keeps its generation and document; its status, keys
+            // and etag follow the assignment, its twin follows the decision.
+            (Some(existing), twin) => HubDevice {
+                status: d.status.clone(),
+                primary_key: d.primary_key.clone(),
+                secondary_key: d.secondary_key.clone(),
+                updated: d.updated.clone(),
+                etag: d.etag.clone(),
+                doc: merge_capabilities(existing.doc.clone(), &d.doc),
+                twin: if *twin == TwinWrite::Replace {
+                    d.twin.clone()
+                } else {
+                    existing.twin.clone()
+                },
+                twin_version: if *twin == TwinWrite::Replace {
+                    existing.twin_version + 1
+                } else {
+                    existing.twin_version
+                },
+                ..existing
+            },
+            (None, _) => d.clone(),
+        };
+        if let Some(from) = carried {
+            crate::hub::carry_twin(&mut device, &from);
+        }
+        write_hub_device(c, sealer, &device)?;
+    }
+    if let Some((hub, device_id)) = &a.remove_device {
+        c.execute(
+            "DELETE FROM hub_devices WHERE hub = ?1 AND device_id = ?2",
+            params![hub, device_id],
+        )?;
+    }
+    append_audit(c, a.audit)?;
+    Ok(())
+}
+
+/// An existing identity's document with the capabilities the enrollment now gives it.
+fn merge_capabilities(mut doc: Value, new: &Value) -> Value {
+    if let (Some(obj), Some(caps)) = (doc.as_object_mut(), new.get("capabilities")) {
+        obj.insert("capabilities".into(), caps.clone());
+    }
+    doc
+}
+
 const REGISTRATION_COLUMNS: &str = "registration_id, enrollment_group_id, status, substatus, assigned_hub, device_id, \
-     error_code, error_message, created, updated, etag, operation_id, payload";
+     error_code, error_message, created, updated, etag, operation_id, payload, initial_hub";
 
 const HUB_DEVICE_COLUMNS: &str = "hub, device_id, status, primary_key, secondary_key, created, updated, etag, \
      generation_id, doc, twin, twin_version";
@@ -901,10 +992,49 @@ fn load_instance(c: &Connection) -> rusqlite::Result<Option<Instance>> {
 
 fn insert_hub(c: &Connection, h: &Hub) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO hubs (name, hostname, weight, apply_allocation_policy, builtin, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![h.name, h.hostname, h.weight, h.apply_allocation_policy, h.builtin, h.created],
+        "INSERT INTO hubs (name, hostname, weight, apply_allocation_policy, builtin, created, location) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![h.name, h.hostname, h.weight, h.apply_allocation_policy, h.builtin, h.created, h.location],
     )?;
     Ok(())
+}
+
+fn hub_row(r: &Row<'_>) -> rusqlite::Result<Hub> {
+    Ok(Hub {
+        name: r.get(0)?,
+        hostname: r.get(1)?,
+        weight: r.get(2)?,
+        apply_allocation_policy: r.get(3)?,
+        builtin: r.get(4)?,
+        created: r.get(5)?,
+        location: r.get(6)?,
+    })
+}
+
+fn load_hubs(c: &Connection) -> rusqlite::Result<Vec<Hub>> {
+    c.prepare_cached(
+        "SELECT name, hostname, weight, apply_allocation_policy, builtin, created, location FROM hubs ORDER BY rowid",
+    )?
+    .query_map([], hub_row)?
+    .collect()
+}
+
+fn load_allocation(c: &Connection) -> Result<AllocationSettings, StoreError> {
+    let row: Option<(String, String)> = c
+        .query_row(
+            "SELECT allocation_policy, geo_map FROM instance WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((policy, geo)) = row else {
+        return Ok(AllocationSettings::default());
+    };
+    Ok(AllocationSettings {
+        default_policy: usher_proto::service::AllocationPolicy::parse(&policy)
+            .ok_or_else(|| StoreError::Corrupt(format!("allocation policy {policy:?}")))?,
+        geo_map: serde_json::from_str(&geo)
+            .map_err(|e| StoreError::Corrupt(format!("geo map: {e}")))?,
+    })
 }
 
 fn policy_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
@@ -1147,6 +1277,7 @@ fn raw_registration(r: &Row<'_>) -> rusqlite::Result<RawRegistration> {
             etag: r.get(10)?,
             operation_id: r.get(11)?,
             payload: None,
+            initial_hub: r.get(13)?,
         },
         r.get(12)?,
     ))

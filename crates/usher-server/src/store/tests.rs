@@ -52,6 +52,7 @@ async fn bootstrap_happens_once() {
             apply_allocation_policy: true,
             builtin: true,
             created: "t".into(),
+            location: None,
         }],
     };
     let instance = store.bootstrap(first.clone()).await.unwrap();
@@ -184,6 +185,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
                 apply_allocation_policy: true,
                 builtin: true,
                 created: "t".into(),
+                location: None,
             })
             .await
             .unwrap();
@@ -201,32 +203,33 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             etag: "e".into(),
             operation_id: "op".into(),
             payload: Some(json!({"a": 1})),
+            initial_hub: None,
         };
         let device = HubDevice {
             primary_key: "k1".into(),
             secondary_key: "k2".into(),
             ..hub_device("h", "Dev-1")
         };
-        store
-            .record_assignment(Assignment {
-                registration,
-                device: Some(device),
-                remove_device: None,
-                audit: Vec::new(),
-            })
-            .await
-            .unwrap();
+        record(
+            &store,
+            Assignment {
+                registration: Some(registration),
+                device: Some(keep(device)),
+                ..Assignment::default()
+            },
+        )
+        .await
+        .unwrap();
         // A hub that does not exist violates the foreign key: the whole assignment is refused.
         let bad = Assignment {
-            registration: Registration {
+            registration: Some(Registration {
                 registration_id: "dev-2".into(),
                 ..store.registration("dev-1").await.unwrap().unwrap()
-            },
-            device: Some(hub_device("nope", "dev-2")),
-            remove_device: None,
-            audit: Vec::new(),
+            }),
+            device: Some(keep(hub_device("nope", "dev-2"))),
+            ..Assignment::default()
         };
-        assert!(store.record_assignment(bad).await.is_err());
+        assert!(record(&store, bad).await.is_err());
         assert!(
             store.registration("dev-2").await.unwrap().is_none(),
             "no half-written record"
@@ -248,6 +251,25 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
         1,
         "deleting a registration leaves the hub identity"
     );
+}
+
+/// Writes an assignment through `Store::register`, deciding nothing.
+async fn record(store: &Store, a: Assignment) -> Result<(), StoreError> {
+    let id = a
+        .registration
+        .as_ref()
+        .map(|r| r.registration_id.clone())
+        .unwrap_or_default();
+    store
+        .register(&id, None, move |_| Ok::<_, StoreError>((a, ())))
+        .await
+}
+
+fn keep(device: HubDevice) -> DeviceWrite {
+    DeviceWrite {
+        device,
+        twin: TwinWrite::Keep,
+    }
 }
 
 fn hub_device(hub: &str, id: &str) -> HubDevice {
@@ -275,6 +297,7 @@ fn builtin(name: &str, hostname: &str) -> Hub {
         apply_allocation_policy: true,
         builtin: true,
         created: "t".into(),
+        location: None,
     }
 }
 
@@ -317,6 +340,7 @@ async fn hub_registry_read_modify_write_and_policies() {
         etag: "r".into(),
         operation_id: "op".into(),
         payload: None,
+        initial_hub: None,
     };
     let again = HubDevice {
         primary_key: "new".into(),
@@ -325,15 +349,16 @@ async fn hub_registry_read_modify_write_and_policies() {
         twin: json!({}),
         ..hub_device("h", "Dev-1")
     };
-    store
-        .record_assignment(Assignment {
-            registration: reg,
-            device: Some(again),
-            remove_device: None,
-            audit: Vec::new(),
-        })
-        .await
-        .unwrap();
+    record(
+        &store,
+        Assignment {
+            registration: Some(reg),
+            device: Some(keep(again)),
+            ..Assignment::default()
+        },
+    )
+    .await
+    .unwrap();
     let now = store.hub_device("h", "Dev-1").await.unwrap().unwrap();
     assert_eq!(
         (
@@ -438,6 +463,7 @@ async fn hubs_are_unique_by_name_and_hostname() {
         apply_allocation_policy: true,
         builtin: true,
         created: "t".into(),
+        location: None,
     };
     assert!(store.add_hub(hub.clone()).await.unwrap());
     assert!(!store.add_hub(hub.clone()).await.unwrap());

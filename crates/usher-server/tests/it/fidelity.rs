@@ -191,17 +191,27 @@ async fn the_default_register_answer_is_202_assigning_with_retry_after_2() {
 
 #[tokio::test]
 async fn a_failed_registration_reads_as_aziot_expects() {
-    // A group with custom allocation cannot be served yet: status failed with errorCode and
-    // errorMessage in registrationState, which aziot requires to report the failure.
+    // A custom allocation webhook that answers 401: status failed with errorCode and errorMessage
+    // in registrationState, which aziot requires to report the failure.
     let s = TestServer::start_with(Settings::default()).await;
+    let hook = crate::support::WebhookServer::start(vec![crate::support::Answer(
+        401,
+        json!({}),
+        Duration::ZERO,
+    )])
+    .await;
     let (key, _) = s
-        .enroll("edge-fail", json!({"allocationPolicy": "custom"}))
+        .enroll(
+            "edge-fail",
+            json!({"allocationPolicy": "custom",
+                   "customAllocationDefinition": {"webhookUrl": hook.url, "apiVersion": "2021-10-01"}}),
+        )
         .await;
     let outcome = edge_register_once(&s, "edge-fail", &s.token("edge-fail", &key), json!({})).await;
     match outcome {
         Ok(EdgeOutcome::Failed { code, message }) => {
-            assert_eq!(code / 1000, 400);
-            assert!(!message.is_empty());
+            assert_eq!(code, 400_209);
+            assert_eq!(message, "Custom allocation failed with status code: 401");
         }
         other => panic!("{other:?}"),
     }

@@ -256,8 +256,21 @@ async fn invalid_enrollments_are_refused_and_not_stored() {
             400_004,
         ),
         (
-            "/enrollments/static-none",
-            json!({"registrationId": "static-none", "attestation": {"type": "symmetricKey"}, "allocationPolicy": "static"}),
+            "/enrollments/static-two",
+            json!({"registrationId": "static-two", "attestation": {"type": "symmetricKey"}, "allocationPolicy": "static", "iotHubs": ["localhost", "localhost"]}),
+            400,
+            400_004,
+        ),
+        (
+            "/enrollments/custom-none",
+            json!({"registrationId": "custom-none", "attestation": {"type": "symmetricKey"}, "allocationPolicy": "custom"}),
+            400,
+            400_004,
+        ),
+        (
+            "/enrollments/custom-http",
+            json!({"registrationId": "custom-http", "attestation": {"type": "symmetricKey"}, "allocationPolicy": "custom",
+                   "customAllocationDefinition": {"webhookUrl": "http://alloc.example.com/x", "apiVersion": "2021-10-01"}}),
             400,
             400_004,
         ),

@@ -528,3 +528,74 @@ pub(crate) async fn tls_connect(s: &TestServer, port: u16, alpn: &[&[u8]]) -> Tl
         .await
         .unwrap()
 }
+
+/// A custom allocation webhook for tests: plain HTTP on a loopback port; each call gets the next
+/// scripted answer (the last one repeats), and every request body is kept.
+pub(crate) struct WebhookServer {
+    pub(crate) url: String,
+    pub(crate) requests: Arc<std::sync::Mutex<Vec<Value>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+/// One scripted webhook answer: a status, a JSON body, and how long to wait before answering.
+#[derive(Clone)]
+pub(crate) struct Answer(
+    pub(crate) u16,
+    pub(crate) Value,
+    pub(crate) std::time::Duration,
+);
+
+impl WebhookServer {
+    pub(crate) async fn start(script: Vec<Answer>) -> Self {
+        use axum::extract::State;
+        type Shared = (
+            Arc<std::sync::Mutex<Vec<Value>>>,
+            Arc<std::sync::Mutex<std::collections::VecDeque<Answer>>>,
+        );
+        async fn handle(
+            State((requests, script)): State<Shared>,
+            axum::Json(body): axum::Json<Value>,
+        ) -> (axum::http::StatusCode, axum::Json<Value>) {
+            requests.lock().unwrap().push(body);
+            let answer = {
+                let mut script = script.lock().unwrap();
+                if script.len() > 1 {
+                    script.pop_front().unwrap()
+                } else {
+                    script.front().cloned().unwrap()
+                }
+            };
+            tokio::time::sleep(answer.2).await;
+            (
+                axum::http::StatusCode::from_u16(answer.0).unwrap(),
+                axum::Json(answer.1),
+            )
+        }
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared: Shared = (
+            Arc::clone(&requests),
+            Arc::new(std::sync::Mutex::new(script.into())),
+        );
+        let app = axum::Router::new()
+            .route("/alloc", axum::routing::post(handle))
+            .with_state(shared);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/alloc?code=secret",
+            listener.local_addr().unwrap().port()
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            requests,
+            _task: task,
+        }
+    }
+
+    /// The request bodies received so far.
+    pub(crate) fn received(&self) -> Vec<Value> {
+        self.requests.lock().unwrap().clone()
+    }
+}

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_server::server::{ConnectionLimits, HttpLimits};
 use usher_server::throttle::ThrottleSettings;
+use usher_server::webhook::WebhookSettings;
 use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 
 use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
@@ -45,6 +46,19 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 failures_per_registration: args.auth_failures_per_registration,
             },
             audit_retention: args.audit_retention,
+            webhook: WebhookSettings {
+                timeout: args.webhook_timeout,
+                ca_pem: args
+                    .webhook_ca
+                    .as_ref()
+                    .map(|p| {
+                        std::fs::read(p).with_context(|| {
+                            format!("invalid --webhook-ca: cannot read {}", p.display())
+                        })
+                    })
+                    .transpose()?,
+                ..WebhookSettings::default()
+            },
         },
         limits: limits(&args.limits),
         kek: args.kek.source(),

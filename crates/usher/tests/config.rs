@@ -33,6 +33,8 @@ const SAMPLES: &[(&str, &str)] = &[
     ("auth-failures-per-address", "60"),
     ("auth-failures-per-registration", "10"),
     ("audit-retention", r#""30d""#),
+    ("webhook-timeout", r#""10s""#),
+    ("webhook-ca", r#""/etc/usher/webhook-ca.pem""#),
     ("kek-file", r#""/etc/usher/kek""#),
 ];
 

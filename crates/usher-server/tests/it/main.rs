@@ -2,6 +2,7 @@
 //! data directory and talks to it over TLS.
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod allocation;
 mod device;
 mod exposure;
 mod fidelity;

@@ -207,6 +207,26 @@ impl TestServer {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
+    /// The `iothubowner` key of any built-in hub, as `usher instance show --show-keys` reads it.
+    pub(crate) async fn hub_owner_key(&self, hub: &str) -> SymmetricKey {
+        let (store, instance) = usher_server::app::open_existing(
+            self.dir.path(),
+            &usher_server::secrets::KekSource::default(),
+        )
+        .await
+        .unwrap();
+        let overview = usher_server::app::overview(&store, &instance, self.dir.path())
+            .await
+            .unwrap();
+        let cs = overview
+            .hubs
+            .iter()
+            .find(|h| h.name == hub)
+            .and_then(|h| h.connection_string.clone())
+            .unwrap();
+        SymmetricKey::from_base64(cs.split("SharedAccessKey=").nth(1).unwrap()).unwrap()
+    }
+
     /// A device client over HTTPS.
     pub(crate) fn device_client(&self) -> Client {
         self.client_over(Transport::Https)
@@ -555,7 +575,7 @@ impl WebhookServer {
         async fn handle(
             State((requests, script)): State<Shared>,
             axum::Json(body): axum::Json<Value>,
-        ) -> (axum::http::StatusCode, axum::Json<Value>) {
+        ) -> (StatusCode, axum::Json<Value>) {
             requests.lock().unwrap().push(body);
             let answer = {
                 let mut script = script.lock().unwrap();
@@ -567,7 +587,7 @@ impl WebhookServer {
             };
             tokio::time::sleep(answer.2).await;
             (
-                axum::http::StatusCode::from_u16(answer.0).unwrap(),
+                StatusCode::from_u16(answer.0).unwrap(),
                 axum::Json(answer.1),
             )
         }

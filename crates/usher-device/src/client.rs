@@ -8,6 +8,7 @@ use usher_proto::model::{
 };
 
 use crate::Credential;
+use crate::amqp::AmqpLink;
 use crate::http::HttpLink;
 use crate::mqtt::MqttLink;
 
@@ -25,13 +26,18 @@ pub enum Transport {
     Mqtt,
     /// MQTT over WebSockets, `/$iothub/websocket` on port 443.
     MqttWs,
+    /// AMQP 1.0 over TLS on port 5671.
+    Amqp,
+    /// AMQP over WebSockets, `/$iothub/websocket` on port 443.
+    AmqpWs,
 }
 
 impl Transport {
     fn default_port(self) -> u16 {
         match self {
-            Self::Https | Self::MqttWs => 443,
+            Self::Https | Self::MqttWs | Self::AmqpWs => 443,
             Self::Mqtt => 8883,
+            Self::Amqp => 5671,
         }
     }
 }
@@ -131,6 +137,7 @@ pub struct Client {
 enum Link {
     Http(Box<HttpLink>),
     Mqtt(Box<MqttLink>),
+    Amqp(Box<AmqpLink>),
 }
 
 impl Client {
@@ -159,6 +166,9 @@ impl Client {
             Transport::Mqtt | Transport::MqttWs => {
                 Link::Mqtt(Box::new(MqttLink::connect(self, credential, &token).await?))
             }
+            Transport::Amqp | Transport::AmqpWs => {
+                Link::Amqp(Box::new(AmqpLink::connect(self, credential, &token).await?))
+            }
         };
         let id = credential.registration_id().as_str();
         let body = serde_json::to_vec(&DeviceRegistration {
@@ -171,6 +181,7 @@ impl Client {
         let answer = match &mut link {
             Link::Http(l) => l.register(body).await?,
             Link::Mqtt(l) => l.register(body).await?,
+            Link::Amqp(l) => l.register(body).await?,
         };
         let (mut status, mut retry_after) = interpret(answer)?;
         let mut polls = 0;
@@ -184,11 +195,14 @@ impl Client {
             let answer = match &mut link {
                 Link::Http(l) => l.poll(&status.operation_id).await?,
                 Link::Mqtt(l) => l.poll(&status.operation_id).await?,
+                Link::Amqp(l) => l.poll(&status.operation_id).await?,
             };
             (status, retry_after) = interpret(answer)?;
         }
-        if let Link::Mqtt(l) = &mut link {
-            l.disconnect().await;
+        match link {
+            Link::Mqtt(mut l) => l.disconnect().await,
+            Link::Amqp(l) => l.disconnect().await,
+            Link::Http(_) => {}
         }
         if status.status == RegistrationStatus::Assigned {
             Ok(status)

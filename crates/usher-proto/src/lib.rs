@@ -14,6 +14,7 @@
 //! - [`decision`]: the registration decision (hub, device ID, substatus, identity plans).
 //! - [`audit`]: audit-log entries and their hash chain.
 //! - [`allocation`]: choosing a hub (weighted rendezvous hashing).
+//! - [`amqp`]: the DPS grammar inside AMQP 1.0 (SASL PLAIN identity, link addresses, request properties).
 //! - [`api_version`]: the `api-version` values each API accepts.
 //! - [`mqtt`]: a sans-IO MQTT 3.1.1 codec for the subset DPS uses, and the DPS topic grammar.
 //! - [`query`]: the management API's query language (DPS's `SELECT *`, plus `WHERE` filters).
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allocation;
+pub mod amqp;
 pub mod api_version;
 pub mod audit;
 pub mod decision;

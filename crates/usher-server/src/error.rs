@@ -28,6 +28,8 @@ pub enum AuthError {
     UnsupportedAttestation(&'static str),
     #[error("no access policy is named {0:?}")]
     UnknownPolicy(String),
+    #[error("the AMQP link address names another device than the SASL user name")]
+    AddressOfAnotherDevice,
 }
 
 /// Everything a request can fail with. Variants name what happened; [`ApiError::code`] maps them.

@@ -7,12 +7,15 @@
 //! - [`management`]: enrollment, group, registration-record and hub operations.
 //! - [`http`]: the HTTPS dispatcher for the device and management APIs.
 //! - [`mqtt`]: the MQTT device endpoint (TLS and WebSockets), one session task per connection.
+//! - [`amqp`]: the AMQP 1.0 device endpoint (TLS and WebSockets) on fe2o3-amqp.
+//! - [`websocket`]: `/$iothub/websocket`, MQTT or AMQP by subprotocol.
 //! - [`server`]: the TLS accept loop.
 //! - [`store`]: durable state behind one interface, with group commit.
 //! - [`pki`], [`tls`]: the development CA and the rustls configuration.
 //! - [`error`]: `ApiError` and the one mapping to DPS error codes.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod app;
 pub mod audit;
 pub mod clock;
@@ -32,6 +35,7 @@ pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod webhook;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,10 +63,11 @@ pub struct ServeConfig {
 /// What the transports enforce on connections, requests and sessions.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
-    /// Per listener (HTTPS and MQTT each).
+    /// Per listener (HTTPS, MQTT and AMQP each).
     pub connections: server::ConnectionLimits,
     pub http: server::HttpLimits,
     pub mqtt: mqtt::Limits,
+    pub amqp: amqp::Limits,
 }
 
 /// Why the server could not start.
@@ -84,7 +89,7 @@ pub struct Prepared {
     pub app: App,
     pub overview: Overview,
     tls: std::sync::Arc<rustls::ServerConfig>,
-    /// The same certificate without ALPN, for MQTT.
+    /// The same certificate without ALPN, for MQTT and AMQP.
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
     limits: Limits,
     data_dir: PathBuf,
@@ -139,14 +144,16 @@ impl Prepared {
         self
     }
 
-    /// Serves HTTPS (device API, management API, MQTT over WebSockets) on `https` and MQTT over TLS
-    /// on `mqtt`, until `shutdown` is cancelled; then lets open connections finish for up to
-    /// `Settings::shutdown_timeout` and closes the rest. Records the bound addresses in the data
-    /// directory's runtime file so the CLI can find the server.
+    /// Serves HTTPS (device API, management API, MQTT and AMQP over WebSockets) on `https`, MQTT
+    /// over TLS on `mqtt` and AMQP over TLS on `amqp`, until `shutdown` is cancelled; then lets
+    /// open connections finish for up to `Settings::shutdown_timeout` and closes the rest.
+    /// Records the bound addresses in the data directory's runtime file so the CLI can find the
+    /// server.
     pub async fn run(
         self,
         https: TcpListener,
         mqtt: Option<TcpListener>,
+        amqp: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
         let runtime = self.data_dir.join(app::RUNTIME_FILE);
@@ -160,6 +167,11 @@ impl Prepared {
             .map(TcpListener::local_addr)
             .transpose()
             .map_err(io)?;
+        let amqp_addr = amqp
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(io)?;
         let metrics_addr = self
             .metrics_listener
             .as_ref()
@@ -169,11 +181,12 @@ impl Prepared {
         let text = serde_json::json!({
             "httpsAddr": https_addr.to_string(),
             "mqttAddr": mqtt_addr.map(|a| a.to_string()),
+            "amqpAddr": amqp_addr.map(|a| a.to_string()),
             "metricsAddr": metrics_addr.map(|a| a.to_string()),
         })
         .to_string();
         files::write_private(&runtime, text.as_bytes()).map_err(io)?;
-        tracing::info!(%https_addr, ?mqtt_addr, ?metrics_addr, "serving");
+        tracing::info!(%https_addr, ?mqtt_addr, ?amqp_addr, ?metrics_addr, "serving");
 
         let app = self.app.clone();
         let app_shutdown = app.shutdown.clone();
@@ -205,7 +218,13 @@ impl Prepared {
             ))
         });
         let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
-        let router = http::router(self.app, limits.http, mqtt_endpoint.clone());
+        let amqp_endpoint = amqp::Endpoint::new(limits.amqp);
+        let router = http::router(
+            self.app,
+            limits.http,
+            mqtt_endpoint.clone(),
+            amqp_endpoint.clone(),
+        );
         let https_task = server::serve_tls(
             https,
             self.tls,
@@ -216,31 +235,35 @@ impl Prepared {
                 server::serve_http_connection(tls, peer, router.clone(), limits.http, stop, drain)
             },
         );
+        let mqtt_task = mqtt.map(|listener| {
+            let app = app.clone();
+            server::serve_tls(
+                listener,
+                std::sync::Arc::clone(&self.mqtt_tls),
+                limits.connections,
+                options(metrics::Listener::Mqtt),
+                shutdown.clone(),
+                move |tls, peer, stop| {
+                    mqtt::serve_tls_connection(app.clone(), mqtt_endpoint.clone(), tls, peer, stop)
+                },
+            )
+        });
+        let amqp_task = amqp.map(|listener| {
+            let app = app.clone();
+            server::serve_tls(
+                listener,
+                std::sync::Arc::clone(&self.mqtt_tls),
+                limits.connections,
+                options(metrics::Listener::Amqp),
+                shutdown.clone(),
+                move |tls, peer, stop| {
+                    amqp::serve_tls_connection(app.clone(), amqp_endpoint.clone(), tls, peer, stop)
+                },
+            )
+        });
         app.listening
             .store(true, std::sync::atomic::Ordering::Release);
-        match mqtt {
-            Some(listener) => {
-                let mqtt_app = app.clone();
-                let mqtt_task = server::serve_tls(
-                    listener,
-                    self.mqtt_tls,
-                    limits.connections,
-                    options(metrics::Listener::Mqtt),
-                    shutdown,
-                    move |tls, peer, stop| {
-                        mqtt::serve_tls_connection(
-                            mqtt_app.clone(),
-                            mqtt_endpoint.clone(),
-                            tls,
-                            peer,
-                            stop,
-                        )
-                    },
-                );
-                tokio::join!(https_task, mqtt_task);
-            }
-            None => https_task.await,
-        }
+        tokio::join!(https_task, optional(mqtt_task), optional(amqp_task));
         app.listening
             .store(false, std::sync::atomic::Ordering::Release);
         drained.cancel();
@@ -250,5 +273,12 @@ impl Prepared {
         let _ = std::fs::remove_file(&runtime);
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Runs a listener's task if there is one.
+async fn optional(task: Option<impl Future<Output = ()>>) {
+    if let Some(task) = task {
+        task.await;
     }
 }

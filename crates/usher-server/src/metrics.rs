@@ -163,6 +163,7 @@ struct Inner {
     request_duration: HistogramFamily<RequestLabels>,
     open_connections: Family<ListenerLabels, Gauge>,
     mqtt_sessions: Family<ProtocolLabels, Gauge>,
+    amqp_connections: Family<ProtocolLabels, Gauge>,
     throttled_requests: Family<ReasonLabels, Counter>,
     store_commit_duration: Histogram,
     store_commit_batch_size: Histogram,
@@ -213,7 +214,7 @@ impl Metrics {
         let open_connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "open_connections",
-            "Connections open per listener (TCP accepted, TLS handshake included)",
+            "Connections open per TLS listener (TCP accepted, TLS handshake included)",
             open_connections.clone(),
         );
         let mqtt_sessions = Family::<ProtocolLabels, Gauge>::default();
@@ -221,6 +222,12 @@ impl Metrics {
             "mqtt_sessions",
             "MQTT sessions open, over TLS (mqtt) and over WebSockets (mqtt-ws)",
             mqtt_sessions.clone(),
+        );
+        let amqp_connections = Family::<ProtocolLabels, Gauge>::default();
+        registry.register(
+            "amqp_connections",
+            "AMQP connections open, over TLS (amqp) and over WebSockets (amqp-ws)",
+            amqp_connections.clone(),
         );
         let throttled_requests = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -255,7 +262,7 @@ impl Metrics {
                 });
             }
         }
-        for listener in [Listener::Https, Listener::Mqtt] {
+        for listener in [Listener::Https, Listener::Mqtt, Listener::Amqp] {
             let _ = open_connections.get_or_create(&ListenerLabels {
                 listener: listener.as_str(),
             });
@@ -270,6 +277,11 @@ impl Metrics {
                 protocol: protocol.as_str(),
             });
         }
+        for protocol in [Protocol::Amqp, Protocol::AmqpWs] {
+            let _ = amqp_connections.get_or_create(&ProtocolLabels {
+                protocol: protocol.as_str(),
+            });
+        }
         Self(Arc::new(Inner {
             registry,
             attestation_attempts,
@@ -278,6 +290,7 @@ impl Metrics {
             request_duration,
             open_connections,
             mqtt_sessions,
+            amqp_connections,
             throttled_requests,
             store_commit_duration,
             store_commit_batch_size,
@@ -342,6 +355,17 @@ impl Metrics {
         GaugeGuard::new(self.0.mqtt_sessions.get_or_create_owned(&ProtocolLabels {
             protocol: protocol.as_str(),
         }))
+    }
+
+    /// Counts an AMQP connection (past the connection cap) as open until the guard is dropped.
+    pub fn amqp_connection(&self, protocol: Protocol) -> GaugeGuard {
+        GaugeGuard::new(
+            self.0
+                .amqp_connections
+                .get_or_create_owned(&ProtocolLabels {
+                    protocol: protocol.as_str(),
+                }),
+        )
     }
 
     /// One request refused by protective throttling, by the budget that was spent.

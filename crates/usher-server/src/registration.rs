@@ -585,6 +585,13 @@ async fn find_registration(
     Ok(registration_result(&record))
 }
 
+/// Checks a device's credentials without acting on them. AMQP devices present their token once,
+/// at SASL, and DPS refuses a connection whose token does not attest (`device-protocol.md` §6);
+/// every request is still checked again by [`register`] and [`operation_status`].
+pub async fn authenticate(app: &App, req: DeviceRequest<'_>) -> Result<(), ApiError> {
+    attest(app, req).await.map(|_| ())
+}
+
 /// Parses a register body (DeviceRegistration JSON); an empty or blank body reads as `{}`. Any
 /// other JSON than an object is refused, as is a body over the DPS message limit (MQTT and AMQP
 /// payloads reach here unbounded by HTTP's body limit).

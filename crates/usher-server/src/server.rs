@@ -1,6 +1,6 @@
 //! The TLS accept loop: our own, rather than `axum::serve`, so that TLS uses our `ServerConfig`,
-//! handshakes time out, connections are limited per listener and per client address, and HTTPS and
-//! MQTT share one shape.
+//! handshakes time out, connections are limited per listener and per client address, and HTTPS,
+//! MQTT and AMQP share one shape.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -203,7 +203,7 @@ pub async fn serve_tls<H, F>(
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades, for MQTT over WebSockets) on one TLS connection. HTTP/2 is not
+/// Serves HTTP/1.1 (with upgrades, for MQTT and AMQP over WebSockets) on one TLS connection. HTTP/2 is not
 /// served: only `http/1.1` is offered in ALPN, and a client that skips ALPN and sends the HTTP/2
 /// preface anyway is refused by the HTTP/1.1 parser and disconnected.
 pub async fn serve_http_connection(
@@ -215,7 +215,7 @@ pub async fn serve_http_connection(
     drain_timeout: Duration,
 ) {
     let service =
-        TowerToHyperService::new(router.layer(axum::Extension(crate::mqtt::PeerAddr(peer))));
+        TowerToHyperService::new(router.layer(axum::Extension(crate::websocket::PeerAddr(peer))));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -18,6 +18,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once and consumed at once.
 pub(crate) enum Command {
     /// Run the provisioning service (HTTPS device and management APIs).
     Serve(ServeArgs),
@@ -75,12 +76,15 @@ pub(crate) struct ServeArgs {
     /// Where the database, the development PKI and the runtime file live.
     #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
     pub(crate) data_dir: PathBuf,
-    /// Address for HTTPS (device API, management API, MQTT over WebSockets).
+    /// Address for HTTPS (device API, management API, MQTT and AMQP over WebSockets).
     #[arg(long, env = "USHER_HTTPS_ADDR", default_value = "0.0.0.0:443")]
     pub(crate) https_addr: SocketAddr,
     /// Address for MQTT over TLS (device API).
     #[arg(long, env = "USHER_MQTT_ADDR", default_value = "0.0.0.0:8883")]
     pub(crate) mqtt_addr: SocketAddr,
+    /// Address for AMQP 1.0 over TLS (device API).
+    #[arg(long, env = "USHER_AMQP_ADDR", default_value = "0.0.0.0:5671")]
+    pub(crate) amqp_addr: SocketAddr,
     /// Address for plain-HTTP metrics (`/metrics`, Prometheus text format) and probes
     /// (`/healthz`, `/readyz`), e.g. 127.0.0.1:9090. Off unless given.
     #[arg(long, env = "USHER_METRICS_ADDR", value_name = "ADDR")]
@@ -221,6 +225,17 @@ pub(crate) struct LimitArgs {
     /// MQTT sessions open at once, over TLS and WebSockets together (over it: CONNACK 3).
     #[arg(long, env = "USHER_MQTT_MAX_SESSIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) mqtt_max_sessions: u32,
+    /// Time an AMQP client has from connecting to an open connection (protocol headers, SASL,
+    /// Open).
+    #[arg(long, env = "USHER_AMQP_OPEN_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub(crate) amqp_open_timeout: Duration,
+    /// The idle time-out AMQP connections announce: one that sends no frame for this long is
+    /// closed (the SDKs send empty frames at half of it).
+    #[arg(long, env = "USHER_AMQP_IDLE_TIMEOUT", default_value = "4m", value_parser = duration_arg)]
+    pub(crate) amqp_idle_timeout: Duration,
+    /// AMQP connections open at once, over TLS and WebSockets together (over it: closed at once).
+    #[arg(long, env = "USHER_AMQP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) amqp_max_connections: u32,
 }
 
 /// A duration flag: a whole number with an optional unit s, m, h or d (at least one second).
@@ -576,7 +591,7 @@ pub(crate) struct ProvisionArgs {
     /// An enrollment group's key (base64); the device key is derived from it.
     #[arg(long)]
     pub(crate) group_key: Option<String>,
-    /// The service host, optionally with :port (default port: 443, or 8883 for mqtt).
+    /// The service host, optionally with :port (default port: 443, 8883 for mqtt, 5671 for amqp).
     #[arg(long, default_value = "localhost")]
     pub(crate) host: String,
     /// How the device talks to the service.
@@ -601,6 +616,10 @@ pub(crate) enum TransportArg {
     Mqtt,
     /// MQTT over WebSockets (port 443, /$iothub/websocket).
     MqttWs,
+    /// AMQP 1.0 over TLS (port 5671).
+    Amqp,
+    /// AMQP over WebSockets (port 443, /$iothub/websocket).
+    AmqpWs,
 }
 
 #[derive(Debug, Subcommand)]

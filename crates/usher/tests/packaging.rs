@@ -139,6 +139,7 @@ fn exec_start_runs_with_the_example_configuration() {
     );
     assert_eq!(printed["https-addr"].as_str().unwrap(), "0.0.0.0:443");
     assert_eq!(printed["mqtt-addr"].as_str().unwrap(), "0.0.0.0:8883");
+    assert_eq!(printed["amqp-addr"].as_str().unwrap(), "0.0.0.0:5671");
     let seconds = |text: &str| usher_proto::ttl::parse_duration(text).unwrap();
     let drain = seconds(printed["shutdown-timeout"].as_str().unwrap());
     let stop = seconds(setting(&settings, "TimeoutStopSec"));

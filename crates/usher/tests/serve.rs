@@ -70,6 +70,8 @@ fn start_capturing(
                 "127.0.0.1:0",
                 "--mqtt-addr",
                 "127.0.0.1:0",
+                "--amqp-addr",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .current_dir(dir)
@@ -173,8 +175,14 @@ fn serve_enroll_derive_provision_and_list_hub_devices() {
         out.contains("hub localhost, deviceId sensor-001, status assigned"),
         "{out}"
     );
-    // Over MQTT and MQTT over WebSockets too.
-    for (transport, at) in [("mqtt", &mqtt_host), ("mqtt-ws", &host)] {
+    // Over MQTT, AMQP and both over WebSockets too.
+    let amqp_host = format!("localhost:{}", port_of("amqpAddr"));
+    for (transport, at) in [
+        ("mqtt", &mqtt_host),
+        ("mqtt-ws", &host),
+        ("amqp", &amqp_host),
+        ("amqp-ws", &host),
+    ] {
         let out = ok(&usher(
             dir,
             &[
@@ -439,7 +447,15 @@ fn serve_reports_a_port_in_use() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = usher(
         tmp.path(),
-        &["serve", "--https-addr", &addr, "--mqtt-addr", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--https-addr",
+            &addr,
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--amqp-addr",
+            "127.0.0.1:0",
+        ],
     );
 
     assert!(!out.status.success());
@@ -747,6 +763,8 @@ fn serve_explains_how_to_bind_a_privileged_port() {
         "127.0.0.1:443",
         "--mqtt-addr",
         "127.0.0.1:0",
+        "--amqp-addr",
+        "127.0.0.1:0",
     ];
     let is_root = Command::new("id")
         .arg("-u")
@@ -830,6 +848,8 @@ fn every_transport_logs_a_refused_device_once_at_info_without_secrets() {
         ("https", "httpsAddr"),
         ("mqtt", "mqttAddr"),
         ("mqtt-ws", "httpsAddr"),
+        ("amqp", "amqpAddr"),
+        ("amqp-ws", "httpsAddr"),
     ] {
         let out = usher(
             dir,
@@ -854,7 +874,7 @@ fn every_transport_logs_a_refused_device_once_at_info_without_secrets() {
     // The log is written as the requests are answered; give the last line a moment.
     std::thread::sleep(Duration::from_millis(300));
     let text = std::fs::read_to_string(&log_path).unwrap();
-    for protocol in ["https", "mqtt", "mqtt-ws"] {
+    for protocol in ["https", "mqtt", "mqtt-ws", "amqp", "amqp-ws"] {
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| {

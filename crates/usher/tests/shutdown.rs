@@ -40,7 +40,7 @@ fn start(dir: &Path) -> Server {
         &config,
         format!(
             "data-dir = {:?}\nhttps-addr = \"127.0.0.1:0\"\nmqtt-addr = \"127.0.0.1:0\"\n\
-             metrics-addr = \"127.0.0.1:0\"\nshutdown-timeout = \"{}s\"\n",
+             amqp-addr = \"127.0.0.1:0\"\nmetrics-addr = \"127.0.0.1:0\"\nshutdown-timeout = \"{}s\"\n",
             data.display(),
             BOUND.as_secs()
         ),

@@ -29,15 +29,21 @@ use crate::server::HttpLimits;
 pub const MAX_BODY: usize = usher_proto::model::MAX_MESSAGE_BYTES;
 
 /// The router for the HTTPS port.
-pub fn router(app: App, limits: HttpLimits, mqtt: crate::mqtt::Endpoint) -> Router {
+pub fn router(
+    app: App,
+    limits: HttpLimits,
+    mqtt: crate::mqtt::Endpoint,
+    amqp: crate::amqp::Endpoint,
+) -> Router {
     Router::new()
         .route(
             "/$iothub/websocket",
-            axum::routing::get(crate::mqtt::websocket_route),
+            axum::routing::get(crate::websocket::websocket_route),
         )
         .fallback(dispatch)
         .layer(axum::Extension(limits))
         .layer(axum::Extension(mqtt))
+        .layer(axum::Extension(amqp))
         .with_state(app)
 }
 
@@ -47,7 +53,10 @@ async fn dispatch(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let peer = parts.extensions.get::<crate::mqtt::PeerAddr>().map(|p| p.0);
+    let peer = parts
+        .extensions
+        .get::<crate::websocket::PeerAddr>()
+        .map(|p| p.0);
     let mut response = match route(&app, &parts, body, limits, peer).await {
         Ok(response) => response,
         Err(e) => {

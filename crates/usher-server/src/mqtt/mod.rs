@@ -18,7 +18,7 @@ use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 pub use session::{Limits, MAX_KEEP_ALIVE, MAX_PACKET, run_session};
-pub use ws::{PeerAddr, websocket_route};
+pub(crate) use ws::session as websocket_session;
 
 /// What every MQTT session shares, over TLS and WebSockets alike: the limits, and the count of
 /// open sessions (over `Limits::max_sessions` a client gets CONNACK 3).

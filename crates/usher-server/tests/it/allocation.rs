@@ -335,3 +335,220 @@ async fn while_the_webhook_is_called_register_answers_202_and_polls_see_assignin
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "assigned");
 }
+
+/// Changes an enrollment's settings (keeping its keys), as `usher enrollment update` does.
+async fn update_enrollment(s: &TestServer, id: &str, change: Value) {
+    let (_, _, mut doc) = s
+        .call(Method::GET, &format!("/enrollments/{id}"), None, &[])
+        .await;
+    let obj = doc.as_object_mut().unwrap();
+    obj.remove("registrationState");
+    for (k, v) in change.as_object().unwrap() {
+        obj.insert(k.clone(), v.clone());
+    }
+    let (status, _, body) = s
+        .call(
+            Method::PUT,
+            &format!("/enrollments/{id}"),
+            Some(doc),
+            &[("If-Match", "*")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Sets a twin's tags through the hub registry API, as a back end would.
+async fn tag(s: &TestServer, hub: &str, device: &str, tags: Value) {
+    let hostname = if hub == "usher-hub" {
+        "localhost".to_owned()
+    } else {
+        format!("{hub}.example.test")
+    };
+    let key = s.hub_owner_key(hub).await;
+    let token = sas::service_token(&hostname, "iothubowner", &key, unix_now() + 600);
+    let (status, _, body) = s
+        .raw_request(
+            Method::PATCH,
+            &format!("/twins/{device}?api-version=2021-04-12"),
+            Some(&token),
+            Some(&json!({"tags": tags}).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn twin_tags(s: &TestServer, hub: &str, device: &str) -> Option<Value> {
+    let (status, twin) = hub_get(s, hub, &format!("/twins/{device}")).await;
+    (status == StatusCode::OK).then(|| twin["tags"].clone())
+}
+
+#[tokio::test]
+async fn reprovisioning_every_policy_with_the_twin_seen_through_the_hub_registry() {
+    let s = TestServer::start().await;
+    let two = link(&s, "two", 1, "eastus").await;
+    let initial = json!({"tags": {"v": "initial"}, "properties": {"desired": {"d": 1}}});
+
+    // Migrate (the default): the twin moves with the device; back home is
+    // reprovisionedToInitialAssignment.
+    let (key, _) = s
+        .enroll(
+            "rp-migrate",
+            json!({"allocationPolicy": "static", "iotHubs": ["localhost"], "initialTwin": initial,
+                   "reprovisionPolicy": {"updateHubAssignment": true, "migrateDeviceData": true}}),
+        )
+        .await;
+    let state = provision(&s, "rp-migrate", &key).await;
+    assert_eq!(
+        state.substatus,
+        Some(usher_proto::model::Substatus::InitialAssignment)
+    );
+    assert_eq!(
+        twin_tags(&s, "usher-hub", "rp-migrate").await,
+        Some(json!({"v": "initial"}))
+    );
+    tag(&s, "usher-hub", "rp-migrate", json!({"v": "changed"})).await;
+    // Nothing changed: stays, keeps its data and substatus.
+    let state = provision(&s, "rp-migrate", &key).await;
+    assert_eq!(
+        state.substatus,
+        Some(usher_proto::model::Substatus::InitialAssignment)
+    );
+    assert_eq!(
+        twin_tags(&s, "usher-hub", "rp-migrate").await,
+        Some(json!({"v": "changed"}))
+    );
+    update_enrollment(&s, "rp-migrate", json!({"iotHubs": [two]})).await;
+    let state = provision(&s, "rp-migrate", &key).await;
+    assert_eq!(state.assigned_hub.as_deref(), Some(two.as_str()));
+    assert_eq!(
+        state.substatus,
+        Some(usher_proto::model::Substatus::DeviceDataMigrated)
+    );
+    assert_eq!(
+        twin_tags(&s, "two", "rp-migrate").await,
+        Some(json!({"v": "changed"}))
+    );
+    assert_eq!(
+        twin_tags(&s, "usher-hub", "rp-migrate").await,
+        None,
+        "the old identity is removed"
+    );
+    update_enrollment(&s, "rp-migrate", json!({"iotHubs": ["localhost"]})).await;
+    let state = provision(&s, "rp-migrate", &key).await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("localhost"));
+    assert_eq!(
+        state.substatus,
+        Some(usher_proto::model::Substatus::ReprovisionedToInitialAssignment)
+    );
+    assert_eq!(
+        twin_tags(&s, "usher-hub", "rp-migrate").await,
+        Some(json!({"v": "changed"}))
+    );
+    assert_eq!(twin_tags(&s, "two", "rp-migrate").await, None);
+
+    // Reset: the initial twin on the new hub, and on the same hub when registering again.
+    let (key, _) = s
+        .enroll(
+            "rp-reset",
+            json!({"allocationPolicy": "static", "iotHubs": ["localhost"], "initialTwin": initial,
+                   "reprovisionPolicy": {"updateHubAssignment": true, "migrateDeviceData": false}}),
+        )
+        .await;
+    provision(&s, "rp-reset", &key).await;
+    tag(&s, "usher-hub", "rp-reset", json!({"v": "changed"})).await;
+    update_enrollment(&s, "rp-reset", json!({"iotHubs": [two]})).await;
+    let state = provision(&s, "rp-reset", &key).await;
+    assert_eq!(
+        state.substatus,
+        Some(usher_proto::model::Substatus::DeviceDataReset)
+    );
+    assert_eq!(
+        twin_tags(&s, "two", "rp-reset").await,
+        Some(json!({"v": "initial"}))
+    );
+    assert_eq!(twin_tags(&s, "usher-hub", "rp-reset").await, None);
+    tag(&s, "two", "rp-reset", json!({"v": "changed again"})).await;
+    let state = provision(&s, "rp-reset", &key).await;
+    assert_eq!(
+        state.substatus,
+        Some(usher_proto::model::Substatus::DeviceDataReset)
+    );
+    assert_eq!(
+        twin_tags(&s, "two", "rp-reset").await,
+        Some(json!({"v": "initial"}))
+    );
+
+    // Never: stays where it is.
+    let (key, _) = s
+        .enroll(
+            "rp-never",
+            json!({"allocationPolicy": "static", "iotHubs": ["localhost"],
+                   "reprovisionPolicy": {"updateHubAssignment": false, "migrateDeviceData": false}}),
+        )
+        .await;
+    provision(&s, "rp-never", &key).await;
+    update_enrollment(&s, "rp-never", json!({"iotHubs": [two]})).await;
+    let state = provision(&s, "rp-never", &key).await;
+    assert_eq!(state.assigned_hub.as_deref(), Some("localhost"));
+
+    // Deleting the registration record lets the device register afresh.
+    let (status, _, _) = s
+        .call(Method::DELETE, "/registrations/rp-never", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let state = provision(&s, "rp-never", &key).await;
+    assert_eq!(state.assigned_hub.as_deref(), Some(two.as_str()));
+    assert_eq!(
+        state.substatus,
+        Some(usher_proto::model::Substatus::InitialAssignment)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_device_end_with_one_record_and_one_identity() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let two = link(&s, "two", 1, "eastus").await;
+    let (key, _) = s
+        .enroll(
+            "racer",
+            json!({"allocationPolicy": "static", "iotHubs": ["localhost"]}),
+        )
+        .await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, key) = (std::sync::Arc::clone(&s), key.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                let cred = Credential::individual("racer", &key).unwrap();
+                let _ = s.device_client().provision(&cred, None, |_| {}).await;
+            }
+        }));
+    }
+    // Meanwhile the enrollment flips between the two hubs.
+    for n in 0..8 {
+        let hub = if n % 2 == 0 {
+            two.clone()
+        } else {
+            "localhost".to_owned()
+        };
+        update_enrollment(&s, "racer", json!({"iotHubs": [hub]})).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (status, record) = s.registration("racer").await;
+    assert_eq!(status, StatusCode::OK);
+    let assigned = record["assignedHub"].as_str().unwrap();
+    let on_builtin = twin_tags(&s, "usher-hub", "racer").await.is_some();
+    let on_two = twin_tags(&s, "two", "racer").await.is_some();
+    assert!(
+        on_builtin ^ on_two,
+        "exactly one identity (builtin {on_builtin}, two {on_two})"
+    );
+    assert_eq!(
+        on_builtin,
+        assigned == "localhost",
+        "the identity is where the record says"
+    );
+}

@@ -34,6 +34,10 @@ fn tight() -> Limits {
             packet_timeout: Duration::from_secs(1),
             ..Default::default()
         },
+        amqp: usher_server::amqp::Limits {
+            open_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod allocation;
+mod amqp;
 mod device;
 mod exposure;
 mod fidelity;

@@ -533,7 +533,7 @@ async fn websocket_echoes_the_client_spelling_of_the_subprotocol() {
         .unwrap();
     request
         .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "AMQPWSB10".parse().unwrap());
+        .insert("Sec-WebSocket-Protocol", "v12.stomp".parse().unwrap());
     assert!(tokio_tungstenite::client_async(request, tls).await.is_err());
 }
 

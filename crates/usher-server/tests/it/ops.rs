@@ -150,6 +150,16 @@ async fn metrics_count_known_traffic_exactly() {
         .provision(&member("m-ws-0"), None, |_| {})
         .await
         .unwrap();
+    // AMQP and AMQP over WebSockets: 1 assigned each (attested at open and at register).
+    for (transport, id) in [
+        (Transport::Amqp, "m-amqp-0"),
+        (Transport::AmqpWs, "m-amqp-ws-0"),
+    ] {
+        s.client_over(transport)
+            .provision(&member(id), None, |_| {})
+            .await
+            .unwrap();
+    }
 
     let m = scrape(&s).await;
     let attestations = |status: &str, protocol: &str| {
@@ -166,7 +176,9 @@ async fn metrics_count_known_traffic_exactly() {
     assert_eq!(attestations("failure", "mqtt"), 1.0);
     assert_eq!(attestations("success", "mqtt-ws"), 1.0);
     assert_eq!(attestations("failure", "mqtt-ws"), 0.0);
-    assert_eq!(attestations("success", "amqp"), 0.0);
+    assert_eq!(attestations("success", "amqp"), 2.0);
+    assert_eq!(attestations("success", "amqp-ws"), 2.0);
+    assert_eq!(attestations("failure", "amqp"), 0.0);
 
     let registrations = |hub: &str, status: &str| {
         value(
@@ -174,12 +186,12 @@ async fn metrics_count_known_traffic_exactly() {
             &format!("usher_registration_attempts_total{{hub=\"{hub}\",status=\"{status}\"}}"),
         )
     };
-    assert_eq!(registrations("localhost", "assigned"), 6.0);
+    assert_eq!(registrations("localhost", "assigned"), 8.0);
     assert_eq!(registrations("", "failed"), 1.0);
     assert_eq!(registrations("", "disabled"), 1.0);
     assert_eq!(
         value(&m, "usher_device_assignments_total{hub=\"localhost\"}"),
-        6.0
+        8.0
     );
 
     let requests = |protocol: &str, operation: &str| {
@@ -194,6 +206,8 @@ async fn metrics_count_known_traffic_exactly() {
     assert_eq!(requests("https", "operation_status"), 2.0);
     assert_eq!(requests("mqtt", "register"), 4.0);
     assert_eq!(requests("mqtt-ws", "register"), 1.0);
+    assert_eq!(requests("amqp", "register"), 1.0);
+    assert_eq!(requests("amqp-ws", "register"), 1.0);
     assert_eq!(requests("https", "management"), 3.0);
     // Every request took some time, and fell into some bucket.
     assert!(
@@ -210,11 +224,11 @@ async fn metrics_count_known_traffic_exactly() {
         6.0
     );
 
-    // The store's writer ran at least the 3 enrollment writes and the 8 registration writes (the
+    // The store's writer ran at least the 3 enrollment writes and the 10 registration writes (the
     // custom allocation's twice: assigning, then failed), besides audit entries, in however many
     // transactions group commit made of them.
     let writes = value(&m, "usher_store_commit_batch_size_sum");
-    assert!(writes >= 11.0, "{writes}");
+    assert!(writes >= 13.0, "{writes}");
     let commits = value(&m, "usher_store_commit_batch_size_count");
     assert!((1.0..=writes).contains(&commits), "{commits}");
     assert_eq!(
@@ -258,6 +272,9 @@ async fn metrics_count_known_traffic_exactly() {
         if value(&m, "usher_mqtt_sessions{protocol=\"mqtt\"}") == 1.0
             && value(&m, "usher_mqtt_sessions{protocol=\"mqtt-ws\"}") == 0.0
             && value(&m, "usher_open_connections{listener=\"mqtt\"}") == 1.0
+            && value(&m, "usher_open_connections{listener=\"amqp\"}") == 0.0
+            && value(&m, "usher_amqp_connections{protocol=\"amqp\"}") == 0.0
+            && value(&m, "usher_amqp_connections{protocol=\"amqp-ws\"}") == 0.0
         {
             settled = Some(m);
             break;

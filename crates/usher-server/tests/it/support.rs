@@ -28,6 +28,7 @@ pub(crate) struct TestServer {
     pub(crate) mqtt_addr: SocketAddr,
     /// The metrics listener (plain HTTP), when started with one.
     pub(crate) metrics_addr: Option<SocketAddr>,
+    pub(crate) amqp_addr: SocketAddr,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) scope: String,
     pub(crate) ca_pem: Vec<u8>,
@@ -118,10 +119,16 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let mqtt = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mqtt_addr = mqtt.local_addr().unwrap();
+        let amqp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let amqp_addr = amqp.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        let task =
-            tokio::spawn(async move { prepared.run(listener, Some(mqtt), stop).await.unwrap() });
+        let task = tokio::spawn(async move {
+            prepared
+                .run(listener, Some(mqtt), Some(amqp), stop)
+                .await
+                .unwrap()
+        });
         let ca_pem = match own_tls {
             Some((_, _, ca)) => {
                 assert!(
@@ -152,6 +159,7 @@ impl TestServer {
             addr,
             mqtt_addr,
             metrics_addr,
+            amqp_addr,
             scope: overview.id_scope,
             owner_key: SymmetricKey::from_base64(key).unwrap(),
             hub_key: SymmetricKey::from_base64(hub_key).unwrap(),
@@ -236,7 +244,8 @@ impl TestServer {
     pub(crate) fn client_over(&self, transport: Transport) -> Client {
         let port = match transport {
             Transport::Mqtt => self.mqtt_addr.port(),
-            Transport::Https | Transport::MqttWs => self.addr.port(),
+            Transport::Amqp => self.amqp_addr.port(),
+            Transport::Https | Transport::MqttWs | Transport::AmqpWs => self.addr.port(),
         };
         let endpoint = Endpoint {
             host: format!("localhost:{port}"),

@@ -31,6 +31,8 @@ pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         TransportArg::Https => Transport::Https,
         TransportArg::Mqtt => Transport::Mqtt,
         TransportArg::MqttWs => Transport::MqttWs,
+        TransportArg::Amqp => Transport::Amqp,
+        TransportArg::AmqpWs => Transport::AmqpWs,
     };
     let client = Client::new(&endpoint, &args.id_scope, transport);
     println!("Provisioning API version: {API_VERSION}");

@@ -67,6 +67,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut prepared = usher_server::prepare(config).await?;
     let listener = bind(args.https_addr, "--https-addr").await?;
     let mqtt = bind(args.mqtt_addr, "--mqtt-addr").await?;
+    let amqp = bind(args.amqp_addr, "--amqp-addr").await?;
     let metrics = match args.metrics_addr {
         Some(addr) => Some(bind(addr, "--metrics-addr").await?),
         None => None,
@@ -75,10 +76,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("Usher is serving {}", args.data_dir.display());
     println!("  ID scope:                   {}", o.id_scope);
     println!(
-        "  Device endpoint:            {} (HTTPS and MQTT over WebSockets on {}, MQTT on {})",
+        "  Device endpoint:            {} (HTTPS, MQTT and AMQP over WebSockets on {}, MQTT on {}, AMQP on {})",
         o.device_endpoint,
         listener.local_addr()?,
-        mqtt.local_addr()?
+        mqtt.local_addr()?,
+        amqp.local_addr()?
     );
     // Keys stay out of the banner, which ends up in journald and container logs.
     println!(
@@ -117,7 +119,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         signal.cancel();
     });
-    prepared.run(listener, Some(mqtt), shutdown).await?;
+    prepared
+        .run(listener, Some(mqtt), Some(amqp), shutdown)
+        .await?;
     Ok(())
 }
 
@@ -139,6 +143,12 @@ fn limits(a: &LimitArgs) -> Limits {
             max_sessions: a.mqtt_max_sessions as usize,
             ..usher_server::mqtt::Limits::default()
         },
+        amqp: usher_server::amqp::Limits {
+            open_timeout: a.amqp_open_timeout,
+            idle_timeout: a.amqp_idle_timeout,
+            max_connections: a.amqp_max_connections as usize,
+            ..usher_server::amqp::Limits::default()
+        },
     }
 }
 
@@ -157,8 +167,8 @@ async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListe
         Err(e) if e.kind() == ErrorKind::PermissionDenied => anyhow::bail!(
             "cannot listen on {addr}: permission denied. Ports below 1024 need privilege: run as root, or grant \
              the binary the capability with `sudo setcap cap_net_bind_service=+ep $(command -v usher)`, or choose \
-             other ports with --https-addr 127.0.0.1:8443 --mqtt-addr 127.0.0.1:18883 (the official SDKs need \
-             443 and 8883, see README)"
+             other ports with --https-addr 127.0.0.1:8443 --mqtt-addr 127.0.0.1:18883 --amqp-addr 127.0.0.1:15671 \
+             (the official SDKs need 443, 8883 and 5671, see README)"
         ),
         Err(e) if e.kind() == ErrorKind::AddrInUse => {
             anyhow::bail!(

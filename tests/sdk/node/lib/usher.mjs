@@ -40,6 +40,7 @@ export const requireSdk = createRequire(path.join(sdkNodeDir, 'package.json'));
 export const { ProvisioningDeviceClient } = requireSdk('azure-iot-provisioning-device');
 export const { Http } = requireSdk('azure-iot-provisioning-device-http');
 export const { Mqtt, MqttWs } = requireSdk('azure-iot-provisioning-device-mqtt');
+export const { Amqp, AmqpWs } = requireSdk('azure-iot-provisioning-device-amqp');
 export const { SymmetricKeySecurityClient } = requireSdk('azure-iot-security-symmetric-key');
 export const { SharedAccessSignature } = requireSdk('azure-iot-common');
 
@@ -163,8 +164,9 @@ export function register(registrationId, key, securityClient) {
 
 /**
  * Like register(), over a given transport instance: new Http(), new Mqtt() (mqtts://localhost,
- * port 8883) or new MqttWs() (wss://localhost:443/$iothub/websocket). Use a fresh transport
- * for every registration, as an application would.
+ * port 8883), new MqttWs() (wss://localhost:443/$iothub/websocket), new Amqp() (amqps://localhost,
+ * port 5671) or new AmqpWs() (wss://localhost:443/$iothub/websocket, subprotocol AMQPWSB10). Use
+ * a fresh transport for every registration, as an application would.
  */
 export function registerOver(transport, registrationId, key, securityClient) {
   const security = securityClient ?? new SymmetricKeySecurityClient(registrationId, key);

@@ -88,6 +88,10 @@ pub struct Settings {
     pub audit_retention: std::time::Duration,
     /// How custom allocation webhooks are called.
     pub webhook: crate::webhook::WebhookSettings,
+    /// Firmware-testing modes for every device (an enrollment's own replace them).
+    pub testing: crate::testing::TestingModes,
+    /// The instance's registrations per minute under the `quotas` testing mode.
+    pub testing_registrations_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -101,6 +105,8 @@ impl Default for Settings {
             throttle: crate::throttle::ThrottleSettings::default(),
             audit_retention: crate::audit::DEFAULT_RETENTION,
             webhook: crate::webhook::WebhookSettings::default(),
+            testing: crate::testing::TestingModes::default(),
+            testing_registrations_per_minute: 1000,
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct AppInner {
     pub settings: Settings,
     /// The failed-attestation budgets of every client address and registration ID.
     pub throttle: crate::throttle::Throttle,
+    /// The counters of the firmware-testing modes.
+    pub testing: crate::testing::Testing,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Counters, gauges and histograms for the metrics listener.
@@ -143,12 +151,14 @@ impl App {
         let metrics = Metrics::new();
         store.set_metrics(metrics.clone());
         let throttle = crate::throttle::Throttle::new(settings.throttle);
+        let testing = crate::testing::Testing::new(settings.testing_registrations_per_minute);
         Self(Arc::new(AppInner {
             store,
             instance,
             hostnames,
             settings,
             throttle,
+            testing,
             shutdown,
             metrics,
             listening: std::sync::atomic::AtomicBool::new(false),

@@ -93,6 +93,15 @@ pub enum ApiError {
         by: crate::throttle::ThrottledBy,
         retry_after_secs: u32,
     },
+    /// A firmware-testing mode's injected failure (`testing`).
+    #[error("injected by the firmware-testing mode (usherTesting.fault): status {status}")]
+    InjectedFault { status: u16, retry_after_secs: u32 },
+    /// A DPS quota, enforced by the firmware-testing mode `quotas`.
+    #[error("the DPS quota of {what} is exceeded; retry after {retry_after_secs} s")]
+    QuotaExceeded {
+        what: &'static str,
+        retry_after_secs: u32,
+    },
     #[error("storage failure: {0}")]
     Store(#[from] StoreError),
 }
@@ -128,7 +137,12 @@ impl ApiError {
             Self::EtagMismatch => ErrorCode::PreconditionFailed,
             Self::NoRoute(_) => ErrorCode::RouteNotFound,
             Self::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
-            Self::Throttled { .. } => ErrorCode::Throttled,
+            Self::Throttled { .. } | Self::QuotaExceeded { .. } => ErrorCode::Throttled,
+            Self::InjectedFault { status, .. } => match status {
+                429 => ErrorCode::Throttled,
+                503 => ErrorCode::ServiceUnavailable,
+                _ => ErrorCode::InternalServerError,
+            },
             Self::Store(_) => ErrorCode::InternalServerError,
         }
     }
@@ -145,6 +159,12 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Throttled {
+                retry_after_secs, ..
+            }
+            | Self::InjectedFault {
+                retry_after_secs, ..
+            }
+            | Self::QuotaExceeded {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ => None,

@@ -32,6 +32,7 @@ pub mod registration;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod testing;
 pub mod throttle;
 pub mod tls;
 pub mod webhook;

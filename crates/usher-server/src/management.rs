@@ -155,6 +155,11 @@ pub async fn put(
     }
     validate_attestation(&attestation)?;
     validate_hubs(app, &settings).await?;
+    if let Some(v) = settings.other.get(crate::testing::FIELD) {
+        let modes: crate::testing::TestingModes = serde_json::from_value(v.clone())
+            .map_err(|e| ApiError::InvalidArgument(format!("invalid usherTesting: {e}")))?;
+        modes.validate().map_err(ApiError::InvalidArgument)?;
+    }
     // Drawn before entering the writer; used only for keys the request and the stored record lack.
     let fresh = [new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?];
     let id = body_id;
@@ -193,6 +198,62 @@ pub async fn put(
             json["lastUpdatedDateTimeUtc"] = Value::String(now);
             json["etag"] = Value::String(etag.clone());
             Ok(Doc { id, json, etag })
+        })
+        .await
+        .map(|doc| doc.json)
+}
+
+/// Rotates an enrollment's or group's symmetric keys in one etag-guarded write: `primary` (a new
+/// primary; devices on the secondary keep working while it goes out), `secondary`, or `swap`
+/// (the secondary becomes primary and the old primary becomes secondary). Returns the document
+/// with its keys, as the attestation mechanism route does.
+pub async fn rotate_enrollment_key(
+    app: &App,
+    kind: Kind,
+    id: &str,
+    which: &str,
+    pre: Precondition,
+) -> Result<Value, ApiError> {
+    kind.validate_id(id)?;
+    let which = which.to_ascii_lowercase();
+    if !["primary", "secondary", "swap"].contains(&which.as_str()) {
+        return Err(ApiError::InvalidArgument(format!(
+            "unknown key {which:?}; use primary, secondary or swap"
+        )));
+    }
+    let fresh = new_key(GENERATED_KEY_BYTES)?;
+    let not_found = kind.not_found(id);
+    app.store
+        .upsert_doc(kind.collection(), id, move |current: Option<Doc>| {
+            let Some(mut doc) = current else {
+                return Err(not_found);
+            };
+            if !pre.allows(&doc.etag) {
+                return Err(ApiError::EtagMismatch);
+            }
+            let keys = doc
+                .json
+                .pointer_mut("/attestation/symmetricKey")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| {
+                    ApiError::InvalidArgument(
+                        "only symmetric-key attestation has keys to rotate".into(),
+                    )
+                })?;
+            let primary = keys.get("primaryKey").cloned().unwrap_or_default();
+            let secondary = keys.get("secondaryKey").cloned().unwrap_or_default();
+            let (p, s) = match which.as_str() {
+                "primary" => (Value::String(fresh), secondary),
+                "secondary" => (primary, Value::String(fresh)),
+                _ => (secondary, primary),
+            };
+            keys.insert("primaryKey".into(), p);
+            keys.insert("secondaryKey".into(), s);
+            let etag = new_etag();
+            doc.json["lastUpdatedDateTimeUtc"] = Value::String(now_text());
+            doc.json["etag"] = Value::String(etag.clone());
+            doc.etag = etag;
+            Ok(doc)
         })
         .await
         .map(|doc| doc.json)

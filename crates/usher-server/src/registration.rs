@@ -109,6 +109,12 @@ async fn assign(
         .await;
         return Err(e);
     }
+    let modes = testing_modes(app, &attested);
+    app.testing.admit(
+        &modes,
+        req.registration_id,
+        crate::testing::Request::Register,
+    )?;
     let operation_id = new_operation_id();
     let job = RegisterJob {
         attested,
@@ -129,10 +135,13 @@ async fn assign(
         Some(r) => registration_result(r),
         None => DeviceRegistrationResult::bare(req.registration_id, RegistrationStatus::Disabled),
     };
-    let immediate = matches!(
-        app.settings.register_response,
-        crate::app::RegisterResponse::Assigned
-    ) || state.status == RegistrationStatus::Disabled;
+    let held = app.testing.started(&modes, &operation_id);
+    let immediate = !held
+        && matches!(
+            app.settings.register_response,
+            crate::app::RegisterResponse::Assigned
+        )
+        || state.status == RegistrationStatus::Disabled;
     Ok(
         if immediate && state.status != RegistrationStatus::Assigning {
             RegistrationOperationStatus {
@@ -546,12 +555,26 @@ async fn find_operation(
     operation_id: &str,
 ) -> Result<RegistrationOperationStatus, ApiError> {
     let attested = attest(app, req).await?;
+    let modes = testing_modes(app, &attested);
+    app.testing
+        .admit(&modes, req.registration_id, crate::testing::Request::Poll)?;
     let record = app
         .store
         .registration(attested.registration_id.as_str())
         .await?
         .filter(|r| r.operation_id == operation_id)
         .ok_or_else(|| ApiError::OperationNotFound(operation_id.to_owned()))?;
+    if app.testing.still_assigning(&modes, operation_id) {
+        // As DPS answers while it works: the registration ID and the status, nothing else.
+        return Ok(RegistrationOperationStatus {
+            operation_id: record.operation_id,
+            status: RegistrationStatus::Assigning,
+            registration_state: Some(DeviceRegistrationResult::bare(
+                record.registration_id,
+                RegistrationStatus::Assigning,
+            )),
+        });
+    }
     let state = registration_result(&record);
     Ok(RegistrationOperationStatus {
         operation_id: record.operation_id,
@@ -583,6 +606,12 @@ async fn find_registration(
         .await?
         .ok_or_else(|| ApiError::RegistrationNotFound(attested.registration_id.to_string()))?;
     Ok(registration_result(&record))
+}
+
+/// The firmware-testing modes for a device: its enrollment's, else the instance's.
+fn testing_modes(app: &App, attested: &Attested) -> crate::testing::TestingModes {
+    crate::testing::TestingModes::of_enrollment(&attested.enrollment.settings().other)
+        .unwrap_or_else(|| app.settings.testing.clone())
 }
 
 /// Checks a device's credentials without acting on them. AMQP devices present their token once,
@@ -642,6 +671,11 @@ fn refuse_unsupported(body: &DeviceRegistration) -> Result<(), ApiError> {
 /// The status code and retry-after every transport answers a successful request with: `202` and
 /// the configured retry-after while `assigning`, `200` once the status is final.
 pub fn response_status(app: &App, status: &RegistrationOperationStatus) -> (u16, Option<u32>) {
+    if status.status == RegistrationStatus::Assigning
+        && let Some(secs) = app.testing.retry_after(&status.operation_id)
+    {
+        return (202, Some(secs));
+    }
     match (status.status, app.settings.register_response) {
         (
             RegistrationStatus::Assigning,

@@ -164,7 +164,49 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "USHER_WEBHOOK_CA", value_name = "FILE")]
     pub(crate) webhook_ca: Option<PathBuf>,
     #[command(flatten)]
+    pub(crate) testing: TestingArgs,
+    #[command(flatten)]
     pub(crate) kek: KekArgs,
+}
+
+/// Firmware-testing modes for every device (off by default; an enrollment's `usherTesting` field
+/// replaces them for its devices). See README "Firmware-testing modes".
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TestingArgs {
+    /// Register answers 202 assigning and the first N polls of each operation do too.
+    #[arg(long, env = "USHER_TESTING_POLLS_ASSIGNING", default_value_t = 0)]
+    pub(crate) testing_polls_assigning: u32,
+    /// Retry-After of those answers, in seconds (default: --retry-after).
+    #[arg(long, env = "USHER_TESTING_RETRY_AFTER", value_parser = clap::value_parser!(u32).range(1..=300))]
+    pub(crate) testing_retry_after: Option<u32>,
+    /// Inject this status (429, 500 or 503) with Retry-After...
+    #[arg(long, env = "USHER_TESTING_FAULT", value_parser = clap::builder::PossibleValuesParser::new(["429", "500", "503"]))]
+    pub(crate) testing_fault: Option<String>,
+    /// ...to the first N requests (register or poll) of each device...
+    #[arg(
+        long,
+        env = "USHER_TESTING_FAULT_FIRST",
+        default_value_t = 0,
+        requires = "testing_fault"
+    )]
+    pub(crate) testing_fault_first: u32,
+    /// ...and to this fraction (0 to 1) of all requests.
+    #[arg(
+        long,
+        env = "USHER_TESTING_FAULT_FRACTION",
+        default_value_t = 0.0,
+        requires = "testing_fault"
+    )]
+    pub(crate) testing_fault_fraction: f64,
+    /// Retry-After of injected faults, in seconds.
+    #[arg(long, env = "USHER_TESTING_FAULT_RETRY_AFTER", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=300))]
+    pub(crate) testing_fault_retry_after: u32,
+    /// Enforce DPS's quotas: 5 polls per 10 s per device, and --testing-registrations-per-minute.
+    #[arg(long, env = "USHER_TESTING_QUOTAS")]
+    pub(crate) testing_quotas: bool,
+    /// The instance's registrations per minute under --testing-quotas (DPS: 1,000).
+    #[arg(long, env = "USHER_TESTING_REGISTRATIONS_PER_MINUTE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) testing_registrations_per_minute: u32,
 }
 
 /// Where the key-encryption key (KEK) comes from. Without `--kek-file`: the file named by
@@ -277,6 +319,18 @@ pub(crate) struct Login {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum InstanceCommand {
+    /// Set the instance's default allocation policy and the network map geolatency uses.
+    Set {
+        /// The policy for enrollments that name none: hashed, geolatency or static.
+        #[arg(long, value_enum)]
+        allocation_policy: Option<AllocationArg>,
+        /// A client network and its location, e.g. 10.1.0.0/16=westeurope; repeat for several
+        /// (the first match wins). Replaces the map.
+        #[arg(long = "geo", value_name = "CIDR=LOCATION")]
+        geo: Option<Vec<String>>,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Print the ID scope, device endpoint, service connection string, CA certificate and hubs.
     Show {
         #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
@@ -301,6 +355,22 @@ pub(crate) enum AttestationArg {
 pub(crate) enum AllocationArg {
     Static,
     Hashed,
+    #[value(name = "geolatency", alias = "geoLatency")]
+    GeoLatency,
+    Custom,
+}
+
+/// What happens when an assigned device registers again (as `az iot dps`'s --reprovision-policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReprovisionArg {
+    /// Re-allocate, carrying the twin to a new hub (`deviceDataMigrated`); the default.
+    #[value(name = "reprovisionandmigratedata")]
+    Migrate,
+    /// Re-allocate, starting from the initial twin (`deviceDataReset`).
+    #[value(name = "reprovisionandresetdata")]
+    Reset,
+    /// Stay on the hub assigned first.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -318,9 +388,29 @@ pub(crate) struct SettingOptions {
     /// Secondary key (base64, 16 to 64 bytes); generated on create when absent, kept on update.
     #[arg(long)]
     pub(crate) secondary_key: Option<String>,
-    /// How a hub is chosen: static (the one hub in --iot-hubs) or hashed (evenly weighted).
+    /// How a hub is chosen: static (the hub in --iot-hubs, or with none named the linked hubs),
+    /// hashed (weighted), geolatency (the device's location, by the instance's network map) or
+    /// custom (a webhook: --webhook-url).
     #[arg(long, value_enum)]
     pub(crate) allocation_policy: Option<AllocationArg>,
+    /// The custom allocation webhook (https, or http to a loopback address).
+    #[arg(long)]
+    pub(crate) webhook_url: Option<String>,
+    /// The enrollment schema version the webhook receives.
+    #[arg(long, default_value = "2021-10-01")]
+    pub(crate) webhook_api_version: String,
+    /// Re-registration: reprovisionandmigratedata (default), reprovisionandresetdata or never.
+    #[arg(long, value_enum)]
+    pub(crate) reprovision_policy: Option<ReprovisionArg>,
+    /// Initial twin tags (a JSON object), applied at first assignment and on reset.
+    #[arg(long, value_name = "JSON")]
+    pub(crate) initial_tags: Option<String>,
+    /// Initial desired properties (a JSON object).
+    #[arg(long, value_name = "JSON")]
+    pub(crate) initial_desired: Option<String>,
+    /// Mark the devices as IoT Edge devices in their hub.
+    #[arg(long)]
+    pub(crate) edge_enabled: Option<bool>,
     /// Host names of the hubs devices may be assigned to.
     #[arg(long, num_args = 1..)]
     pub(crate) iot_hubs: Option<Vec<String>>,
@@ -387,6 +477,18 @@ pub(crate) enum EnrollmentCommand {
         #[command(flatten)]
         login: Login,
     },
+    /// Rotate the symmetric keys: `primary` (a new primary; devices on the secondary keep working
+    /// while it goes out), `secondary` (a new secondary), `swap` (exchange them). Prints the keys.
+    RotateKey {
+        id: String,
+        #[arg(long = "key", value_enum)]
+        which: RotateArg,
+        /// Rotate only if the record still has this etag.
+        #[arg(long)]
+        etag: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
     /// Delete an enrollment (a group's devices keep their registration records).
     Delete {
         id: String,
@@ -434,6 +536,14 @@ pub(crate) struct UpdateOptions {
 pub(crate) enum ImportMode {
     Create,
     Update,
+}
+
+/// Which enrollment key `rotate-key` replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RotateArg {
+    Primary,
+    Secondary,
+    Swap,
 }
 
 #[derive(Debug, Subcommand)]
@@ -560,6 +670,25 @@ pub(crate) enum HubCommand {
         /// Relative share of devices under hashed allocation (1 to 1000).
         #[arg(long, default_value_t = 1)]
         weight: u32,
+        /// Region name for geolatency allocation, e.g. westeurope.
+        #[arg(long)]
+        location: Option<String>,
+        /// Whether the hub takes part in allocation when an enrollment names no hubs.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        apply_allocation_policy: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Change a hub's weight, location or participation in allocation.
+    Update {
+        name: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Region name for geolatency allocation ("" removes it).
+        #[arg(long)]
+        location: Option<String>,
+        #[arg(long)]
+        apply_allocation_policy: Option<bool>,
         #[command(flatten)]
         login: Login,
     },

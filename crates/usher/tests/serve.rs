@@ -1210,3 +1210,132 @@ fn the_audit_log_verifies_and_a_tampered_entry_is_found() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("entry 3"));
 }
+
+#[test]
+fn key_rollover_hub_update_and_instance_allocation_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &["--register-response", "assigned"]);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let host = listener(dir, "httpsAddr");
+    let provision = |id: &str, group_key: &str| {
+        usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--registration-id",
+                id,
+                "--group-key",
+                group_key,
+                "--host",
+                &host,
+                "--ca",
+                &ca,
+            ],
+        )
+    };
+    let group = json(&usher(
+        dir,
+        &["enrollment-group", "create", "--group-id", "roll"],
+    ));
+    let old_primary = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_secondary = group["attestation"]["symmetricKey"]["secondaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&provision("roll-a", &old_primary));
+    ok(&provision("roll-b", &old_secondary));
+
+    // A new primary goes out: devices on the secondary keep working, the old primary stops.
+    let keys = json(&usher(
+        dir,
+        &["enrollment-group", "rotate-key", "roll", "--key", "primary"],
+    ));
+    let new_primary = keys["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_primary, old_primary);
+    assert_eq!(keys["symmetricKey"]["secondaryKey"], old_secondary.as_str());
+    ok(&provision("roll-b", &old_secondary));
+    ok(&provision("roll-c", &new_primary));
+    assert!(!provision("roll-a", &old_primary).status.success());
+    // Swap: the keys change places; both still work.
+    let keys = json(&usher(
+        dir,
+        &["enrollment-group", "rotate-key", "roll", "--key", "swap"],
+    ));
+    assert_eq!(keys["symmetricKey"]["primaryKey"], old_secondary.as_str());
+    assert_eq!(keys["symmetricKey"]["secondaryKey"], new_primary.as_str());
+    ok(&provision("roll-b", &old_secondary));
+    ok(&provision("roll-c", &new_primary));
+    // Individual enrollments rotate the same way; an unknown one is a clear error.
+    ok(&usher(
+        dir,
+        &["enrollment", "create", "--enrollment-id", "solo"],
+    ));
+    let keys = json(&usher(
+        dir,
+        &["enrollment", "rotate-key", "solo", "--key", "secondary"],
+    ));
+    assert!(keys["symmetricKey"]["secondaryKey"].is_string());
+    let missing = usher(
+        dir,
+        &["enrollment", "rotate-key", "nobody", "--key", "swap"],
+    );
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+
+    // Hubs and the instance's allocation.
+    json(&usher(
+        dir,
+        &[
+            "hub",
+            "add",
+            "--name",
+            "west",
+            "--hostname",
+            "west.example.test",
+            "--location",
+            "westeurope",
+        ],
+    ));
+    let hub = json(&usher(
+        dir,
+        &[
+            "hub",
+            "update",
+            "west",
+            "--weight",
+            "5",
+            "--apply-allocation-policy",
+            "false",
+        ],
+    ));
+    assert_eq!(hub["weight"], 5);
+    assert_eq!(hub["applyAllocationPolicy"], false);
+    assert_eq!(hub["location"], "westeurope");
+    let settings = json(&usher(
+        dir,
+        &[
+            "instance",
+            "set",
+            "--allocation-policy",
+            "geolatency",
+            "--geo",
+            "10.0.0.0/8=westeurope",
+            "--geo",
+            "192.168.0.0/16=eastus",
+        ],
+    ));
+    assert_eq!(settings["defaultPolicy"], "geoLatency");
+    assert_eq!(settings["geoMap"][1]["location"], "eastus");
+    let bad = usher(dir, &["instance", "set", "--geo", "10.0.0.0=west"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CIDR network"));
+}

@@ -68,6 +68,10 @@ fn write_action<'s>(method: &Method, seg: &[&'s str]) -> Option<(&'static str, &
         ("POST", [u, p, name, r, _]) if is(u, "usher") && is(p, "policies") && is(r, "rotate") => {
             ("policy.rotate", *name)
         }
+        ("POST", [u, coll, id, r, _]) if is(u, "usher") && is(r, "rotate") => match kind(coll)? {
+            "enrollment" => ("enrollment.rotateKey", *id),
+            _ => ("enrollmentGroup.rotateKey", *id),
+        },
         ("PUT", [u, h, name]) if is(u, "usher") && is(h, "hubs") => ("hub.add", *name),
         ("PATCH", [u, h, name]) if is(u, "usher") && is(h, "hubs") => ("hub.update", *name),
         _ => return None,
@@ -205,6 +209,17 @@ async fn serve(
                 "anchor": {"seq": anchor_seq, "hash": anchor_hash},
                 "entries": entries,
             }))
+        }
+        [u, coll, id, r, which]
+            if is(u, "usher")
+                && kind_of(coll).is_some()
+                && is(r, "rotate")
+                && method == Method::POST =>
+        {
+            let kind = kind_of(coll).unwrap_or(Kind::Enrollment);
+            authorize("EnrollmentWrite").await?;
+            let pre = Precondition::from_header(ctx.header("if-match"));
+            ok_json(&management::rotate_enrollment_key(app, kind, id, which, pre).await?)
         }
         [u, h] if is(u, "usher") && is(h, "hubs") && method == Method::GET => {
             authorize("ServiceConfig").await?;

@@ -552,3 +552,63 @@ async fn concurrent_registrations_of_one_device_end_with_one_record_and_one_iden
         "the identity is where the record says"
     );
 }
+
+#[tokio::test]
+async fn disabled_groups_and_a_disabled_individual_enrollment_block_devices_without_identities() {
+    let s = TestServer::start().await;
+    let (group_key, _) = s.enroll_group("lc-group", json!({})).await;
+    let cred = |id: &str| Credential::from_group_key(id, &group_key).unwrap();
+    // A disabled individual enrollment for one device of the group blocks that device only, even
+    // though the device proves membership of the group with its derived key.
+    s.enroll("lc-blocked", json!({"provisioningStatus": "disabled"}))
+        .await;
+    let blocked = s
+        .device_client()
+        .provision(&cred("lc-blocked"), None, |_| {})
+        .await;
+    match blocked {
+        Err(usher_device::ProvisionError::NotAssigned(status)) => {
+            assert_eq!(status.status, RegistrationStatus::Disabled);
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = s
+        .device_client()
+        .provision(&cred("lc-free"), None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(ok.status, RegistrationStatus::Assigned);
+    // Disabling the group: its devices get `disabled` and nothing new is created.
+    let (status, _, mut doc) = s
+        .call(Method::GET, "/enrollmentGroups/lc-group", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    doc["provisioningStatus"] = json!("disabled");
+    let (status, _, body) = s
+        .call(
+            Method::PUT,
+            "/enrollmentGroups/lc-group",
+            Some(doc),
+            &[("If-Match", "*")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let disabled = s
+        .device_client()
+        .provision(&cred("lc-new"), None, |_| {})
+        .await;
+    assert!(matches!(
+        disabled,
+        Err(usher_device::ProvisionError::NotAssigned(ref st)) if st.status == RegistrationStatus::Disabled
+    ));
+    let devices: Vec<String> = s
+        .hub_devices("usher-hub")
+        .await
+        .iter()
+        .map(|d| d["deviceId"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(devices.contains(&"lc-free".to_owned()));
+    assert!(!devices.contains(&"lc-blocked".to_owned()));
+    assert!(!devices.contains(&"lc-new".to_owned()));
+    assert_eq!(s.registration("lc-new").await.0, StatusCode::NOT_FOUND);
+}

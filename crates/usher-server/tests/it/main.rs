@@ -12,3 +12,4 @@ mod mqtt;
 mod ops;
 mod parity;
 mod support;
+mod testing_modes;

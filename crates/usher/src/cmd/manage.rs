@@ -12,7 +12,7 @@ use usher_proto::ids::validate_id;
 use super::service_client::ServiceClient;
 use crate::cli::{
     AllocationArg, EnrollmentCommand, EnrollmentOptions, HubCommand, ImportMode, PolicyCommand,
-    RegistrationCommand, SettingOptions, StatusArg, UpdateOptions,
+    RegistrationCommand, ReprovisionArg, RotateArg, SettingOptions, StatusArg, UpdateOptions,
 };
 
 /// Items per bulk request (the DPS limit).
@@ -118,6 +118,29 @@ pub(super) async fn enrollment(group: bool, cmd: EnrollmentCommand) -> anyhow::R
                 json,
             )
             .await
+        }
+        EnrollmentCommand::RotateKey {
+            id,
+            which,
+            etag,
+            login,
+        } => {
+            let which = match which {
+                RotateArg::Primary => "primary",
+                RotateArg::Secondary => "secondary",
+                RotateArg::Swap => "swap",
+            };
+            let headers: Vec<(&str, String)> = etag.into_iter().map(|e| ("If-Match", e)).collect();
+            let answer = ServiceClient::connect(&login)
+                .await?
+                .call(
+                    Method::POST,
+                    &format!("/usher/{}/{}/rotate/{which}", kind.route(), enc(&id)),
+                    None,
+                    &headers,
+                )
+                .await?;
+            print_json(&answer.body["attestation"])
         }
         EnrollmentCommand::Delete { id, etag, login } => {
             delete(
@@ -254,13 +277,45 @@ pub(super) async fn hub(cmd: HubCommand) -> anyhow::Result<()> {
             name,
             hostname,
             weight,
+            location,
+            apply_allocation_policy,
             login,
         } => {
-            let body = json!({"hostname": hostname, "weight": weight});
+            let body = json!({"hostname": hostname, "weight": weight, "location": location,
+                              "applyAllocationPolicy": apply_allocation_policy});
             let client = ServiceClient::connect(&login).await?;
             let hub = client
                 .call(
                     Method::PUT,
+                    &format!("/usher/hubs/{}", enc(&name)),
+                    Some(&body),
+                    &[],
+                )
+                .await?
+                .body;
+            print_json(&hub)
+        }
+        HubCommand::Update {
+            name,
+            weight,
+            location,
+            apply_allocation_policy,
+            login,
+        } => {
+            let mut body = json!({});
+            if let Some(w) = weight {
+                body["weight"] = json!(w);
+            }
+            if let Some(l) = location {
+                body["location"] = json!(l);
+            }
+            if let Some(a) = apply_allocation_policy {
+                body["applyAllocationPolicy"] = json!(a);
+            }
+            let hub = ServiceClient::connect(&login)
+                .await?
+                .call(
+                    Method::PATCH,
                     &format!("/usher/hubs/{}", enc(&name)),
                     Some(&body),
                     &[],
@@ -402,13 +457,46 @@ fn apply(body: &mut Value, o: &SettingOptions) -> anyhow::Result<()> {
             .get("iotHubs")
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
-        if policy == AllocationArg::Static && hubs != 1 {
-            anyhow::bail!("--allocation-policy static needs exactly one hub in --iot-hubs");
+        if policy == AllocationArg::Static && hubs > 1 {
+            anyhow::bail!("--allocation-policy static takes at most one hub in --iot-hubs");
         }
-        body["allocationPolicy"] = json!(match policy {
-            AllocationArg::Static => "static",
-            AllocationArg::Hashed => "hashed",
-        });
+        if policy == AllocationArg::Custom {
+            let url = o
+                .webhook_url
+                .as_deref()
+                .context("--allocation-policy custom needs --webhook-url")?;
+            body["customAllocationDefinition"] =
+                json!({"webhookUrl": url, "apiVersion": o.webhook_api_version});
+        }
+        body["allocationPolicy"] = json!(allocation_name(policy));
+    }
+    if let Some(r) = o.reprovision_policy {
+        let (update, migrate) = match r {
+            ReprovisionArg::Migrate => (true, true),
+            ReprovisionArg::Reset => (true, false),
+            ReprovisionArg::Never => (false, false),
+        };
+        body["reprovisionPolicy"] =
+            json!({"updateHubAssignment": update, "migrateDeviceData": migrate});
+    }
+    for (flag, text, path) in [
+        ("--initial-tags", &o.initial_tags, "tags"),
+        ("--initial-desired", &o.initial_desired, "desired"),
+    ] {
+        if let Some(text) = text {
+            let value: Value = serde_json::from_str(text)
+                .ok()
+                .filter(Value::is_object)
+                .with_context(|| format!("invalid {flag}: not a JSON object"))?;
+            if path == "tags" {
+                body["initialTwin"]["tags"] = value;
+            } else {
+                body["initialTwin"]["properties"]["desired"] = value;
+            }
+        }
+    }
+    if let Some(edge) = o.edge_enabled {
+        body["capabilities"] = json!({"iotEdge": edge});
     }
     if let Some(status) = o.provisioning_status {
         body["provisioningStatus"] = json!(match status {
@@ -720,6 +808,48 @@ fn text(v: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+fn allocation_name(policy: AllocationArg) -> &'static str {
+    match policy {
+        AllocationArg::Static => "static",
+        AllocationArg::Hashed => "hashed",
+        AllocationArg::GeoLatency => "geoLatency",
+        AllocationArg::Custom => "custom",
+    }
+}
+
+/// `usher instance set`: the default allocation policy and the network map, read, changed, written.
+pub(super) async fn instance_set(
+    policy: Option<AllocationArg>,
+    geo: Option<Vec<String>>,
+    login: &crate::cli::Login,
+) -> anyhow::Result<()> {
+    let client = ServiceClient::connect(login).await?;
+    let mut settings = client
+        .call(Method::GET, "/usher/allocation", None, &[])
+        .await?
+        .body;
+    if let Some(p) = policy {
+        settings["defaultPolicy"] = json!(allocation_name(p));
+    }
+    if let Some(rules) = geo {
+        let mut map = Vec::new();
+        for rule in rules {
+            let (network, location) = rule
+                .split_once('=')
+                .with_context(|| format!("invalid --geo {rule:?}: use CIDR=LOCATION"))?;
+            network.parse::<ipnet::IpNet>().with_context(|| {
+                format!("invalid --geo {rule:?}: {network:?} is not a CIDR network")
+            })?;
+            map.push(json!({"network": network, "location": location}));
+        }
+        settings["geoMap"] = json!(map);
+    }
+    let answer = client
+        .call(Method::PUT, "/usher/allocation", Some(&settings), &[])
+        .await?;
+    print_json(&answer.body)
 }
 
 fn enc(segment: &str) -> String {

@@ -42,6 +42,11 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             show_keys,
             kek,
         }) => runtime()?.block_on(instance::show(&data_dir, json, show_keys, &kek)),
+        Command::Instance(InstanceCommand::Set {
+            allocation_policy,
+            geo,
+            login,
+        }) => runtime()?.block_on(manage::instance_set(allocation_policy, geo, &login)),
         Command::Kek(KekCommand::Rotate {
             data_dir,
             kek,

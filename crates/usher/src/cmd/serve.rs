@@ -4,6 +4,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use usher_server::server::{ConnectionLimits, HttpLimits};
+use usher_server::testing::{Fault, TestingModes};
 use usher_server::throttle::ThrottleSettings;
 use usher_server::webhook::WebhookSettings;
 use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
@@ -59,6 +60,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     .transpose()?,
                 ..WebhookSettings::default()
             },
+            testing: testing_modes(&args.testing)?,
+            testing_registrations_per_minute: args.testing.testing_registrations_per_minute,
         },
         limits: limits(&args.limits),
         kek: args.kek.source(),
@@ -150,6 +153,30 @@ fn limits(a: &LimitArgs) -> Limits {
             ..usher_server::amqp::Limits::default()
         },
     }
+}
+
+fn testing_modes(a: &crate::cli::TestingArgs) -> anyhow::Result<TestingModes> {
+    let modes = TestingModes {
+        polls_assigning: a.testing_polls_assigning,
+        retry_after: a.testing_retry_after,
+        fault: a
+            .testing_fault
+            .as_deref()
+            .map(|status| -> anyhow::Result<Fault> {
+                Ok(Fault {
+                    status: status.parse().context("invalid --testing-fault")?,
+                    first_attempts: a.testing_fault_first,
+                    fraction: a.testing_fault_fraction,
+                    retry_after: a.testing_fault_retry_after,
+                })
+            })
+            .transpose()?,
+        quotas: a.testing_quotas,
+    };
+    modes
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid --testing-* flags: {e}"))?;
+    Ok(modes)
 }
 
 /// Every connection holds a file descriptor: raise the soft limit to the hard one, so the

@@ -1,0 +1,93 @@
+//! ARCHITECTURE.md's layering rule, executable: domain modules never import transport modules.
+//! A transport only parses, calls the core and renders; if a domain module needs something a
+//! transport has, that thing belongs in the domain.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+/// The transport modules (`crate::…`): sockets, TLS framing, HTTP, MQTT, AMQP, WebSockets, the
+/// console.
+const TRANSPORTS: &[&str] = &[
+    "http",
+    "mqtt",
+    "amqp",
+    "websocket",
+    "server",
+    "console",
+    "tls",
+];
+
+/// The domain modules, and the files each is made of.
+const DOMAIN: &[&str] = &[
+    "app",
+    "audit",
+    "clock",
+    "error",
+    "files",
+    "hub",
+    "management",
+    "registration",
+    "secrets",
+    "store",
+    "throttle",
+    "webhook",
+    "metrics",
+    "pki",
+];
+
+fn files_of(module: &str) -> Vec<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let file = src.join(format!("{module}.rs"));
+    if file.exists() {
+        out.push(file);
+    }
+    let dir = src.join(module);
+    if dir.is_dir() {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn domain_modules_never_import_transport_modules() {
+    let mut offences = Vec::new();
+    let mut checked = 0;
+    for module in DOMAIN {
+        for file in files_of(module) {
+            checked += 1;
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for t in TRANSPORTS {
+                    if code.contains(&format!("crate::{t}::"))
+                        || code.contains(&format!("crate::{t};"))
+                        || code.contains(&format!("crate::{{{t}"))
+                        || code.contains(&format!("super::{t}::"))
+                    {
+                        offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 12,
+        "found only {checked} domain files: has the layout changed?"
+    );
+    assert!(
+        offences.is_empty(),
+        "domain modules import transports:\n{}",
+        offences.join("\n")
+    );
+}

@@ -183,20 +183,10 @@ pub(crate) struct TestingArgs {
     #[arg(long, env = "USHER_TESTING_FAULT", value_parser = clap::builder::PossibleValuesParser::new(["429", "500", "503"]))]
     pub(crate) testing_fault: Option<String>,
     /// ...to the first N requests (register or poll) of each device...
-    #[arg(
-        long,
-        env = "USHER_TESTING_FAULT_FIRST",
-        default_value_t = 0,
-        requires = "testing_fault"
-    )]
+    #[arg(long, env = "USHER_TESTING_FAULT_FIRST", default_value_t = 0)]
     pub(crate) testing_fault_first: u32,
     /// ...and to this fraction (0 to 1) of all requests.
-    #[arg(
-        long,
-        env = "USHER_TESTING_FAULT_FRACTION",
-        default_value_t = 0.0,
-        requires = "testing_fault"
-    )]
+    #[arg(long, env = "USHER_TESTING_FAULT_FRACTION", default_value_t = 0.0)]
     pub(crate) testing_fault_fraction: f64,
     /// Retry-After of injected faults, in seconds.
     #[arg(long, env = "USHER_TESTING_FAULT_RETRY_AFTER", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=300))]

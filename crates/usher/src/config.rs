@@ -141,6 +141,7 @@ fn texts(arg: &Arg, value: &toml::Value) -> Result<Vec<String>, String> {
     let scalar = |v: &Value| match v {
         Value::String(s) => Ok(s.clone()),
         Value::Integer(n) => Ok(n.to_string()),
+        Value::Float(f) => Ok(f.to_string()),
         Value::Boolean(b) => Ok(b.to_string()),
         other => Err(format!(
             "expected a string or a number, not {}",

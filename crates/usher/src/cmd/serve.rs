@@ -156,6 +156,11 @@ fn limits(a: &LimitArgs) -> Limits {
 }
 
 fn testing_modes(a: &crate::cli::TestingArgs) -> anyhow::Result<TestingModes> {
+    // Checked here rather than with clap's `requires`, which does not see configuration-file values.
+    if a.testing_fault.is_none() && (a.testing_fault_first != 0 || a.testing_fault_fraction != 0.0)
+    {
+        anyhow::bail!("--testing-fault-first and --testing-fault-fraction need --testing-fault");
+    }
     let modes = TestingModes {
         polls_assigning: a.testing_polls_assigning,
         retry_after: a.testing_retry_after,

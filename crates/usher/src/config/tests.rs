@@ -62,10 +62,19 @@ fn file_values_become_flag_texts() {
             .unwrap_err()
             .contains("boolean")
     );
+    // A float goes to the flag's parser as text, which refuses it for a whole-number flag.
+    assert_eq!(
+        texts(&arg("retry-after"), &v("1.5")),
+        Ok(vec!["1.5".to_owned()])
+    );
     assert!(
-        texts(&arg("retry-after"), &v("1.5"))
+        texts(&arg("testing-quotas"), &v("1"))
             .unwrap_err()
-            .contains("float")
+            .contains("true or false")
+    );
+    assert_eq!(
+        texts(&arg("testing-quotas"), &v("true")),
+        Ok(vec!["true".to_owned()])
     );
     assert!(
         texts(&arg("data-dir"), &v("{ a = 1 }"))

@@ -125,6 +125,8 @@ pub struct AppInner {
     pub throttle: crate::throttle::Throttle,
     /// The counters of the firmware-testing modes.
     pub testing: crate::testing::Testing,
+    /// The enrollment groups, decoded for attestation.
+    pub groups: crate::groups::GroupIndex,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Counters, gauges and histograms for the metrics listener.
@@ -159,6 +161,7 @@ impl App {
             settings,
             throttle,
             testing,
+            groups: crate::groups::GroupIndex::default(),
             shutdown,
             metrics,
             listening: std::sync::atomic::AtomicBool::new(false),

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod clock;
 pub mod error;
 pub mod files;
+pub mod groups;
 pub mod health;
 pub mod http;
 pub mod hub;

@@ -155,6 +155,12 @@ pub async fn put(
     }
     validate_attestation(&attestation)?;
     validate_hubs(app, &settings).await?;
+    if let Some(v) = settings.other.get(crate::groups::PATTERN_FIELD) {
+        let pattern = v.as_str().ok_or_else(|| {
+            ApiError::InvalidArgument(format!("{} must be a string", crate::groups::PATTERN_FIELD))
+        })?;
+        crate::groups::compile_pattern(pattern).map_err(ApiError::InvalidArgument)?;
+    }
     if let Some(v) = settings.other.get(crate::testing::FIELD) {
         let modes: crate::testing::TestingModes = serde_json::from_value(v.clone())
             .map_err(|e| ApiError::InvalidArgument(format!("invalid usherTesting: {e}")))?;

@@ -796,25 +796,35 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
         }
     }
 
-    for (_, doc) in app
+    // Groups: the one the device's registration record names first (a device that registered
+    // before costs one group), then those whose registration-ID pattern admits it.
+    let groups = app.groups.groups(&app.store).await?;
+    let known = app
         .store
-        .docs(Collection::EnrollmentGroups, 0, u64::MAX)
+        .registration(registration_id.as_str())
         .await?
-    {
-        let group: EnrollmentGroup = parse_doc(&doc)?;
-        if group.attestation.kind != AttestationType::SymmetricKey {
-            continue;
-        }
-        let [primary, secondary] = stored_keys(&group.attestation)?;
+        .and_then(|r| r.enrollment_group_id);
+    let first = known.as_deref().and_then(|id| {
+        groups
+            .iter()
+            .find(|g| g.group.enrollment_group_id.eq_ignore_ascii_case(id))
+    });
+    let rest = groups.iter().filter(|g| {
+        g.may_hold(registration_id.as_str())
+            && known
+                .as_deref()
+                .is_none_or(|id| !g.group.enrollment_group_id.eq_ignore_ascii_case(id))
+    });
+    for g in first.into_iter().chain(rest) {
         let keys = [
-            primary.derive_device_key(registration_id.as_str()),
-            secondary.derive_device_key(registration_id.as_str()),
+            g.keys[0].derive_device_key(registration_id.as_str()),
+            g.keys[1].derive_device_key(registration_id.as_str()),
         ];
         if let Ok(index) = token.check_signature(&[&keys[0], &keys[1]]) {
-            tracing::debug!(registration_id = %registration_id, group = %group.enrollment_group_id, key = index, "group member attested");
+            tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, key = index, "group member attested");
             return Ok(Attested {
                 registration_id,
-                enrollment: Enrollment::Group(Box::new(group)),
+                enrollment: Enrollment::Group(Box::new(g.group.clone())),
                 keys,
             });
         }
@@ -827,7 +837,7 @@ fn parse_doc<T: serde::de::DeserializeOwned>(doc: &Doc) -> Result<T, ApiError> {
         .map_err(|e| ApiError::Store(StoreError::Corrupt(format!("enrollment {}: {e}", doc.id))))
 }
 
-fn stored_keys(
+pub(crate) fn stored_keys(
     attestation: &usher_proto::service::AttestationMechanism,
 ) -> Result<[SymmetricKey; 2], ApiError> {
     if attestation.kind != AttestationType::SymmetricKey {

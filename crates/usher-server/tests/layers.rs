@@ -24,6 +24,7 @@ const DOMAIN: &[&str] = &[
     "clock",
     "error",
     "files",
+    "groups",
     "hub",
     "management",
     "registration",
@@ -31,6 +32,7 @@ const DOMAIN: &[&str] = &[
     "store",
     "throttle",
     "webhook",
+    "testing",
     "metrics",
     "pki",
 ];

@@ -424,6 +424,11 @@ impl Store {
         dispatch!(self, s => s.upsert_doc(coll, id, decide).await)
     }
 
+    /// A number that changes whenever an enrollment group is written, for caches of the groups.
+    pub fn groups_generation(&self) -> u64 {
+        dispatch!(self, s => s.groups_generation())
+    }
+
     /// Deletes one document if `allow` agrees; `Ok(None)` if there was none.
     pub async fn delete_doc<E>(
         &self,

@@ -88,6 +88,8 @@ pub struct SqliteStore {
     metrics: Arc<OnceLock<Metrics>>,
     /// Seals secret columns on the way in and opens them on the way out.
     sealer: Arc<Sealer>,
+    /// Bumped after every committed write to enrollment groups, so caches of them know to reload.
+    groups_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -115,6 +117,7 @@ impl SqliteStore {
             path: Arc::new(path.to_owned()),
             metrics,
             sealer,
+            groups_generation: Arc::default(),
         })
     }
 
@@ -495,6 +498,7 @@ impl SqliteStore {
             Ok(doc)
         })
         .await
+        .inspect(|_| self.touched(coll))
     }
 
     pub(super) async fn delete_doc<E>(
@@ -521,6 +525,20 @@ impl SqliteStore {
             Ok(Some(doc))
         })
         .await
+        .inspect(|_| self.touched(coll))
+    }
+
+    /// Notes a committed write to a collection.
+    fn touched(&self, coll: Collection) {
+        if coll == Collection::EnrollmentGroups {
+            self.groups_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    pub(super) fn groups_generation(&self) -> u64 {
+        self.groups_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(super) async fn registration(

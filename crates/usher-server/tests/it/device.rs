@@ -554,3 +554,51 @@ async fn serves_a_certificate_of_your_own() {
         Err(ProvisionError::Transport(_))
     ));
 }
+
+#[tokio::test]
+async fn groups_declare_the_registration_ids_of_their_devices() {
+    let s = TestServer::start().await;
+    let (a_key, _) = s
+        .enroll_group(
+            "pattern-a",
+            json!({"usherRegistrationIdPattern": "a-[0-9]+"}),
+        )
+        .await;
+    let (b_key, _) = s
+        .enroll_group(
+            "pattern-b",
+            json!({"usherRegistrationIdPattern": "b-[0-9]+"}),
+        )
+        .await;
+    let (any_key, _) = s.enroll_group("pattern-none", json!({})).await;
+    for (id, key) in [("a-1", &a_key), ("B-2", &b_key), ("c-3", &any_key)] {
+        let cred = Credential::from_group_key(id, key).unwrap();
+        s.device_client()
+            .provision(&cred, None, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e:?}"));
+    }
+    // A key of group b for an ID only group a admits: group b is not even tried.
+    let cred = Credential::from_group_key("a-9", &b_key).unwrap();
+    assert!(matches!(
+        s.device_client().provision(&cred, None, |_| {}).await,
+        Err(ProvisionError::Refused { status: 401, .. })
+    ));
+    // The field round-trips, and a pattern that does not compile is refused.
+    let (_, _, doc) = s
+        .call(Method::GET, "/enrollmentGroups/pattern-a", None, &[])
+        .await;
+    assert_eq!(doc["usherRegistrationIdPattern"], "a-[0-9]+");
+    let (status, headers, body) = s
+        .call(
+            Method::PUT,
+            "/enrollmentGroups/pattern-bad",
+            Some(
+                json!({"enrollmentGroupId": "pattern-bad", "attestation": {"type": "symmetricKey"},
+                        "usherRegistrationIdPattern": "("}),
+            ),
+            &[],
+        )
+        .await;
+    assert_error(status, &headers, &body, 400, 400_004);
+}

@@ -1,0 +1,120 @@
+//! The symmetric-key enrollment groups as attestation needs them: parsed once, keys decoded once,
+//! kept in memory until a group is written (the store's `groups_generation` changes).
+//!
+//! A device without an individual enrollment is checked against the group its registration record
+//! names first (a device that registered before costs one group), then against the groups whose
+//! `usherRegistrationIdPattern` (an Usher extension field the official clients round-trip) matches
+//! its registration ID, or that declare none. Nothing is read from the store or parsed per request.
+
+use std::sync::{Arc, Mutex};
+
+use usher_proto::SymmetricKey;
+use usher_proto::service::{AttestationType, EnrollmentGroup};
+
+use crate::error::ApiError;
+use crate::store::{Collection, Store, StoreError};
+
+/// The extension field naming the registration IDs a group's devices have (a regular expression,
+/// matched against the whole ID, case-insensitively).
+pub const PATTERN_FIELD: &str = "usherRegistrationIdPattern";
+
+/// One group, ready for attestation.
+#[derive(Debug)]
+pub struct Group {
+    pub group: EnrollmentGroup,
+    /// Primary and secondary group keys, decoded.
+    pub keys: [SymmetricKey; 2],
+    pub pattern: Option<regex::Regex>,
+}
+
+impl Group {
+    /// Whether a device with this registration ID may belong to the group.
+    pub fn may_hold(&self, registration_id: &str) -> bool {
+        self.pattern
+            .as_ref()
+            .is_none_or(|p| p.is_match(registration_id))
+    }
+}
+
+/// Compiles a group's pattern: anchored, case-insensitive, bounded in size.
+pub fn compile_pattern(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .case_insensitive(true)
+        // Registration IDs are ASCII.
+        .unicode(false)
+        .size_limit(64 * 1024)
+        .build()
+        .map_err(|e| format!("invalid {PATTERN_FIELD} {pattern:?}: {e}"))
+}
+
+/// The cached groups.
+#[derive(Debug, Default)]
+pub struct GroupIndex {
+    cached: Mutex<Option<(u64, Arc<Vec<Group>>)>>,
+}
+
+impl GroupIndex {
+    /// The symmetric-key groups as they are now: from memory, or reloaded if any changed.
+    pub async fn groups(&self, store: &Store) -> Result<Arc<Vec<Group>>, ApiError> {
+        let generation = store.groups_generation();
+        if let Some((g, groups)) = self.lock().as_ref()
+            && *g == generation
+        {
+            return Ok(Arc::clone(groups));
+        }
+        let mut loaded = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .docs(Collection::EnrollmentGroups, after, 1000)
+                .await?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = *last;
+            for (_, doc) in page {
+                let group: EnrollmentGroup = serde_json::from_value(doc.json).map_err(|e| {
+                    ApiError::Store(StoreError::Corrupt(format!("group {}: {e}", doc.id)))
+                })?;
+                if group.attestation.kind != AttestationType::SymmetricKey {
+                    continue;
+                }
+                let keys = crate::registration::stored_keys(&group.attestation)?;
+                let pattern = group
+                    .settings
+                    .other
+                    .get(PATTERN_FIELD)
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|p| compile_pattern(p).ok());
+                loaded.push(Group {
+                    group,
+                    keys,
+                    pattern,
+                });
+            }
+        }
+        let groups = Arc::new(loaded);
+        *self.lock() = Some((generation, Arc::clone(&groups)));
+        Ok(groups)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, Arc<Vec<Group>>)>> {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_the_whole_id_case_insensitively() {
+        let p = compile_pattern("sensor-[0-9]+").unwrap();
+        assert!(p.is_match("sensor-42"));
+        assert!(p.is_match("SENSOR-42"));
+        assert!(!p.is_match("my-sensor-42"));
+        assert!(!p.is_match("sensor-42x"));
+        assert!(compile_pattern("(").is_err());
+        assert!(compile_pattern("a{100000}").is_err(), "too large");
+    }
+}

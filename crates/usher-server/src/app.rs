@@ -7,6 +7,7 @@ use serde::Serialize;
 use usher_proto::{IdScope, SymmetricKey};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::pki::{self, PkiError, PkiFiles};
 use crate::secrets::KekSource;
 use crate::store::{Bootstrap, Hub, Instance, Policy, Right, Store, StoreError};
@@ -58,12 +59,19 @@ impl Protocol {
 /// 10 s.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 2;
 
+/// How long open connections get to finish after shutdown is asked for, unless
+/// `--shutdown-timeout` says otherwise.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Settings that shape behaviour, fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How far past expiry a token is still accepted.
     pub clock_skew_secs: u64,
     pub register_response: RegisterResponse,
+    /// How long open connections get to finish after shutdown is asked for, before the server
+    /// stops anyway.
+    pub shutdown_timeout: std::time::Duration,
     /// Failed-attestation budgets.
     pub throttle: crate::throttle::ThrottleSettings,
     /// How long audit entries are kept.
@@ -83,6 +91,7 @@ impl Default for Settings {
             register_response: RegisterResponse::Assigning {
                 retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             throttle: crate::throttle::ThrottleSettings::default(),
             audit_retention: crate::audit::DEFAULT_RETENTION,
             webhook: crate::webhook::WebhookSettings::default(),
@@ -110,6 +119,10 @@ pub struct AppInner {
     pub groups: crate::groups::GroupIndex,
     /// Cancelled when the server shuts down; long-lived sessions watch it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Counters, gauges and histograms for the metrics listener.
+    pub metrics: Metrics,
+    /// Set once every listener accepts connections (`/readyz`).
+    pub listening: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for App {
@@ -127,6 +140,8 @@ impl App {
         settings: Settings,
     ) -> Self {
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let metrics = Metrics::new();
+        store.set_metrics(metrics.clone());
         let throttle = crate::throttle::Throttle::new(settings.throttle);
         let testing = crate::testing::Testing::new(settings.testing_registrations_per_minute);
         Self(Arc::new(AppInner {
@@ -138,6 +153,8 @@ impl App {
             testing,
             groups: crate::groups::GroupIndex::default(),
             shutdown,
+            metrics,
+            listening: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }

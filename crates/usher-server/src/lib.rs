@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`app`]: shared state, settings, first-run set-up of a data directory, the overview.
+//! - [`metrics`]: the Prometheus metrics every part records; [`health`]: readiness checks.
 //! - [`registration`]: the registration core every device transport calls (attest, allocate, record).
 //! - [`auth`]: principals and rights, the one authorization check of the API and the console.
 //! - [`management`]: enrollment, group, registration-record and hub operations.
@@ -25,9 +26,11 @@ pub mod console;
 pub mod error;
 pub mod files;
 pub mod groups;
+pub mod health;
 pub mod http;
 pub mod hub;
 pub mod management;
+pub mod metrics;
 pub mod mqtt;
 pub mod pki;
 pub mod registration;
@@ -98,6 +101,8 @@ pub struct Prepared {
     mqtt_tls: std::sync::Arc<rustls::ServerConfig>,
     limits: Limits,
     data_dir: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over plain HTTP, if anywhere.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Opens or creates the data directory, the development PKI and the TLS configuration.
@@ -135,13 +140,23 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         mqtt_tls,
         limits: config.limits,
         data_dir: config.data_dir,
+        metrics_listener: None,
     })
 }
 
 impl Prepared {
+    /// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on `listener` too.
+    #[must_use]
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// Serves HTTPS (device API, management API, MQTT and AMQP over WebSockets) on `https`, MQTT
-    /// over TLS on `mqtt` and AMQP over TLS on `amqp`, until `shutdown` is cancelled. Records the
-    /// bound addresses in the data directory's runtime file so the CLI can find the server.
+    /// over TLS on `mqtt` and AMQP over TLS on `amqp`, until `shutdown` is cancelled; then lets
+    /// open connections finish for up to `Settings::shutdown_timeout` and closes the rest.
+    /// Records the bound addresses in the data directory's runtime file so the CLI can find the
+    /// server.
     pub async fn run(
         self,
         https: TcpListener,
@@ -165,14 +180,21 @@ impl Prepared {
             .map(TcpListener::local_addr)
             .transpose()
             .map_err(io)?;
+        let metrics_addr = self
+            .metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(io)?;
         let text = serde_json::json!({
             "httpsAddr": https_addr.to_string(),
             "mqttAddr": mqtt_addr.map(|a| a.to_string()),
             "amqpAddr": amqp_addr.map(|a| a.to_string()),
+            "metricsAddr": metrics_addr.map(|a| a.to_string()),
         })
         .to_string();
         files::write_private(&runtime, text.as_bytes()).map_err(io)?;
-        tracing::info!(%https_addr, ?mqtt_addr, ?amqp_addr, "serving");
+        tracing::info!(%https_addr, ?mqtt_addr, ?amqp_addr, ?metrics_addr, "serving");
 
         let app = self.app.clone();
         let app_shutdown = app.shutdown.clone();
@@ -186,6 +208,23 @@ impl Prepared {
             self.app.settings.audit_retention,
         ));
         let limits = self.limits;
+        let drain = app.settings.shutdown_timeout;
+        let options = |name| server::ListenerOptions {
+            name,
+            metrics: app.metrics.clone(),
+            drain_timeout: drain,
+        };
+        // Serves until the device listeners have drained.
+        let drained = CancellationToken::new();
+        let ops_task = self.metrics_listener.map(|listener| {
+            tokio::spawn(http::ops::serve(
+                listener,
+                app.clone(),
+                shutdown.clone(),
+                drained.clone(),
+                drain,
+            ))
+        });
         let mqtt_endpoint = mqtt::Endpoint::new(limits.mqtt);
         let amqp_endpoint = amqp::Endpoint::new(limits.amqp);
         let mut router = http::router(
@@ -213,6 +252,7 @@ impl Prepared {
             https,
             self.tls,
             limits.connections,
+            options(metrics::Listener::Https),
             shutdown.clone(),
             move |tls, peer, stop| {
                 server::serve_http_connection(tls, peer, router.clone(), limits.http, stop)
@@ -224,6 +264,7 @@ impl Prepared {
                 listener,
                 std::sync::Arc::clone(&self.mqtt_tls),
                 limits.connections,
+                options(metrics::Listener::Mqtt),
                 shutdown.clone(),
                 move |tls, peer, stop| {
                     mqtt::serve_tls_connection(app.clone(), mqtt_endpoint.clone(), tls, peer, stop)
@@ -231,18 +272,29 @@ impl Prepared {
             )
         });
         let amqp_task = amqp.map(|listener| {
+            let app = app.clone();
             server::serve_tls(
                 listener,
                 std::sync::Arc::clone(&self.mqtt_tls),
                 limits.connections,
+                options(metrics::Listener::Amqp),
                 shutdown.clone(),
                 move |tls, peer, stop| {
                     amqp::serve_tls_connection(app.clone(), amqp_endpoint.clone(), tls, peer, stop)
                 },
             )
         });
+        app.listening
+            .store(true, std::sync::atomic::Ordering::Release);
         tokio::join!(https_task, optional(mqtt_task), optional(amqp_task));
+        app.listening
+            .store(false, std::sync::atomic::Ordering::Release);
+        drained.cancel();
+        if let Some(task) = ops_task {
+            let _ = task.await;
+        }
         let _ = std::fs::remove_file(&runtime);
+        tracing::info!("stopped");
         Ok(())
     }
 }

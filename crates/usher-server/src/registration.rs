@@ -12,10 +12,11 @@ use usher_proto::service::{
 };
 use usher_proto::{RegistrationId, SymmetricKey};
 
-use crate::app::App;
+use crate::app::{App, Protocol};
 use crate::audit;
 use crate::clock::{new_etag, unix_now};
 use crate::error::{ApiError, AuthError};
+use crate::metrics::{Operation, RegistrationOutcome};
 use crate::store::{
     Assignment, Collection, DeviceWrite, Doc, RegisterView, Registration, StoreError, TwinWrite,
 };
@@ -28,6 +29,8 @@ pub struct DeviceRequest<'a> {
     pub registration_id: &'a str,
     /// The SAS token (HTTP `Authorization`, MQTT password).
     pub authorization: Option<&'a str>,
+    /// The transport the request arrived on (for metrics).
+    pub protocol: Protocol,
     /// The client's address, for the failure budget (`throttle`).
     pub peer: Option<std::net::IpAddr>,
 }
@@ -69,6 +72,18 @@ struct Attested {
 /// they are at commit (`store::register`), and answer. A custom-allocation enrollment records the
 /// operation as `assigning` and calls its webhook in the background; the device polls.
 pub async fn register(
+    app: &App,
+    req: DeviceRequest<'_>,
+    body: &DeviceRegistration,
+) -> Result<RegistrationOperationStatus, ApiError> {
+    let started = tokio::time::Instant::now();
+    let result = assign(app, req, body).await;
+    app.metrics
+        .request(req.protocol, Operation::Register, started.elapsed());
+    result
+}
+
+async fn assign(
     app: &App,
     req: DeviceRequest<'_>,
     body: &DeviceRegistration,
@@ -185,16 +200,32 @@ impl Decided {
     }
 }
 
-/// Decides and writes a registration in one store transaction.
+/// Decides and writes a registration in one store transaction, and counts its final outcome
+/// (`usher_registration_attempts_total`; a custom allocation counts when its webhook's answer is
+/// recorded, on its second pass here).
 pub(crate) async fn run(app: &App, job: RegisterJob) -> Result<Decided, ApiError> {
     let registration_id = job.attested.registration_id.as_str().to_owned();
     let group_id = job.attested.enrollment.group_id().map(str::to_owned);
     let scope = app.instance.id_scope.clone();
-    app.store
+    let decided = app
+        .store
         .register(&registration_id, group_id.as_deref(), move |view| {
             decide_in_transaction(&scope, job, view)
         })
-        .await
+        .await?;
+    match &decided {
+        Decided::Recorded(r) if r.status == RegistrationStatus::Assigned => app
+            .metrics
+            .registration(r.assigned_hub.as_deref(), RegistrationOutcome::Assigned),
+        Decided::Recorded(r) if r.status == RegistrationStatus::Failed => app
+            .metrics
+            .registration(r.assigned_hub.as_deref(), RegistrationOutcome::Failed),
+        Decided::Disabled => app
+            .metrics
+            .registration(None, RegistrationOutcome::Disabled),
+        Decided::Recorded(_) | Decided::Pending { .. } | Decided::Superseded => {}
+    }
+    Ok(decided)
 }
 
 /// The registration decision over the rows as they are at commit: re-reads the enrollment (it
@@ -504,6 +535,18 @@ pub async fn operation_status(
     req: DeviceRequest<'_>,
     operation_id: &str,
 ) -> Result<RegistrationOperationStatus, ApiError> {
+    let started = tokio::time::Instant::now();
+    let result = find_operation(app, req, operation_id).await;
+    app.metrics
+        .request(req.protocol, Operation::OperationStatus, started.elapsed());
+    result
+}
+
+async fn find_operation(
+    app: &App,
+    req: DeviceRequest<'_>,
+    operation_id: &str,
+) -> Result<RegistrationOperationStatus, ApiError> {
     let attested = attest(app, req).await?;
     let modes = testing_modes(app, &attested);
     app.testing
@@ -535,6 +578,17 @@ pub async fn operation_status(
 
 /// `POST /{idScope}/registrations/{id}`: the device's registration record, flat.
 pub async fn registration_status(
+    app: &App,
+    req: DeviceRequest<'_>,
+) -> Result<DeviceRegistrationResult, ApiError> {
+    let started = tokio::time::Instant::now();
+    let result = find_registration(app, req).await;
+    app.metrics
+        .request(req.protocol, Operation::StatusLookup, started.elapsed());
+    result
+}
+
+async fn find_registration(
     app: &App,
     req: DeviceRequest<'_>,
 ) -> Result<DeviceRegistrationResult, ApiError> {
@@ -647,15 +701,19 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
 
 /// Attests a device, within the failure budgets of its address and registration ID: a request
 /// whose budget is spent is refused (429) before any key is looked at, and a refused credential
-/// spends from both budgets.
+/// spends from both budgets. Every attestation decided counts in
+/// `usher_attestation_attempts_total`, whatever made it fail; a throttled request is counted in
+/// `usher_throttled_requests_total` instead.
 async fn attest(app: &App, req: DeviceRequest<'_>) -> Result<Attested, ApiError> {
     if let Err((by, retry_after_secs)) = app.throttle.check(req.peer, req.registration_id) {
+        app.metrics.throttled(by);
         return Err(ApiError::Throttled {
             by,
             retry_after_secs,
         });
     }
     let result = check_credential(app, req).await;
+    app.metrics.attestation(req.protocol, result.is_ok());
     if let Err(e @ ApiError::Unauthorized(_)) = &result {
         app.throttle.failed(req.peer, req.registration_id);
         audit::append(
@@ -690,6 +748,7 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
         id_scope,
         registration_id,
         authorization,
+        protocol: _,
         peer: _,
     } = req;
     let registration_id =

@@ -18,8 +18,18 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long open connections get to finish after shutdown is asked for.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::metrics::{Listener, Metrics};
+
+/// What a listener is called and how it ends.
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// The `listener` label of `usher_open_connections`.
+    pub name: Listener,
+    pub metrics: Metrics,
+    /// How long open connections get to finish after shutdown is asked for
+    /// (`Settings::shutdown_timeout`).
+    pub drain_timeout: Duration,
+}
 
 /// Limits every listener enforces before a connection reaches its protocol.
 #[derive(Debug, Clone, Copy)]
@@ -111,11 +121,13 @@ impl Drop for AddressSlot {
 }
 
 /// Accepts TLS connections on `listener` and hands each to `handle` in its own task, until
-/// `shutdown` is cancelled; then waits up to [`DRAIN_TIMEOUT`] for the handlers to finish.
+/// `shutdown` is cancelled; then waits up to `options.drain_timeout` for the handlers to finish
+/// and drops those still running.
 pub async fn serve_tls<H, F>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     limits: ConnectionLimits,
+    options: ListenerOptions,
     shutdown: CancellationToken,
     handle: H,
 ) where
@@ -126,6 +138,8 @@ pub async fn serve_tls<H, F>(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_address = Arc::new(PerAddress::default());
     let tracker = TaskTracker::new();
+    // Cancelled when the drain time is up: every connection still open is dropped.
+    let force = CancellationToken::new();
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -157,17 +171,36 @@ pub async fn serve_tls<H, F>(
         let acceptor = acceptor.clone();
         let handle = handle.clone();
         let shutdown = shutdown.clone();
+        let open = options.metrics.connection(options.name);
+        let force = force.clone();
         tracker.spawn(async move {
-            let _slots = (permit, address_slot);
-            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => handle(tls, peer, shutdown).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            let _slots = (permit, address_slot, open);
+            let serve = async move {
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => handle(tls, peer, shutdown).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = force.cancelled() => tracing::debug!(%peer, "connection closed at the end of the shutdown timeout"),
             }
         });
     }
     tracker.close();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+    if tokio::time::timeout(options.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = options.name.as_str(),
+            open = tracker.len(),
+            "connections still open after the shutdown timeout; closing them"
+        );
+        force.cancel();
+        tracker.wait().await;
+    }
 }
 
 /// Serves HTTP/1.1 (with upgrades, for MQTT and AMQP over WebSockets) on one TLS connection. HTTP/2 is not
@@ -199,8 +232,10 @@ pub async fn serve_http_connection(
             }
         }
         () = shutdown.cancelled() => {
+            // Idle connections close now, requests in flight finish; the listener closes whatever
+            // is still open when its shutdown timeout is up (one timer, so the log says which).
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+            let _ = conn.await;
         }
     }
 }

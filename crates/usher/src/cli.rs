@@ -18,6 +18,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once and consumed at once.
 pub(crate) enum Command {
     /// Run the provisioning service (HTTPS device and management APIs).
     Serve(Box<ServeArgs>),
@@ -55,8 +56,23 @@ pub(crate) enum Command {
     SasToken(SasTokenCommand),
 }
 
+/// `usher serve`'s settings. Every flag here is also a key of the configuration file (its long
+/// name, e.g. `https-addr`) and an environment variable (`USHER_` and the name in upper snake
+/// case, e.g. `USHER_HTTPS_ADDR`); see `config.rs`. A new flag needs only its `#[arg]` with
+/// `env`, a README row, and a sample value in the CLI tests.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
+    /// A TOML configuration file whose keys are these flags' names (`https-addr = "0.0.0.0:443"`).
+    /// The environment overrides it and flags override both.
+    #[arg(long, env = "USHER_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print the settings in force (defaults, file, environment and flags merged), as a
+    /// configuration file, and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+    /// The effective configuration `--print-config` prints, rendered while parsing.
+    #[arg(skip)]
+    pub(crate) effective_config: Option<String>,
     /// Where the database, the development PKI and the runtime file live.
     #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
     pub(crate) data_dir: PathBuf,
@@ -69,19 +85,46 @@ pub(crate) struct ServeArgs {
     /// Address for AMQP 1.0 over TLS (device API).
     #[arg(long, env = "USHER_AMQP_ADDR", default_value = "0.0.0.0:5671")]
     pub(crate) amqp_addr: SocketAddr,
+    /// Address for plain-HTTP metrics (`/metrics`, Prometheus text format) and probes
+    /// (`/healthz`, `/readyz`), e.g. 127.0.0.1:9090. Off unless given.
+    #[arg(long, env = "USHER_METRICS_ADDR", value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
     /// Extra host names (or IP addresses) for the server certificate. localhost, 127.0.0.1 and ::1
     /// are always included; the first name given becomes the service host name on first run.
-    #[arg(long = "hostname", value_name = "NAME")]
+    /// Repeat the flag for more (the environment variable takes a comma-separated list).
+    #[arg(
+        long = "hostname",
+        env = "USHER_HOSTNAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub(crate) hostnames: Vec<String>,
     /// Use this certificate chain (PEM) instead of the development PKI. Needs --tls-key.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, env = "USHER_TLS_CERT", value_name = "PEM")]
     pub(crate) tls_cert: Option<PathBuf>,
     /// The private key (PEM) for --tls-cert.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, env = "USHER_TLS_KEY", value_name = "PEM")]
     pub(crate) tls_key: Option<PathBuf>,
-    /// How long past expiry a SAS token is still accepted (device clocks drift).
-    #[arg(long, default_value = "5m")]
-    pub(crate) clock_skew: String,
+    /// How long past expiry a SAS token is still accepted (device clocks drift): seconds, or a
+    /// number with s, m, h or d.
+    #[arg(
+        long,
+        env = "USHER_CLOCK_SKEW",
+        default_value = "5m",
+        value_parser = seconds,
+        value_name = "DURATION"
+    )]
+    pub(crate) clock_skew: u64,
+    /// How long open connections get to finish after SIGTERM or Ctrl-C before the server closes
+    /// them and exits (readiness fails at once).
+    #[arg(
+        long,
+        env = "USHER_SHUTDOWN_TIMEOUT",
+        default_value = "10s",
+        value_parser = seconds,
+        value_name = "DURATION"
+    )]
+    pub(crate) shutdown_timeout: u64,
     /// How register answers: `assigning` (202 + Retry-After; the device polls the operation, which
     /// answers the final state), as DPS does and IoT Edge requires; or `assigned` (200 with the
     /// final state at once), a fast path for CI that the Python, Node and C SDKs accept but IoT
@@ -146,20 +189,10 @@ pub(crate) struct TestingArgs {
     #[arg(long, env = "USHER_TESTING_FAULT", value_parser = clap::builder::PossibleValuesParser::new(["429", "500", "503"]))]
     pub(crate) testing_fault: Option<String>,
     /// ...to the first N requests (register or poll) of each device...
-    #[arg(
-        long,
-        env = "USHER_TESTING_FAULT_FIRST",
-        default_value_t = 0,
-        requires = "testing_fault"
-    )]
+    #[arg(long, env = "USHER_TESTING_FAULT_FIRST", default_value_t = 0)]
     pub(crate) testing_fault_first: u32,
     /// ...and to this fraction (0 to 1) of all requests.
-    #[arg(
-        long,
-        env = "USHER_TESTING_FAULT_FRACTION",
-        default_value_t = 0.0,
-        requires = "testing_fault"
-    )]
+    #[arg(long, env = "USHER_TESTING_FAULT_FRACTION", default_value_t = 0.0)]
     pub(crate) testing_fault_fraction: f64,
     /// Retry-After of injected faults, in seconds.
     #[arg(long, env = "USHER_TESTING_FAULT_RETRY_AFTER", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=300))]
@@ -178,7 +211,7 @@ pub(crate) struct TestingArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct KekArgs {
     /// File holding the key-encryption key (base64 of 32 bytes).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "USHER_KEK_FILE", value_name = "FILE")]
     pub(crate) kek_file: Option<PathBuf>,
 }
 
@@ -250,6 +283,11 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
         Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A duration flag: seconds, or a number with s, m, h or d (`90s`, `5m`), as seconds.
+fn seconds(text: &str) -> Result<u64, usher_proto::ttl::TtlError> {
+    usher_proto::ttl::parse_duration(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

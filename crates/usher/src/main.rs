@@ -4,13 +4,18 @@
 
 mod cli;
 mod cmd;
+mod config;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(1);
+        }
+    };
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

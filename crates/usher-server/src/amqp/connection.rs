@@ -57,6 +57,7 @@ impl Device {
             registration_id: &self.identity.registration_id,
             authorization: Some(&self.token),
             peer: Some(self.peer.ip()),
+            protocol: self.protocol,
         }
     }
 
@@ -144,6 +145,7 @@ pub async fn serve<Io>(
         tracing::warn!(%peer, "AMQP connection limit reached");
         return;
     };
+    let _open = app.metrics.amqp_connection(protocol);
     let limits = endpoint.limits;
     let sasl = DeviceSasl::default();
     let acceptor = ConnectionAcceptor::builder()

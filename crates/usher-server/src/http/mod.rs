@@ -7,6 +7,7 @@
 
 mod device;
 mod hub;
+pub mod ops;
 mod service;
 
 use axum::Router;
@@ -21,6 +22,7 @@ use usher_proto::api_version::{self, Api};
 use crate::app::{App, Protocol};
 pub(crate) use crate::clock::{now, unix_now};
 use crate::error::ApiError;
+use crate::metrics::Operation;
 use crate::server::HttpLimits;
 
 /// Largest request body accepted (the DPS message limit, the same on every transport).
@@ -78,6 +80,10 @@ async fn route(
     limits: HttpLimits,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<Response, ApiError> {
+    // Probes carry no credentials and no api-version.
+    if let Some(response) = ops::health_route(app, &parts.method, parts.uri.path()).await {
+        return Ok(response);
+    }
     let segments = split_path(parts.uri.path())?;
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
@@ -104,11 +110,18 @@ async fn route(
         headers: &parts.headers,
         body: &body,
     };
-    match (api, seg.as_slice()) {
-        (Api::Device, [scope, _, id, rest @ ..]) => device::route(&ctx, scope, id, rest).await,
-        (Api::HubRegistry, _) => Ok(hub::route(&ctx, &seg).await),
-        _ => service::route(&ctx, &seg).await,
-    }
+    // Device requests are timed by the registration core, which knows the operation.
+    let started = tokio::time::Instant::now();
+    let (operation, result) = match (api, seg.as_slice()) {
+        (Api::Device, [scope, _, id, rest @ ..]) => {
+            return device::route(&ctx, scope, id, rest).await;
+        }
+        (Api::HubRegistry, _) => (Operation::HubRegistry, Ok(hub::route(&ctx, &seg).await)),
+        _ => (Operation::Management, service::route(&ctx, &seg).await),
+    };
+    app.metrics
+        .request(Protocol::Https, operation, started.elapsed());
+    result
 }
 
 /// What a route handler sees of the request.

@@ -118,6 +118,7 @@ pub async fn run_session<I, O>(
         refuse_busy(output).await;
         return;
     };
+    let _open = app.metrics.mqtt_session(protocol);
     let limits = endpoint.limits;
     let mut session = Session {
         app,
@@ -128,10 +129,10 @@ pub async fn run_session<I, O>(
         next_packet_id: 0,
         buffer: BytesMut::new(),
     };
-    let result = tokio::select! {
-        r = session.drive(&mut input, &mut output, limits) => r,
-        () = shutdown.cancelled() => Ok(()),
-    };
+    // On shutdown the session stops reading; a request already being answered is finished first.
+    let result = session
+        .drive(&mut input, &mut output, limits, &shutdown)
+        .await;
     match result {
         Ok(()) => tracing::debug!(%peer, "MQTT session ended"),
         Err(e) => tracing::info!(%peer, error = %e, "MQTT session closed"),
@@ -170,6 +171,7 @@ impl Session {
         input: &mut I,
         output: &mut O,
         limits: Limits,
+        shutdown: &CancellationToken,
     ) -> Result<(), SessionError>
     where
         I: Stream<Item = std::io::Result<Bytes>> + Unpin,
@@ -213,7 +215,11 @@ impl Session {
                 ),
                 _ => (deadline, expired),
             };
-            let chunk = match tokio::time::timeout_at(deadline, input.next()).await {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = tokio::time::timeout_at(deadline, input.next()) => next,
+            };
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk?,
                 Ok(None) => return Ok(()),
                 Err(_) => return Err(expired),
@@ -378,6 +384,7 @@ impl Session {
             id_scope: &connected.username.id_scope,
             registration_id: &connected.username.registration_id,
             authorization: connected.password.as_deref(),
+            protocol: self.protocol,
             peer: Some(self.peer.ip()),
         };
         let result = match request {

@@ -408,6 +408,17 @@ impl Store {
         Ok(Self::Sqlite(SqliteStore::open(path, kek)?))
     }
 
+    /// Records each transaction's latency and batch size in `metrics` from now on (the first
+    /// handle given wins).
+    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        dispatch!(self, s => s.set_metrics(metrics))
+    }
+
+    /// A cheap read that proves the database answers and the writer runs (`/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping().await)
+    }
+
     pub async fn instance(&self) -> Result<Option<Instance>, StoreError> {
         dispatch!(self, s => s.instance().await)
     }

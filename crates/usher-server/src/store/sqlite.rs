@@ -7,10 +7,12 @@
 //! which WAL mode lets run beside the writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
 
 use super::{
     AllocationSettings, Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance,
@@ -87,6 +89,8 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Box<dyn Job>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<PathBuf>,
+    /// Shared with the writer thread, which records each commit once a handle is set.
+    metrics: Arc<OnceLock<Metrics>>,
     /// Seals secret columns on the way in and opens them on the way out.
     sealer: Arc<Sealer>,
     /// Bumped after every committed write to enrollment groups, so caches of them know to reload.
@@ -106,17 +110,37 @@ impl SqliteStore {
         let sealer = Arc::new(Sealer::new(data_key(&conn, kek)?));
         seal_plaintext(&conn, &sealer)?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let metrics = Arc::new(OnceLock::new());
+        let writer_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("usher-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &writer_metrics))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: Arc::new(path.to_owned()),
+            metrics,
             sealer,
             groups_generation: Arc::default(),
         })
+    }
+
+    pub(super) fn set_metrics(&self, metrics: Metrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            return Err(StoreError::WriterGone);
+        }
+        self.read(|c| {
+            c.query_row("SELECT MAX(version) FROM schema_version", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?;
+            Ok(())
+        })
+        .await
     }
 
     /// Re-wraps the data key with `new` (after checking `current` unwraps it), in one transaction.
@@ -989,7 +1013,11 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    metrics: &OnceLock<Metrics>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -998,6 +1026,8 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
+        let started = tokio::time::Instant::now();
+        let batch_size = batch.len();
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let error = StoreError::from(e);
             for job in batch {
@@ -1025,6 +1055,9 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
         let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+        }
+        if let Some(metrics) = metrics.get() {
+            metrics.store_commit(started.elapsed(), batch_size);
         }
         for completion in completions {
             completion(commit.clone());

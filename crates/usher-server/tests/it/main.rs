@@ -10,6 +10,7 @@ mod exposure;
 mod fidelity;
 mod management;
 mod mqtt;
+mod ops;
 mod parity;
 mod support;
 mod testing_modes;

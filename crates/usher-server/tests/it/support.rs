@@ -26,6 +26,8 @@ pub(crate) fn fast() -> Settings {
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) mqtt_addr: SocketAddr,
+    /// The metrics listener (plain HTTP), when started with one.
+    pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) amqp_addr: SocketAddr,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) scope: String,
@@ -52,12 +54,25 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (to test restarts).
     pub(crate) async fn start_in(dir: tempfile::TempDir, settings: Settings) -> Self {
-        Self::start_full(dir, settings, Limits::default(), None).await
+        Self::start_full(dir, settings, Limits::default(), None, false).await
     }
 
     /// Starts a server with the fast register answer and the given transport limits.
     pub(crate) async fn start_with_limits(limits: Limits) -> Self {
-        Self::start_full(tempfile::tempdir().unwrap(), fast(), limits, None).await
+        Self::start_full(tempfile::tempdir().unwrap(), fast(), limits, None, false).await
+    }
+
+    /// Starts a server that also serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on a
+    /// loopback port (`metrics_addr`).
+    pub(crate) async fn start_with_metrics(settings: Settings) -> Self {
+        Self::start_full(
+            tempfile::tempdir().unwrap(),
+            settings,
+            Limits::default(),
+            None,
+            true,
+        )
+        .await
     }
 
     /// Starts a server with its own certificate chain and key (PEM files) instead of the
@@ -72,6 +87,7 @@ impl TestServer {
             Settings::default(),
             Limits::default(),
             Some((cert, key, ca_pem)),
+            false,
         )
         .await
     }
@@ -81,6 +97,7 @@ impl TestServer {
         settings: Settings,
         limits: Limits,
         own_tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
+        metrics: bool,
     ) -> Self {
         let config = ServeConfig {
             data_dir: dir.path().to_owned(),
@@ -90,7 +107,13 @@ impl TestServer {
             limits,
             kek: usher_server::secrets::KekSource::default(),
         };
-        let prepared = usher_server::prepare(config).await.unwrap();
+        let mut prepared = usher_server::prepare(config).await.unwrap();
+        let mut metrics_addr = None;
+        if metrics {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            metrics_addr = Some(listener.local_addr().unwrap());
+            prepared = prepared.with_metrics_listener(listener);
+        }
         let overview = prepared.overview.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -135,6 +158,7 @@ impl TestServer {
         Self {
             addr,
             mqtt_addr,
+            metrics_addr,
             amqp_addr,
             scope: overview.id_scope,
             owner_key: SymmetricKey::from_base64(key).unwrap(),
@@ -144,6 +168,25 @@ impl TestServer {
             dir,
             shutdown,
             task: Some(task),
+        }
+    }
+
+    /// Asks the server to shut down without waiting for it (`stop` waits).
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped (after `begin_shutdown`), up to `bound`; `false` if it
+    /// is still running then.
+    pub(crate) async fn stopped_within(&mut self, bound: std::time::Duration) -> bool {
+        let task = self.task.as_mut().unwrap();
+        match tokio::time::timeout(bound, task).await {
+            Ok(result) => {
+                result.unwrap();
+                self.task = None;
+                true
+            }
+            Err(_) => false,
         }
     }
 

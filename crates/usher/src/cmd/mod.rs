@@ -30,7 +30,11 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SasToken(cmd) => sas_token::run(cmd),
         Command::Serve(args) => {
             init_logging();
-            runtime()?.block_on(serve::run(*args))
+            let runtime = runtime()?;
+            let result = runtime.block_on(serve::run(*args));
+            // The server has drained within its bound; do not wait on stragglers.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            result
         }
         Command::Instance(InstanceCommand::Show {
             data_dir,

@@ -1,8 +1,8 @@
 use std::io::ErrorKind;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use usher_proto::ttl::parse_duration;
 use usher_server::console::ConsoleSettings;
 use usher_server::server::{ConnectionLimits, HttpLimits};
 use usher_server::testing::{Fault, TestingModes};
@@ -13,7 +13,16 @@ use usher_server::{Limits, RegisterResponse, ServeConfig, Settings};
 use crate::cli::{LimitArgs, RegisterResponseArg, ServeArgs};
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let clock_skew_secs = parse_duration(&args.clock_skew).context("invalid --clock-skew")?;
+    if let Some(text) = &args.effective_config {
+        print!("{text}");
+        return Ok(());
+    }
+    let tls_cert = match (args.tls_cert.clone(), args.tls_key.clone()) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("--tls-cert (tls-cert) needs --tls-key (tls-key) too"),
+        (None, Some(_)) => anyhow::bail!("--tls-key (tls-key) needs --tls-cert (tls-cert) too"),
+    };
     let register_response = match args.register_response {
         RegisterResponseArg::Assigned => RegisterResponse::Assigned,
         RegisterResponseArg::Assigning => RegisterResponse::Assigning {
@@ -29,10 +38,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         data_dir: args.data_dir.clone(),
         hostnames,
-        tls_cert: args.tls_cert.clone().zip(args.tls_key.clone()),
+        tls_cert,
         settings: Settings {
-            clock_skew_secs,
+            clock_skew_secs: args.clock_skew,
             register_response,
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             throttle: ThrottleSettings {
                 failures_per_address: args.auth_failures_per_address,
                 failures_per_registration: args.auth_failures_per_registration,
@@ -64,10 +74,14 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         kek: args.kek.source(),
     };
     raise_open_file_limit();
-    let prepared = usher_server::prepare(config).await?;
-    let listener = bind(args.https_addr).await?;
-    let mqtt = bind(args.mqtt_addr).await?;
-    let amqp = bind(args.amqp_addr).await?;
+    let mut prepared = usher_server::prepare(config).await?;
+    let listener = bind(args.https_addr, "--https-addr").await?;
+    let mqtt = bind(args.mqtt_addr, "--mqtt-addr").await?;
+    let amqp = bind(args.amqp_addr, "--amqp-addr").await?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(bind(addr, "--metrics-addr").await?),
+        None => None,
+    };
     let o = &prepared.overview;
     println!("Usher is serving {}", args.data_dir.display());
     println!("  ID scope:                   {}", o.id_scope);
@@ -86,6 +100,12 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(ca) = &o.ca_certificate {
         println!("  CA certificate:             {ca}");
     }
+    if let Some(metrics) = &metrics {
+        println!(
+            "  Metrics and probes:         http://{}/metrics, /healthz, /readyz",
+            metrics.local_addr()?
+        );
+    }
     for hub in &o.hubs {
         println!(
             "  Hub:                        {} ({}, weight {})",
@@ -102,10 +122,18 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             listener.local_addr()?.port()
         );
     }
+    if let Some(metrics) = metrics {
+        prepared = prepared.with_metrics_listener(metrics);
+    }
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signal = shutdown.clone();
+    let drain = args.shutdown_timeout;
     tokio::spawn(async move {
-        signal::wait_for_signal().await;
+        let name = signal::wait_for_signal().await;
+        tracing::info!(
+            signal = name,
+            "shutting down: open connections get up to {drain} s to finish"
+        );
         signal.cancel();
     });
     prepared
@@ -143,6 +171,11 @@ fn limits(a: &LimitArgs) -> Limits {
 }
 
 fn testing_modes(a: &crate::cli::TestingArgs) -> anyhow::Result<TestingModes> {
+    // Checked here rather than with clap's `requires`, which does not see configuration-file values.
+    if a.testing_fault.is_none() && (a.testing_fault_first != 0 || a.testing_fault_fraction != 0.0)
+    {
+        anyhow::bail!("--testing-fault-first and --testing-fault-fraction need --testing-fault");
+    }
     let modes = TestingModes {
         polls_assigning: a.testing_polls_assigning,
         retry_after: a.testing_retry_after,
@@ -175,7 +208,7 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == ErrorKind::PermissionDenied => anyhow::bail!(
@@ -186,7 +219,7 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
         ),
         Err(e) if e.kind() == ErrorKind::AddrInUse => {
             anyhow::bail!(
-                "cannot listen on {addr}: the address is in use by another program; choose another with --https-addr, --mqtt-addr or --amqp-addr"
+                "cannot listen on {addr}: the address is in use by another program; choose another with {flag}"
             )
         }
         Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
@@ -194,24 +227,25 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 mod signal {
-    /// Resolves on Ctrl-C or SIGTERM.
-    pub(super) async fn wait_for_signal() {
+    /// Resolves on Ctrl-C (SIGINT) or SIGTERM, with the signal's name.
+    pub(super) async fn wait_for_signal() -> &'static str {
         #[cfg(unix)]
         {
             let Ok(mut term) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             else {
                 let _ = tokio::signal::ctrl_c().await;
-                return;
+                return "SIGINT";
             };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
 }

@@ -518,12 +518,15 @@ pub async fn group_registrations(
     after: u64,
     page: u64,
 ) -> Result<(Vec<Value>, Option<u64>), ApiError> {
-    let records = app.store.registrations_of_group(group_id).await?;
-    let mut rest = records.iter().filter(|(seq, _)| *seq > after);
+    let records = app
+        .store
+        .registrations_of_group(group_id, after, page + 1)
+        .await?;
+    let more = records.len() as u64 > page;
     let mut items = Vec::new();
     let mut cursor = after;
-    for (seq, r) in rest
-        .by_ref()
+    for (seq, r) in records
+        .iter()
         .take(usize::try_from(page).unwrap_or(usize::MAX))
     {
         cursor = *seq;
@@ -532,7 +535,6 @@ pub async fn group_registrations(
                 .map_err(|e| ApiError::InvalidJson(e.to_string()))?,
         );
     }
-    let more = rest.next().is_some();
     Ok((items, more.then_some(cursor)))
 }
 
@@ -895,18 +897,24 @@ pub async fn hub_device(app: &App, hub: &str, device_id: &str) -> Result<(Value,
     ))
 }
 
-/// The device identities of a built-in hub.
-pub async fn hub_devices(app: &App, name: &str) -> Result<Vec<Value>, ApiError> {
+/// A page of the device identities of a hub, after the cursor `after`, and the next page's cursor
+/// if more follow.
+pub async fn hub_devices(
+    app: &App,
+    name: &str,
+    after: u64,
+    page: u64,
+) -> Result<(Vec<Value>, Option<u64>), ApiError> {
     if !app.store.hubs().await?.iter().any(|h| h.name == name) {
         return Err(ApiError::HubNotFound(name.to_owned()));
     }
-    Ok(app
-        .store
-        .hub_devices(name)
-        .await?
-        .iter()
-        .map(device_json)
-        .collect())
+    let devices = app.store.hub_devices(name, after, page + 1).await?;
+    let more = devices.len() as u64 > page;
+    let devices = &devices[..devices
+        .len()
+        .min(usize::try_from(page).unwrap_or(usize::MAX))];
+    let next = devices.last().map(|(seq, _)| *seq).filter(|_| more);
+    Ok((devices.iter().map(|(_, d)| device_json(d)).collect(), next))
 }
 
 fn hub_json(h: &Hub) -> Value {

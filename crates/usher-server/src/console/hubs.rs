@@ -214,22 +214,47 @@ struct DevicesPage {
     hub: String,
     devices: Vec<DeviceRow>,
     refreshed: String,
+    /// The first page's address, when this is not the first page.
+    first: Option<String>,
+    /// The next page's address, when there is one.
+    next: Option<String>,
 }
 
-/// `GET /console/hubs/{name}/devices`: the hub's "IoT devices"; Refresh reloads it.
+/// Device identities shown on one page of a hub's device list.
+const DEVICES_PAGE: u64 = 100;
+
+/// `GET /console/hubs/{name}/devices?after=CURSOR`: the hub's "IoT devices", a page at a time;
+/// Refresh reloads the page.
 pub(super) async fn devices(
     State(console): State<Console>,
     signed: Signed,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     if let Some(r) = signed.refuse(&console, Right::ServiceConfig) {
         return r;
     }
     let l = signed.layout(&console, "hubs");
-    let list = match management::hub_devices(&console.app, &name).await {
+    let after = Form::query(query.as_deref())
+        .get("after")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0u64);
+    let (list, next) = match management::hub_devices(&console.app, &name, after, DEVICES_PAGE).await
+    {
         Ok(d) => d,
         Err(e) => return failure(Some(l), &e),
     };
+    let here = |after: Option<u64>| {
+        let mut url = format!(
+            "/console/hubs/{}/devices",
+            percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+        );
+        if let Some(a) = after {
+            url.push_str(&format!("?after={a}"));
+        }
+        url
+    };
+    let (first, next) = ((after > 0).then(|| here(None)), next.map(|n| here(Some(n))));
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     page(
         StatusCode::OK,
@@ -246,6 +271,8 @@ pub(super) async fn devices(
                 .collect(),
             hub: name,
             refreshed: when(Some(&crate::clock::now_text())),
+            first,
+            next,
         },
     )
 }

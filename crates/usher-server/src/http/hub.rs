@@ -13,6 +13,8 @@ use crate::store::Hub;
 
 /// Most devices one list returns.
 const MAX_LIST: usize = 1000;
+/// Devices read per store round trip while a filtered registry query looks for matches.
+const QUERY_SCAN: u64 = 500;
 
 /// Whether a path belongs to the registry API.
 pub(super) fn is_hub_route(seg: &[&str]) -> bool {
@@ -71,12 +73,9 @@ async fn handle(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, HubError> {
             let top = query_param(ctx.query, "top")
                 .and_then(|t| t.parse::<i64>().ok())
                 .filter(|t| (1..=MAX_LIST as i64).contains(t));
-            let devices = app.store.hub_devices(&hub.name).await?;
-            let list: Vec<Value> = devices
-                .iter()
-                .take(top.map_or(MAX_LIST, |t| t as usize))
-                .map(hub::device_json)
-                .collect();
+            let top = top.map_or(MAX_LIST as u64, |t| t as u64);
+            let devices = app.store.hub_devices(&hub.name, 0, top).await?;
+            let list: Vec<Value> = devices.iter().map(|(_, d)| hub::device_json(d)).collect();
             Ok(json_response(StatusCode::OK, &list))
         }
         [d, q] if is(d, "devices") && is(q, "query") && method == Method::POST => {
@@ -99,24 +98,46 @@ async fn handle(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, HubError> {
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .unwrap_or(100)
                 .clamp(1, MAX_LIST);
-            let skip = ctx
-                .header("x-ms-continuation")
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            let twins: Vec<Value> = app
-                .store
-                .hub_devices(&hub.name)
-                .await?
-                .iter()
-                .map(hub::twin_json)
-                .filter(|t| query.matches(t))
-                .collect();
-            let items: Vec<&Value> = twins.iter().skip(skip).take(page).collect();
+            // A keyset cursor: the storage position of the last device looked at, matching or not.
+            let mut cursor = match ctx.header("x-ms-continuation").filter(|v| !v.is_empty()) {
+                None => 0,
+                Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                    HubError::Argument(format!(
+                        "x-ms-continuation {v:?} is not a token this hub issued"
+                    ))
+                })?,
+            };
+            let page = page as u64;
+            let mut items = Vec::new();
+            let mut next = None;
+            'scan: loop {
+                let want = if query.is_unfiltered() {
+                    page + 1
+                } else {
+                    QUERY_SCAN
+                };
+                let devices = app.store.hub_devices(&hub.name, cursor, want).await?;
+                let exhausted = (devices.len() as u64) < want;
+                for (seq, device) in devices {
+                    if items.len() as u64 == page {
+                        next = Some(cursor);
+                        break 'scan;
+                    }
+                    cursor = seq;
+                    let twin = hub::twin_json(&device);
+                    if query.matches(&twin) {
+                        items.push(twin);
+                    }
+                }
+                if exhausted {
+                    break;
+                }
+            }
             let mut response = json_response(StatusCode::OK, &items);
             let headers = response.headers_mut();
             headers.insert("x-ms-item-type", HeaderValue::from_static("Twin"));
-            if skip + page < twins.len() {
-                headers.insert("x-ms-continuation", HeaderValue::from(skip + page));
+            if let Some(next) = next {
+                headers.insert("x-ms-continuation", HeaderValue::from(next));
             }
             Ok(response)
         }
@@ -196,11 +217,10 @@ async fn handle(ctx: &Ctx<'_>, seg: &[&str]) -> Result<Response, HubError> {
         }
         [s, d] if is(s, "statistics") && is(d, "devices") && method == Method::GET => {
             let hub = authorize(ctx, "RegistryRead").await?;
-            let devices = app.store.hub_devices(&hub.name).await?;
-            let enabled = devices.iter().filter(|d| d.status == "enabled").count();
+            let (total, enabled) = app.store.hub_device_counts(&hub.name).await?;
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"totalDeviceCount": devices.len(), "enabledDeviceCount": enabled, "disabledDeviceCount": devices.len() - enabled}),
+                &json!({"totalDeviceCount": total, "enabledDeviceCount": enabled, "disabledDeviceCount": total - enabled}),
             ))
         }
         _ => Err(HubError::NotSupported(format!(

@@ -245,7 +245,9 @@ async fn serve(
             if is(u, "usher") && is(h, "hubs") && is(d, "devices") && method == Method::GET =>
         {
             authorize(Right::ServiceConfig).await?;
-            ok_json(&management::hub_devices(app, name).await?)
+            let (cursor, page) = paging(ctx)?;
+            let (items, next) = management::hub_devices(app, name, cursor, page).await?;
+            Ok(query_response(&items, "Device", next))
         }
         _ => Err(ApiError::NoRoute(format!("{method} /{}", seg.join("/")))),
     }

@@ -470,8 +470,21 @@ impl Store {
         dispatch!(self, s => s.counts().await)
     }
 
-    pub async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
-        dispatch!(self, s => s.hub_devices(hub).await)
+    /// Up to `limit` device identities of `hub` in storage order, each with its position, after
+    /// position `after` (0 for the beginning): a keyset page, as cheap at the millionth device as
+    /// at the first.
+    pub async fn hub_devices(
+        &self,
+        hub: &str,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, HubDevice)>, StoreError> {
+        dispatch!(self, s => s.hub_devices(hub, after, limit).await)
+    }
+
+    /// How many device identities `hub` holds, and how many of them are enabled.
+    pub async fn hub_device_counts(&self, hub: &str) -> Result<(u64, u64), StoreError> {
+        dispatch!(self, s => s.hub_device_counts(hub).await)
     }
 
     pub async fn hub_device(
@@ -576,11 +589,15 @@ impl Store {
         dispatch!(self, s => s.registration(registration_id).await)
     }
 
+    /// Up to `limit` records of devices registered through `group_id`, after position `after`:
+    /// a keyset page.
     pub async fn registrations_of_group(
         &self,
         group_id: &str,
+        after: u64,
+        limit: u64,
     ) -> Result<Vec<(u64, Registration)>, StoreError> {
-        dispatch!(self, s => s.registrations_of_group(group_id).await)
+        dispatch!(self, s => s.registrations_of_group(group_id, after, limit).await)
     }
 
     /// Up to `limit` registration records in storage order, each with its position, after position

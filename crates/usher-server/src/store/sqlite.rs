@@ -341,19 +341,39 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn hub_devices(&self, hub: &str) -> Result<Vec<HubDevice>, StoreError> {
+    pub(super) async fn hub_devices(
+        &self,
+        hub: &str,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, HubDevice)>, StoreError> {
         let hub = hub.to_owned();
         let sealer = Arc::clone(&self.sealer);
         self.read(move |c| {
-            let sql =
-                format!("SELECT {HUB_DEVICE_COLUMNS} FROM hub_devices WHERE hub = ?1 ORDER BY seq");
-            let mut stmt = c.prepare(&sql)?;
+            let sql = format!(
+                "SELECT {HUB_DEVICE_COLUMNS}, seq FROM hub_devices WHERE hub = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
-                .query_map([hub], raw_hub_device)?
+                .query_map(params![hub, clamp(after), clamp(limit)], |r| {
+                    Ok((r.get::<_, i64>(12)?, raw_hub_device(r)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|raw| parse_hub_device(&sealer, raw))
+                .map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_hub_device(&sealer, raw)?)))
                 .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn hub_device_counts(&self, hub: &str) -> Result<(u64, u64), StoreError> {
+        let hub = hub.to_owned();
+        self.read(move |c| {
+            let (total, enabled): (i64, i64) = c.prepare_cached(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'enabled') FROM hub_devices WHERE hub = ?1",
+            )?
+            .query_row([hub], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok((u64::try_from(total).unwrap_or(0), u64::try_from(enabled).unwrap_or(0)))
         })
         .await
     }
@@ -553,17 +573,24 @@ impl SqliteStore {
     pub(super) async fn registrations_of_group(
         &self,
         group_id: &str,
+        after: u64,
+        limit: u64,
     ) -> Result<Vec<(u64, Registration)>, StoreError> {
         let key = group_id.to_ascii_lowercase();
         self.read(move |c| {
             let sql = format!(
-                "SELECT {REGISTRATION_COLUMNS}, seq FROM registrations WHERE enrollment_group_key = ?1 ORDER BY seq"
+                "SELECT {REGISTRATION_COLUMNS}, seq FROM registrations
+                 WHERE enrollment_group_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
             );
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
-                .query_map([key], |r| Ok((r.get::<_, i64>(14)?, raw_registration(r)?)))?
+                .query_map(params![key, clamp(after), clamp(limit)], |r| {
+                    Ok((r.get::<_, i64>(14)?, raw_registration(r)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?))).collect()
+            rows.into_iter()
+                .map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?)))
+                .collect()
         })
         .await
     }

@@ -238,8 +238,20 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
     let store = Store::open_sqlite(&path, &test_kek()).unwrap();
     let reg = store.registration("DEV-1").await.unwrap().unwrap();
     assert_eq!(reg.payload, Some(json!({"a": 1})));
-    assert_eq!(store.registrations_of_group("g1").await.unwrap().len(), 1);
-    assert_eq!(store.hub_devices("h").await.unwrap()[0].primary_key, key(4));
+    assert_eq!(
+        store
+            .registrations_of_group("g1", 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.hub_devices("h", 0, 10).await.unwrap()[0]
+            .1
+            .primary_key,
+        key(4)
+    );
     let deleted = store
         .delete_registration("dev-1", |_| Ok::<_, Refused>(()))
         .await
@@ -247,7 +259,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
     assert!(deleted.is_some());
     assert!(store.registration("dev-1").await.unwrap().is_none());
     assert_eq!(
-        store.hub_devices("h").await.unwrap().len(),
+        store.hub_devices("h", 0, 10).await.unwrap().len(),
         1,
         "deleting a registration leaves the hub identity"
     );
@@ -733,4 +745,70 @@ async fn the_audit_chain_survives_pruning_from_its_anchor() {
     let rest = store.audit_entries(0, 100).await.unwrap();
     assert_eq!(rest.last().unwrap().seq, 23);
     assert_eq!(verify(anchor_seq, &anchor_hash, &rest), Ok(21));
+}
+
+#[tokio::test]
+async fn hub_devices_and_group_records_page_by_keyset() {
+    let (_dir, store) = open();
+    store.add_hub(builtin("h", "h.example")).await.unwrap();
+    store.add_hub(builtin("other", "o.example")).await.unwrap();
+    for i in 0..7 {
+        let id = format!("d{i}");
+        let group = if i % 2 == 0 { Some("G1") } else { Some("g2") };
+        record(
+            &store,
+            Assignment {
+                registration: Some(registration(&id, group, at(i))),
+                device: Some(keep(HubDevice {
+                    status: if i < 5 { "enabled" } else { "disabled" }.into(),
+                    ..hub_device(if i == 6 { "other" } else { "h" }, &id)
+                })),
+                ..Assignment::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // Pages of 2 from the start: every device of `h` once, in storage order, none of `other`.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.hub_devices("h", after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        seen.extend(page.into_iter().map(|(_, d)| d.device_id));
+    }
+    assert_eq!(seen, ["d0", "d1", "d2", "d3", "d4", "d5"]);
+    // A deleted device leaves the cursors of the others valid.
+    let first = store.hub_devices("h", 0, 2).await.unwrap();
+    store
+        .delete_hub_device("h", "d2", |_| Ok::<_, Refused>(()))
+        .await
+        .unwrap();
+    let rest: Vec<String> = store
+        .hub_devices("h", first[1].0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d.device_id)
+        .collect();
+    assert_eq!(rest, ["d3", "d4", "d5"]);
+    assert_eq!(store.hub_device_counts("h").await.unwrap(), (5, 4));
+    assert_eq!(store.hub_device_counts("other").await.unwrap(), (1, 0));
+    assert_eq!(store.hub_device_counts("none").await.unwrap(), (0, 0));
+
+    // A group's records (group IDs are case-insensitive), by keyset.
+    let g1 = store.registrations_of_group("g1", 0, 2).await.unwrap();
+    let ids: Vec<&str> = g1.iter().map(|(_, r)| r.registration_id.as_str()).collect();
+    assert_eq!(ids, ["d0", "d2"]);
+    let more = store
+        .registrations_of_group("G1", g1[1].0, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = more
+        .iter()
+        .map(|(_, r)| r.registration_id.as_str())
+        .collect();
+    assert_eq!(ids, ["d4", "d6"]);
 }

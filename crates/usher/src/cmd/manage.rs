@@ -330,15 +330,15 @@ pub(super) async fn hub(cmd: HubCommand) -> anyhow::Result<()> {
             login,
         } => {
             let client = ServiceClient::connect(&login).await?;
-            let devices = client
-                .call(
+            let devices = Value::Array(
+                all_pages(
+                    &client,
                     Method::GET,
                     &format!("/usher/hubs/{}/devices", enc(&hub)),
                     None,
-                    &[],
                 )
-                .await?
-                .body;
+                .await?,
+            );
             if as_json {
                 return print_json(&devices);
             }
@@ -610,6 +610,16 @@ async fn query_all(
     query: Option<&str>,
 ) -> anyhow::Result<Vec<Value>> {
     let body = json!({"query": query.unwrap_or("SELECT *")});
+    all_pages(client, Method::POST, path, Some(&body)).await
+}
+
+/// Every page of a paged answer, following `x-ms-continuation`.
+async fn all_pages(
+    client: &ServiceClient,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Vec<Value>> {
     let mut items = Vec::new();
     let mut continuation: Option<String> = None;
     loop {
@@ -617,9 +627,7 @@ async fn query_all(
         if let Some(c) = &continuation {
             headers.push(("x-ms-continuation", c.clone()));
         }
-        let answer = client
-            .call(Method::POST, path, Some(&body), &headers)
-            .await?;
+        let answer = client.call(method.clone(), path, body, &headers).await?;
         items.extend(answer.body.as_array().cloned().unwrap_or_default());
         continuation = answer
             .headers

@@ -213,3 +213,4 @@ DROP TABLE registrations;
 ALTER TABLE registrations_new RENAME TO registrations;
 CREATE INDEX registrations_by_group ON registrations (enrollment_group_key, seq);
 CREATE INDEX registrations_by_update ON registrations (updated);
+CREATE INDEX hub_devices_by_hub ON hub_devices (hub, seq);

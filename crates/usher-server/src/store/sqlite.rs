@@ -342,8 +342,7 @@ impl SqliteStore {
     pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
         self.read(|c| {
             let count = |table: &str| -> Result<u64, StoreError> {
-                let n: i64 =
-                    c.row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+                let n: i64 = c.row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
                 Ok(u64::try_from(n).unwrap_or(0))
             };
             let mut stmt = c.prepare_cached(
@@ -1101,7 +1100,7 @@ fn writer_loop(
         }
         let started = tokio::time::Instant::now();
         let batch_size = batch.len();
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = conn.exec("BEGIN IMMEDIATE", []) {
             let error = StoreError::from(e);
             for job in batch {
                 job.abandon(error.clone());
@@ -1110,22 +1109,26 @@ fn writer_loop(
         }
         let mut completions = Vec::with_capacity(batch.len());
         for job in batch {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            if let Err(e) = conn.exec("SAVEPOINT job", []) {
                 job.abandon(StoreError::from(e));
                 continue;
             }
             let (keep, completion) = job.run(&conn);
             let end = if keep {
-                "RELEASE job"
+                conn.exec("RELEASE job", [])
             } else {
-                "ROLLBACK TO job; RELEASE job"
+                conn.exec("ROLLBACK TO job", [])
+                    .and_then(|_| conn.exec("RELEASE job", []))
             };
-            match conn.execute_batch(end) {
-                Ok(()) => completions.push(completion),
+            match end {
+                Ok(_) => completions.push(completion),
                 Err(e) => completion(Err(StoreError::from(e))),
             }
         }
-        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let commit = conn
+            .exec("COMMIT", [])
+            .map(|_| ())
+            .map_err(StoreError::from);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }

@@ -112,7 +112,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             hub.name, hub.hostname, hub.weight
         );
         if hub.connection_string.is_some() {
-            println!("    Hub connection string:    usher instance show --show-keys");
+            println!(
+                "    Hub connection string:    usher instance show --show-keys --data-dir {}",
+                args.data_dir.display()
+            );
         }
     }
     if !args.no_console {

@@ -54,6 +54,40 @@ pub(crate) enum Command {
     /// Build SAS tokens for devices and service clients.
     #[command(subcommand, name = "sas-token")]
     SasToken(SasTokenCommand),
+    /// Measure registrations per second against a running instance, or seed it with enrollments.
+    Bench(Box<BenchArgs>),
+}
+
+/// `usher bench`: the load generator (`usher bench --transport …`) and `usher bench seed`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub(crate) login: Login,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Create individual enrollments and enrollment groups in bulk, for a measurement at scale.
+    Seed(SeedArgs),
+}
+
+/// `usher bench seed`.
+#[derive(Debug, Args)]
+pub(crate) struct SeedArgs {
+    /// How many individual enrollments to create (`{prefix}-{n}`, symmetric keys).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) individual: u64,
+    /// How many enrollment groups to create (`{prefix}-group-{n}`, symmetric keys).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) groups: u64,
+    /// The prefix of the created IDs.
+    #[arg(long, default_value = "seed")]
+    pub(crate) prefix: String,
+    #[command(flatten)]
+    pub(crate) login: Login,
 }
 
 /// `usher serve`'s settings. Every flag here is also a key of the configuration file (its long

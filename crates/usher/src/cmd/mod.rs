@@ -1,11 +1,13 @@
 //! One function per command; each validates its input and calls the library crates.
 
 mod audit;
+mod bench;
 mod instance;
 mod key;
 mod manage;
 mod provision;
 mod sas_token;
+mod seed;
 mod serve;
 mod service_client;
 
@@ -13,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-use crate::cli::{Cli, Command, InstanceCommand, KekArgs, KekCommand};
+use crate::cli::{BenchCommand, Cli, Command, InstanceCommand, KekArgs, KekCommand};
 
 impl KekArgs {
     /// The server library's description of where the KEK comes from.
@@ -59,6 +61,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hub(cmd) => runtime()?.block_on(manage::hub(cmd)),
         Command::Policy(cmd) => runtime()?.block_on(manage::policy(cmd)),
         Command::Provision(args) => runtime()?.block_on(provision::run(args)),
+        Command::Bench(args) => match args.command {
+            Some(BenchCommand::Seed(seed)) => runtime()?.block_on(seed::run(seed)),
+            None => runtime()?.block_on(bench::run(*args)),
+        },
     }
 }
 

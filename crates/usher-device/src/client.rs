@@ -11,10 +11,10 @@ use usher_proto::model::{
 };
 
 use crate::Credential;
-use usher_proto::RegistrationId;
 use crate::amqp::AmqpLink;
 use crate::http::HttpLink;
 use crate::mqtt::MqttLink;
+use usher_proto::RegistrationId;
 
 /// The device API version this client sends.
 pub const API_VERSION: &str = "2019-03-31";
@@ -101,7 +101,9 @@ pub enum ProvisionError {
     NotAssigned(Box<RegistrationOperationStatus>),
     #[error("still assigning after {0} polls")]
     TooManyPolls(u32),
-    #[error("this connection is authenticated as {bound}, not {asked} (MQTT and AMQP connections serve one device)")]
+    #[error(
+        "this connection is authenticated as {bound}, not {asked} (MQTT and AMQP connections serve one device)"
+    )]
     OtherDevice { bound: String, asked: String },
     #[error("not supported over {0:?}: {1}")]
     Unsupported(Transport, &'static str),

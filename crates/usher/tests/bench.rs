@@ -202,7 +202,11 @@ fn bench_with_a_wrong_key_fails_before_registering_anything() {
         ],
     );
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot create the run's enrollment group") && err.contains("401"),

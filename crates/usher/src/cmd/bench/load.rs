@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use usher_device::{Client, Connection, Credential, ProvisionError, Transport};
 
 use crate::cli::BenchMode;
@@ -119,9 +120,8 @@ pub(super) async fn open_slots(
     }
     let mut slots = Vec::new();
     while let Some(joined) = opening.join_next().await {
-        let (w, slot) = joined?.map_err(|e| {
-            anyhow::anyhow!("cannot open the keepalive connections: {}", chain(&e))
-        })?;
+        let (w, slot) = joined?
+            .map_err(|e| anyhow::anyhow!("cannot open the keepalive connections: {}", chain(&e)))?;
         slots.push((w, slot));
     }
     slots.sort_by_key(|(w, _)| *w);
@@ -278,7 +278,10 @@ pub(super) fn error_code(e: &ProvisionError) -> String {
             .registration_state
             .as_ref()
             .and_then(|s| s.error_code)
-            .map_or_else(|| format!("status-{}", status.status.as_str()), |c| c.to_string()),
+            .map_or_else(
+                || format!("status-{}", status.status.as_str()),
+                |c| c.to_string(),
+            ),
         ProvisionError::BadCa(_) => "bad-ca".into(),
         ProvisionError::Transport(_) => "transport".into(),
         ProvisionError::ConnectRefused(code) => format!("connack-{code}"),

@@ -181,7 +181,8 @@ async fn measure(
     };
     let server = match pid {
         Some(pid) => {
-            let per = |cpu: Option<u64>, ops: u64| cpu.filter(|_| ops > 0).map(|c| c as f64 / ops as f64);
+            let per =
+                |cpu: Option<u64>, ops: u64| cpu.filter(|_| ops > 0).map(|c| c as f64 / ops as f64);
             Some(ServerFigures {
                 cpu_us_per_registration: per(register_cpu, registrations.ok),
                 cpu_us_per_ceiling_op: per(ceiling_cpu, ceiling.as_ref().map_or(0, |c| c.ok)),

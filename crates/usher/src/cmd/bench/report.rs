@@ -100,17 +100,29 @@ impl Report {
             other => other.to_string(),
         };
         let mut rows: Vec<(String, String)> = vec![
-            ("transport / mode".into(), format!("{} {}", self.transport, self.mode)),
+            (
+                "transport / mode".into(),
+                format!("{} {}", self.transport, self.mode),
+            ),
             ("concurrency".into(), self.concurrency.to_string()),
             (
                 "registrations".into(),
-                format!("{} in {} s", self.registrations.ok, text(&j["elapsedSeconds"])),
+                format!(
+                    "{} in {} s",
+                    self.registrations.ok,
+                    text(&j["elapsedSeconds"])
+                ),
             ),
             ("registrations/s".into(), text(&j["registrationsPerSecond"])),
             ("ceiling ops/s".into(), text(&j["ceilingPerSecond"])),
             ("ratio".into(), text(&j["ratio"])),
         ];
-        for (name, q) in [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999")] {
+        for (name, q) in [
+            ("p50", "p50"),
+            ("p90", "p90"),
+            ("p99", "p99"),
+            ("p99.9", "p999"),
+        ] {
             rows.push((
                 format!("latency {name} (ms)"),
                 format!(
@@ -129,7 +141,11 @@ impl Report {
             text(&j["serverCpuUsPerCeilingOp"]),
         ));
         rows.push(("server peak RSS (MiB)".into(), text(&j["serverPeakRssMb"])));
-        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         for (k, v) in rows {
             out.push_str(&format!("{k:<width$}  {v}\n"));
@@ -159,8 +175,7 @@ impl Report {
             "group {}: {}\n",
             self.group_id,
             if self.group_removed {
-                "removed; the registration records and hub devices of bench-"
-                    .to_owned()
+                "removed; the registration records and hub devices of bench-".to_owned()
                     + &self.run_id
                     + "-* stay"
             } else {

@@ -19,7 +19,7 @@ pub(super) enum Op {
     /// Register a device and poll until it is assigned.
     Register,
     /// The same connection pattern against a trivial endpoint: HTTPS `GET /healthz`, MQTT
-    /// CONNECT + PINGREQ, AMQP open + close (fresh mode only).
+    /// CONNECT + PINGREQ, AMQP connect (SASL, open, session, links) + close (fresh mode only).
     Ceiling,
 }
 

@@ -92,6 +92,10 @@ pub(crate) struct BenchArgs {
     /// memory (from /proc).
     #[arg(long, value_name = "PID")]
     pub(crate) server_pid: Option<u32>,
+    /// Delete the registration records of the run's devices at the end too (their identities in
+    /// the built-in hub stay).
+    #[arg(long)]
+    pub(crate) remove_registrations: bool,
     /// Give the run's enrollment group a registration ID pattern (`usherRegistrationIdPattern`)
     /// that only its devices match.
     #[arg(long)]

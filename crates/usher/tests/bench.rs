@@ -122,6 +122,7 @@ fn bench_registers_over_each_transport_and_removes_its_group() {
         assert!(report["serverPeakRssMb"].as_f64().unwrap() > 0.0, "{what}");
         assert!(report["serverCpuUsPerRegistration"].is_number(), "{what}");
         assert_eq!(report["groupRemoved"], true, "{what}");
+        assert_eq!(report["registrationsRemoved"], Value::Null, "{what}");
 
         // The devices' registration records stay; the group is gone.
         let run = report["runId"].as_str().unwrap();
@@ -150,18 +151,26 @@ fn bench_registers_over_each_transport_and_removes_its_group() {
             "--concurrency",
             "2",
             "--no-ceiling",
+            "--remove-registrations",
             "--json",
         ],
     ));
     assert_eq!(report["registrations"], 8, "{report:#}");
+    // Two devices, one per connection, each registered four times: two records, removed.
+    assert_eq!(report["registrationsRemoved"], 2, "{report:#}");
     assert_eq!(report["ceilingPerSecond"], Value::Null, "{report:#}");
     assert_eq!(report["serverPeakRssMb"], Value::Null, "{report:#}");
     let run = report["runId"].as_str().unwrap();
-    let record = json(&usher(
+    let out = usher(
         dir,
         &["registration", "show", &format!("bench-{run}-k1"), "--json"],
-    ));
-    assert_eq!(record["status"], "assigned", "{record:#}");
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod load;
 mod report;
 mod server;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -21,7 +22,7 @@ use super::service_client::ServiceClient;
 use crate::cli::{BenchArgs, BenchMode, TransportArg};
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let service = ServiceClient::connect(&args.login).await?;
+    let service = Arc::new(ServiceClient::connect(&args.login).await?);
     let transport = match args.transport {
         TransportArg::Https => Transport::Https,
         TransportArg::Mqtt => Transport::Mqtt,
@@ -65,6 +66,17 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         result = measure(&args, &client, &devices) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    let records_removed = if args.remove_registrations {
+        match remove_registrations(&service, &group_id, args.concurrency).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                eprintln!("usher bench: cannot remove the registration records: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let removed = service
         .call(
             Method::DELETE,
@@ -81,6 +93,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         run_id: devices.run_id.clone(),
         group_id,
         group_removed: removed.is_ok(),
+        records_removed,
         transport: transport_name(args.transport),
         mode: match args.mode {
             BenchMode::Fresh => "fresh",
@@ -100,6 +113,67 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("no registration succeeded");
     }
     Ok(())
+}
+
+/// Deletes the registration records of the group's devices, `concurrency` at a time; returns
+/// how many.
+async fn remove_registrations(
+    service: &Arc<ServiceClient>,
+    group_id: &str,
+    concurrency: u64,
+) -> anyhow::Result<u64> {
+    let mut ids = Vec::new();
+    let mut continuation: Option<String> = None;
+    loop {
+        let mut headers = vec![("x-ms-max-item-count", "1000".to_owned())];
+        if let Some(c) = &continuation {
+            headers.push(("x-ms-continuation", c.clone()));
+        }
+        let path = format!("/registrations/{group_id}/query");
+        let answer = service.call(Method::POST, &path, None, &headers).await?;
+        for record in answer.body.as_array().into_iter().flatten() {
+            if let Some(id) = record["registrationId"].as_str() {
+                ids.push(id.to_owned());
+            }
+        }
+        continuation = answer
+            .headers
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if continuation.is_none() {
+            break;
+        }
+    }
+    let bar = progress(ids.len() as u64, "removing registration records");
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let service = Arc::clone(service);
+        let ids = Arc::clone(&ids);
+        let bar = bar.clone();
+        workers.spawn(async move {
+            let mut removed = 0u64;
+            loop {
+                let next = ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+                let Some(id) = next else {
+                    return Ok::<_, anyhow::Error>(removed);
+                };
+                service
+                    .call(Method::DELETE, &format!("/registrations/{id}"), None, &[])
+                    .await
+                    .with_context(|| format!("cannot delete the registration record of {id}"))?;
+                removed += 1;
+                bar.inc(1);
+            }
+        });
+    }
+    let mut removed = 0;
+    while let Some(joined) = workers.join_next().await {
+        removed += joined??;
+    }
+    bar.finish_and_clear();
+    Ok(removed)
 }
 
 /// Where the devices connect and the ID scope they name.

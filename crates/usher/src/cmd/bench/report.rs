@@ -11,6 +11,8 @@ pub(super) struct Report {
     pub(super) run_id: String,
     pub(super) group_id: String,
     pub(super) group_removed: bool,
+    /// How many registration records --remove-registrations deleted.
+    pub(super) records_removed: Option<u64>,
     pub(super) transport: &'static str,
     pub(super) mode: &'static str,
     pub(super) concurrency: u64,
@@ -72,6 +74,7 @@ impl Report {
             "runId": self.run_id,
             "group": self.group_id,
             "groupRemoved": self.group_removed,
+            "registrationsRemoved": self.records_removed,
             "transport": self.transport,
             "mode": self.mode,
             "concurrency": self.concurrency,
@@ -171,17 +174,21 @@ impl Report {
         if !any {
             out.push_str("errors: none\n");
         }
-        out.push_str(&format!(
-            "group {}: {}\n",
-            self.group_id,
-            if self.group_removed {
-                "removed; the registration records and hub devices of bench-".to_owned()
-                    + &self.run_id
-                    + "-* stay"
-            } else {
-                "NOT removed (delete it with `usher enrollment-group delete`)".to_owned()
+        let group = if self.group_removed {
+            "removed"
+        } else {
+            "NOT removed (delete it with `usher enrollment-group delete`)"
+        };
+        out.push_str(&format!("group {}: {group}\n", self.group_id));
+        let devices = format!("bench-{}-*", self.run_id);
+        out.push_str(&match self.records_removed {
+            Some(n) => format!(
+                "{n} registration records of {devices} removed; their hub device identities stay\n"
+            ),
+            None => {
+                format!("the registration records and hub device identities of {devices} stay\n")
             }
-        ));
+        });
         out
     }
 }

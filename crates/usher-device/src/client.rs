@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-
+use usher_proto::RegistrationId;
 use usher_proto::model::{
     DeviceRegistration, ErrorBody, RegistrationOperationStatus, RegistrationStatus,
 };
@@ -14,7 +14,6 @@ use crate::Credential;
 use crate::amqp::AmqpLink;
 use crate::http::HttpLink;
 use crate::mqtt::MqttLink;
-use usher_proto::RegistrationId;
 
 /// The device API version this client sends.
 pub const API_VERSION: &str = "2019-03-31";

@@ -72,7 +72,7 @@ pub(crate) struct BenchArgs {
     /// authenticate one device per connection, each worker's device registers again and again).
     #[arg(long, value_enum, default_value_t = BenchMode::Fresh)]
     pub(crate) mode: BenchMode,
-    /// How many registrations to make at most (devices `bench-{run}-{n}`; in MQTT and AMQP
+    /// How many registrations to make at most (devices `bench-RUN-N`; in MQTT and AMQP
     /// keepalive mode one device per worker).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) devices: u64,

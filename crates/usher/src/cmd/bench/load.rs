@@ -304,3 +304,56 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+    use usher_proto::model::{
+        DeviceRegistrationResult, ErrorBody, RegistrationOperationStatus, RegistrationStatus,
+    };
+
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_dps_code_or_kind() {
+        let body = ErrorBody {
+            error_code: 401002,
+            tracking_id: String::new(),
+            message: "unauthorized".into(),
+            timestamp_utc: String::new(),
+            info: None,
+        };
+        let refused = ProvisionError::Refused {
+            status: 401,
+            body: Some(Box::new(body)),
+            text: String::new(),
+        };
+        assert_eq!(error_code(&refused), "401002");
+        let bare = ProvisionError::Refused {
+            status: 503,
+            body: None,
+            text: String::new(),
+        };
+        assert_eq!(error_code(&bare), "http-503");
+        let mut state = DeviceRegistrationResult::bare("d", RegistrationStatus::Failed);
+        state.error_code = Some(400209);
+        let failed = ProvisionError::NotAssigned(Box::new(RegistrationOperationStatus {
+            operation_id: "op".into(),
+            status: RegistrationStatus::Failed,
+            registration_state: Some(state),
+        }));
+        assert_eq!(error_code(&failed), "400209");
+        let disabled = ProvisionError::NotAssigned(Box::new(RegistrationOperationStatus {
+            operation_id: "op".into(),
+            status: RegistrationStatus::Disabled,
+            registration_state: None,
+        }));
+        assert_eq!(error_code(&disabled), "status-disabled");
+        assert_eq!(
+            error_code(&ProvisionError::Timeout(Duration::from_secs(1))),
+            "timeout"
+        );
+        assert_eq!(error_code(&ProvisionError::ConnectRefused(5)), "connack-5");
+    }
+}

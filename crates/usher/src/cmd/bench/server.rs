@@ -50,3 +50,36 @@ fn clock_ticks() -> u64 {
             .unwrap_or(100)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        // Spend CPU time until the tick counter moves from zero.
+        let mut x = 0u64;
+        let mut micros = 0;
+        for _ in 0..1000 {
+            micros = cpu_micros(pid).unwrap();
+            if micros > 0 {
+                break;
+            }
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        }
+        assert!(micros > 0);
+        assert!(peak_rss_mb(pid).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_missing_process_is_an_error() {
+        let err = cpu_micros(u32::MAX).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot read /proc/"), "{err:#}");
+    }
+}

@@ -146,8 +146,39 @@ pub async fn put(
     body: &[u8],
     pre: Precondition,
 ) -> Result<Value, ApiError> {
+    let hubs = app.store.hubs().await?;
+    let put = prepare_put(kind, path_id, body, pre, &hubs)?;
+    let key = put.key.clone();
+    app.store
+        .upsert_doc(kind.collection(), &key, move |current| put.decide(current))
+        .await
+        .map(|doc| doc.json)
+}
+
+/// A validated create-or-replace of one enrollment or group, ready to run against the stored
+/// record inside the writer's transaction.
+pub struct PreparedPut {
+    kind: Kind,
+    /// The ID as given (stored case), and the storage key.
+    id: String,
+    key: String,
+    attestation: AttestationMechanism,
+    json: Value,
+    pre: Precondition,
+    /// Drawn before entering the writer; used only for keys the request and the stored record lack.
+    fresh: [String; 2],
+}
+
+/// Parses and validates a PUT body against the linked hubs; nothing is read or written.
+fn prepare_put(
+    kind: Kind,
+    path_id: &str,
+    body: &[u8],
+    pre: Precondition,
+    hubs: &[Hub],
+) -> Result<PreparedPut, ApiError> {
     kind.validate_id(path_id)?;
-    let (body_id, attestation, settings, mut json) = kind.parse(body)?;
+    let (body_id, attestation, settings, json) = kind.parse(body)?;
     if !body_id.eq_ignore_ascii_case(path_id) {
         return Err(ApiError::InvalidArgument(format!(
             "the body's {} {body_id:?} differs from the path's {path_id:?}",
@@ -155,7 +186,7 @@ pub async fn put(
         )));
     }
     validate_attestation(&attestation)?;
-    validate_hubs(app, &settings).await?;
+    validate_hubs(&settings, hubs)?;
     if let Some(v) = settings.other.get(crate::groups::PATTERN_FIELD) {
         let pattern = v.as_str().ok_or_else(|| {
             ApiError::InvalidArgument(format!("{} must be a string", crate::groups::PATTERN_FIELD))
@@ -167,47 +198,170 @@ pub async fn put(
             .map_err(|e| ApiError::InvalidArgument(format!("invalid usherTesting: {e}")))?;
         modes.validate().map_err(ApiError::InvalidArgument)?;
     }
-    // Drawn before entering the writer; used only for keys the request and the stored record lack.
-    let fresh = [new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?];
-    let id = body_id;
-    app.store
-        .upsert_doc(kind.collection(), path_id, move |current: Option<Doc>| {
-            match (&current, &pre) {
-                (Some(_), Precondition::None) => return Err(kind.exists(&id)),
-                (Some(doc), pre) if !pre.allows(&doc.etag) => return Err(ApiError::EtagMismatch),
-                (None, Precondition::Etag(_)) => return Err(ApiError::EtagMismatch),
-                _ => {}
-            }
-            let stored_keys = current
-                .as_ref()
-                .and_then(|d| d.json.get("attestation").cloned())
-                .and_then(|a| serde_json::from_value::<AttestationMechanism>(a).ok())
-                .and_then(|a| a.symmetric_key);
-            if attestation.kind == AttestationType::SymmetricKey {
-                let given = attestation.symmetric_key.clone().unwrap_or_default();
-                let stored = stored_keys.unwrap_or_default();
-                let [p, s] = fresh;
-                let keys = SymmetricKeyAttestation {
-                    primary_key: given.primary_key.or(stored.primary_key).or(Some(p)),
-                    secondary_key: given.secondary_key.or(stored.secondary_key).or(Some(s)),
-                };
-                json["attestation"]["symmetricKey"] =
-                    serde_json::to_value(keys).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-            }
-            let now = now_text();
-            let etag = new_etag();
-            let created = current
-                .as_ref()
-                .and_then(|d| d.json.get("createdDateTimeUtc").cloned())
-                .unwrap_or_else(|| Value::String(now.clone()));
-            json[kind.id_field()] = Value::String(id.clone());
-            json["createdDateTimeUtc"] = created;
-            json["lastUpdatedDateTimeUtc"] = Value::String(now);
-            json["etag"] = Value::String(etag.clone());
-            Ok(Doc { id, json, etag })
+    Ok(PreparedPut {
+        kind,
+        key: path_id.to_ascii_lowercase(),
+        id: body_id,
+        attestation,
+        json,
+        pre,
+        fresh: [new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?],
+    })
+}
+
+impl PreparedPut {
+    /// The document to store over `current`, or why not (exists, etag mismatch).
+    fn decide(self, current: Option<Doc>) -> Result<Doc, ApiError> {
+        let Self {
+            kind,
+            id,
+            key: _,
+            attestation,
+            mut json,
+            pre,
+            fresh,
+        } = self;
+        match (&current, &pre) {
+            (Some(_), Precondition::None) => return Err(kind.exists(&id)),
+            (Some(doc), pre) if !pre.allows(&doc.etag) => return Err(ApiError::EtagMismatch),
+            (None, Precondition::Etag(_)) => return Err(ApiError::EtagMismatch),
+            _ => {}
+        }
+        let stored_keys = current
+            .as_ref()
+            .and_then(|d| d.json.get("attestation").cloned())
+            .and_then(|a| serde_json::from_value::<AttestationMechanism>(a).ok())
+            .and_then(|a| a.symmetric_key);
+        if attestation.kind == AttestationType::SymmetricKey {
+            let given = attestation.symmetric_key.clone().unwrap_or_default();
+            let stored = stored_keys.unwrap_or_default();
+            let [p, s] = fresh;
+            let keys = SymmetricKeyAttestation {
+                primary_key: given.primary_key.or(stored.primary_key).or(Some(p)),
+                secondary_key: given.secondary_key.or(stored.secondary_key).or(Some(s)),
+            };
+            json["attestation"]["symmetricKey"] =
+                serde_json::to_value(keys).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        }
+        let now = now_text();
+        let etag = new_etag();
+        let created = current
+            .as_ref()
+            .and_then(|d| d.json.get("createdDateTimeUtc").cloned())
+            .unwrap_or_else(|| Value::String(now.clone()));
+        json[kind.id_field()] = Value::String(id.clone());
+        json["createdDateTimeUtc"] = created;
+        json["lastUpdatedDateTimeUtc"] = Value::String(now);
+        json["etag"] = Value::String(etag.clone());
+        Ok(Doc { id, json, etag })
+    }
+}
+
+/// How an import treats a record that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportMode {
+    /// New records only; an existing one is an item error (409).
+    Create,
+    /// Create, or replace (keeping stored keys the line does not give).
+    Update,
+}
+
+impl ImportMode {
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.eq_ignore_ascii_case("create") {
+            Some(Self::Create)
+        } else if text.eq_ignore_ascii_case("update") {
+            Some(Self::Update)
+        } else {
+            None
+        }
+    }
+}
+
+/// One line of an import that was not stored, and why.
+#[derive(Debug)]
+pub struct ImportFailure {
+    /// 1-based line number in the request body.
+    pub line: u64,
+    pub id: String,
+    pub error: ApiError,
+}
+
+/// Fields of an export that the server owns; an import ignores them rather than refusing the line.
+const SERVER_OWNED: [&str; 4] = [
+    "registrationState",
+    "etag",
+    "createdDateTimeUtc",
+    "lastUpdatedDateTimeUtc",
+];
+
+/// Imports one batch of JSON Lines (numbered lines, blank ones already skipped) in one store
+/// transaction. Each line is validated alone; a bad line or an existing record (in create mode)
+/// is reported and the others are stored. A store failure fails the whole batch, which then wrote
+/// nothing.
+pub async fn import_batch(
+    app: &App,
+    kind: Kind,
+    mode: ImportMode,
+    lines: Vec<(u64, Vec<u8>)>,
+) -> Result<(u64, Vec<ImportFailure>), ApiError> {
+    let hubs = app.store.hubs().await?;
+    let pre = match mode {
+        ImportMode::Create => Precondition::None,
+        ImportMode::Update => Precondition::Any,
+    };
+    let mut failures = Vec::new();
+    let mut prepared = Vec::with_capacity(lines.len());
+    for (line, bytes) in lines {
+        match prepare_import_line(kind, &bytes, pre.clone(), &hubs) {
+            Ok(put) => prepared.push((line, put)),
+            Err((id, error)) => failures.push(ImportFailure { line, id, error }),
+        }
+    }
+    let mut lines_of = Vec::with_capacity(prepared.len());
+    let items: Vec<(String, crate::store::Decide<ApiError>)> = prepared
+        .into_iter()
+        .map(|(line, put)| {
+            lines_of.push((line, put.id.clone()));
+            let key = put.key.clone();
+            let decide: crate::store::Decide<ApiError> = Box::new(move |cur| put.decide(cur));
+            (key, decide)
         })
-        .await
-        .map(|doc| doc.json)
+        .collect();
+    let outcomes = app.store.upsert_docs(kind.collection(), items).await?;
+    let mut imported = 0;
+    for ((line, id), outcome) in lines_of.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => imported += 1,
+            Err(error) => failures.push(ImportFailure { line, id, error }),
+        }
+    }
+    failures.sort_by_key(|f| f.line);
+    Ok((imported, failures))
+}
+
+/// One import line: a JSON document whose ID field names the record.
+fn prepare_import_line(
+    kind: Kind,
+    bytes: &[u8],
+    pre: Precondition,
+    hubs: &[Hub],
+) -> Result<PreparedPut, (String, ApiError)> {
+    let mut value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| (String::new(), ApiError::InvalidJson(e.to_string())))?;
+    let id = value
+        .get(kind.id_field())
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(obj) = value.as_object_mut() {
+        for field in SERVER_OWNED {
+            obj.remove(field);
+        }
+    }
+    let body = serde_json::to_vec(&value)
+        .map_err(|e| (id.clone(), ApiError::InvalidJson(e.to_string())))?;
+    prepare_put(kind, &id, &body, pre, hubs).map_err(|e| (id, e))
 }
 
 /// Rotates an enrollment's or group's symmetric keys in one etag-guarded write: `primary` (a new
@@ -975,7 +1129,7 @@ fn validate_attestation(att: &AttestationMechanism) -> Result<(), ApiError> {
     }
 }
 
-async fn validate_hubs(app: &App, settings: &EnrollmentSettings) -> Result<(), ApiError> {
+fn validate_hubs(settings: &EnrollmentSettings, hubs: &[Hub]) -> Result<(), ApiError> {
     let named = settings.named_hubs();
     // DPS accepts a static enrollment with no hub (its devices go to the linked hubs); more than
     // one is not static.
@@ -1004,7 +1158,6 @@ async fn validate_hubs(app: &App, settings: &EnrollmentSettings) -> Result<(), A
     if named.is_empty() {
         return Ok(());
     }
-    let hubs = app.store.hubs().await?;
     for host in &named {
         if !hubs.iter().any(|h| h.hostname.eq_ignore_ascii_case(host)) {
             return Err(ApiError::InvalidArgument(format!(

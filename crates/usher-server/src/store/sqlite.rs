@@ -538,6 +538,34 @@ impl SqliteStore {
         .inspect(|_| self.touched(coll))
     }
 
+    pub(super) async fn upsert_docs<E>(
+        &self,
+        coll: Collection,
+        items: Vec<(String, super::Decide<E>)>,
+    ) -> Result<Vec<Result<(), E>>, StoreError>
+    where
+        E: Send + 'static,
+    {
+        let sealer = Arc::clone(&self.sealer);
+        self.write(move |c| {
+            let mut outcomes = Vec::with_capacity(items.len());
+            for (id, decide) in items {
+                let key = id.to_ascii_lowercase();
+                let current = load_doc(c, &sealer, coll, &key)?;
+                match decide(current) {
+                    Ok(doc) => {
+                        write_doc(c, &sealer, coll, &key, &doc)?;
+                        outcomes.push(Ok(()));
+                    }
+                    Err(e) => outcomes.push(Err(e)),
+                }
+            }
+            Ok::<_, StoreError>(outcomes)
+        })
+        .await
+        .inspect(|_| self.touched(coll))
+    }
+
     pub(super) async fn delete_doc<E>(
         &self,
         coll: Collection,

@@ -848,3 +848,43 @@ async fn many_documents_in_one_write_each_deciding_alone() {
         "group caches see the write"
     );
 }
+
+#[tokio::test]
+async fn bulk_inserts_keep_existing_documents() {
+    let (_dir, store) = open();
+    store
+        .upsert_doc(Collection::Enrollments, "old", |_| {
+            Ok::<_, Refused>(doc("old", "e0"))
+        })
+        .await
+        .unwrap();
+    let inserted = store
+        .insert_docs(
+            Collection::Enrollments,
+            vec![
+                doc("new-1", "e1"),
+                doc("OLD", "e2"),
+                doc("new-2", "e3"),
+                doc("New-1", "e4"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, vec![true, false, true, false]);
+    let old = store
+        .doc(Collection::Enrollments, "old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (old.id.as_str(), old.etag.as_str()),
+        ("old", "e0"),
+        "left as it was"
+    );
+    let new = store
+        .doc(Collection::Enrollments, "new-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.etag, "e1");
+}

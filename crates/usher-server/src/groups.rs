@@ -24,7 +24,7 @@ pub struct Group {
     pub group: EnrollmentGroup,
     /// Primary and secondary group keys, decoded.
     pub keys: [SymmetricKey; 2],
-    pub pattern: Option<regex::Regex>,
+    pub pattern: Option<regex::bytes::Regex>,
 }
 
 impl Group {
@@ -32,15 +32,18 @@ impl Group {
     pub fn may_hold(&self, registration_id: &str) -> bool {
         self.pattern
             .as_ref()
-            .is_none_or(|p| p.is_match(registration_id))
+            .is_none_or(|p| p.is_match(registration_id.as_bytes()))
     }
 }
 
 /// Compiles a group's pattern: anchored, case-insensitive, bounded in size.
-pub fn compile_pattern(pattern: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+///
+/// Registration IDs are ASCII, so the pattern is compiled without Unicode classes (the crate is
+/// built without them); it is a bytes regex because without Unicode `.` matches any byte, which
+/// a `&str` regex refuses to compile (`sensor-.*` failed).
+pub fn compile_pattern(pattern: &str) -> Result<regex::bytes::Regex, String> {
+    regex::bytes::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .case_insensitive(true)
-        // Registration IDs are ASCII.
         .unicode(false)
         .size_limit(64 * 1024)
         .build()
@@ -110,10 +113,13 @@ mod tests {
     #[test]
     fn patterns_match_the_whole_id_case_insensitively() {
         let p = compile_pattern("sensor-[0-9]+").unwrap();
-        assert!(p.is_match("sensor-42"));
-        assert!(p.is_match("SENSOR-42"));
-        assert!(!p.is_match("my-sensor-42"));
-        assert!(!p.is_match("sensor-42x"));
+        assert!(p.is_match(b"sensor-42"));
+        assert!(p.is_match(b"SENSOR-42"));
+        assert!(!p.is_match(b"my-sensor-42"));
+        assert!(!p.is_match(b"sensor-42x"));
+        let any = compile_pattern("line-7-.*").unwrap();
+        assert!(any.is_match(b"line-7-00:1b:63"));
+        assert!(!any.is_match(b"line-8-1"));
         assert!(compile_pattern("(").is_err());
         assert!(compile_pattern("a{100000}").is_err(), "too large");
     }

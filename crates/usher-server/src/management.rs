@@ -106,12 +106,12 @@ impl Kind {
     /// Parses a request body into (id, attestation, settings), and the full typed value re-serialised.
     fn parse(
         self,
-        body: &[u8],
+        body: Source<'_>,
     ) -> Result<(String, AttestationMechanism, EnrollmentSettings, Value), ApiError> {
         let invalid = |e: serde_json::Error| ApiError::InvalidJson(e.to_string());
         match self {
             Self::Enrollment => {
-                let mut e: IndividualEnrollment = serde_json::from_slice(body).map_err(invalid)?;
+                let mut e: IndividualEnrollment = body.decode().map_err(invalid)?;
                 e.registration_state = None;
                 if let Some(device_id) = &e.device_id
                     && !crate::hub::is_valid_device_id(device_id)
@@ -124,7 +124,7 @@ impl Kind {
                 Ok((e.registration_id, e.attestation, e.settings, json))
             }
             Self::Group => {
-                let g: EnrollmentGroup = serde_json::from_slice(body).map_err(invalid)?;
+                let g: EnrollmentGroup = body.decode().map_err(invalid)?;
                 if g.attestation.kind == AttestationType::Tpm {
                     return Err(ApiError::InvalidArgument(
                         "enrollment groups cannot use TPM attestation".into(),
@@ -133,6 +133,21 @@ impl Kind {
                 let json = serde_json::to_value(&g).map_err(invalid)?;
                 Ok((g.enrollment_group_id, g.attestation, g.settings, json))
             }
+        }
+    }
+}
+
+/// An enrollment or group to parse: a request body, or a line an import has already parsed.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    Value(Value),
+}
+
+impl Source<'_> {
+    fn decode<T: serde::de::DeserializeOwned>(self) -> serde_json::Result<T> {
+        match self {
+            Self::Bytes(bytes) => serde_json::from_slice(bytes),
+            Self::Value(value) => serde_json::from_value(value),
         }
     }
 }
@@ -146,8 +161,39 @@ pub async fn put(
     body: &[u8],
     pre: Precondition,
 ) -> Result<Value, ApiError> {
+    let hubs = app.store.hubs().await?;
+    let put = prepare_put(kind, path_id, Source::Bytes(body), pre, &hubs)?;
+    let key = put.key.clone();
+    app.store
+        .upsert_doc(kind.collection(), &key, move |current| put.decide(current))
+        .await
+        .map(|doc| doc.json)
+}
+
+/// A validated create-or-replace of one enrollment or group, ready to run against the stored
+/// record inside the writer's transaction.
+pub struct PreparedPut {
+    kind: Kind,
+    /// The ID as given (stored case), and the storage key.
+    id: String,
+    key: String,
+    attestation: AttestationMechanism,
+    json: Value,
+    pre: Precondition,
+    /// Drawn before entering the writer; used only for keys the request and the stored record lack.
+    fresh: [String; 2],
+}
+
+/// Parses and validates a PUT body against the linked hubs; nothing is read or written.
+fn prepare_put(
+    kind: Kind,
+    path_id: &str,
+    body: Source<'_>,
+    pre: Precondition,
+    hubs: &[Hub],
+) -> Result<PreparedPut, ApiError> {
     kind.validate_id(path_id)?;
-    let (body_id, attestation, settings, mut json) = kind.parse(body)?;
+    let (body_id, attestation, settings, json) = kind.parse(body)?;
     if !body_id.eq_ignore_ascii_case(path_id) {
         return Err(ApiError::InvalidArgument(format!(
             "the body's {} {body_id:?} differs from the path's {path_id:?}",
@@ -155,7 +201,7 @@ pub async fn put(
         )));
     }
     validate_attestation(&attestation)?;
-    validate_hubs(app, &settings).await?;
+    validate_hubs(&settings, hubs)?;
     if let Some(v) = settings.other.get(crate::groups::PATTERN_FIELD) {
         let pattern = v.as_str().ok_or_else(|| {
             ApiError::InvalidArgument(format!("{} must be a string", crate::groups::PATTERN_FIELD))
@@ -167,47 +213,238 @@ pub async fn put(
             .map_err(|e| ApiError::InvalidArgument(format!("invalid usherTesting: {e}")))?;
         modes.validate().map_err(ApiError::InvalidArgument)?;
     }
-    // Drawn before entering the writer; used only for keys the request and the stored record lack.
-    let fresh = [new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?];
-    let id = body_id;
-    app.store
-        .upsert_doc(kind.collection(), path_id, move |current: Option<Doc>| {
-            match (&current, &pre) {
-                (Some(_), Precondition::None) => return Err(kind.exists(&id)),
-                (Some(doc), pre) if !pre.allows(&doc.etag) => return Err(ApiError::EtagMismatch),
-                (None, Precondition::Etag(_)) => return Err(ApiError::EtagMismatch),
-                _ => {}
+    Ok(PreparedPut {
+        kind,
+        key: path_id.to_ascii_lowercase(),
+        id: body_id,
+        attestation,
+        json,
+        pre,
+        fresh: new_keys()?,
+    })
+}
+
+impl PreparedPut {
+    /// The document to store over `current`, or why not (exists, etag mismatch).
+    fn decide(self, current: Option<Doc>) -> Result<Doc, ApiError> {
+        let Self {
+            kind,
+            id,
+            key: _,
+            attestation,
+            mut json,
+            pre,
+            fresh,
+        } = self;
+        match (&current, &pre) {
+            (Some(_), Precondition::None) => return Err(kind.exists(&id)),
+            (Some(doc), pre) if !pre.allows(&doc.etag) => return Err(ApiError::EtagMismatch),
+            (None, Precondition::Etag(_)) => return Err(ApiError::EtagMismatch),
+            _ => {}
+        }
+        let stored_keys = current
+            .as_ref()
+            .and_then(|d| d.json.get("attestation").cloned())
+            .and_then(|a| serde_json::from_value::<AttestationMechanism>(a).ok())
+            .and_then(|a| a.symmetric_key);
+        if attestation.kind == AttestationType::SymmetricKey {
+            let given = attestation.symmetric_key.clone().unwrap_or_default();
+            let stored = stored_keys.unwrap_or_default();
+            let [p, s] = fresh;
+            let keys = SymmetricKeyAttestation {
+                primary_key: given.primary_key.or(stored.primary_key).or(Some(p)),
+                secondary_key: given.secondary_key.or(stored.secondary_key).or(Some(s)),
+            };
+            json["attestation"]["symmetricKey"] =
+                serde_json::to_value(keys).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        }
+        let now = now_text();
+        let etag = new_etag();
+        let created = current
+            .as_ref()
+            .and_then(|d| d.json.get("createdDateTimeUtc").cloned())
+            .unwrap_or_else(|| Value::String(now.clone()));
+        json[kind.id_field()] = Value::String(id.clone());
+        json["createdDateTimeUtc"] = created;
+        json["lastUpdatedDateTimeUtc"] = Value::String(now);
+        json["etag"] = Value::String(etag.clone());
+        Ok(Doc { id, json, etag })
+    }
+}
+
+/// Two fresh keys of [`GENERATED_KEY_BYTES`] from one draw of the system's randomness (a bulk
+/// import makes a million of them).
+fn new_keys() -> Result<[String; 2], ApiError> {
+    let bytes = crate::app::random_vec(2 * GENERATED_KEY_BYTES)?;
+    let (p, s) = bytes.split_at(GENERATED_KEY_BYTES);
+    let key = |b: &[u8]| {
+        SymmetricKey::generate(b)
+            .map(|k| k.to_base64())
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+    };
+    Ok([key(p)?, key(s)?])
+}
+
+/// How an import treats a record that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportMode {
+    /// New records only; an existing one is an item error (409).
+    Create,
+    /// Create, or replace (keeping stored keys the line does not give).
+    Update,
+}
+
+impl ImportMode {
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.eq_ignore_ascii_case("create") {
+            Some(Self::Create)
+        } else if text.eq_ignore_ascii_case("update") {
+            Some(Self::Update)
+        } else {
+            None
+        }
+    }
+}
+
+/// One line of an import that was not stored, and why.
+#[derive(Debug)]
+pub struct ImportFailure {
+    /// 1-based line number in the request body.
+    pub line: u64,
+    pub id: String,
+    pub error: ApiError,
+}
+
+/// Fields of an export that the server owns; an import ignores them rather than refusing the line.
+const SERVER_OWNED: [&str; 4] = [
+    "registrationState",
+    "etag",
+    "createdDateTimeUtc",
+    "lastUpdatedDateTimeUtc",
+];
+
+/// One batch of an import, validated and ready to store.
+pub struct ImportBatch {
+    kind: Kind,
+    /// Line number and ID of each record in `work`, in order.
+    lines: Vec<(u64, String)>,
+    work: BatchWork,
+    /// Lines refused before reaching the store.
+    failures: Vec<ImportFailure>,
+}
+
+enum BatchWork {
+    /// Create mode: documents decided as if nothing were stored; the writer inserts each unless its
+    /// key exists, reading no stored record.
+    Insert(Vec<Doc>),
+    /// Update mode: each decision runs against the stored record inside the writer.
+    Upsert(Vec<(String, crate::store::Decide<ApiError>)>),
+}
+
+/// Validates one batch of JSON Lines (numbered lines, blank ones already skipped) against the
+/// linked hubs: pure CPU work, no store access, so an import prepares the next batch while the
+/// previous one commits. Each line stands alone; a bad one becomes a failure of its own.
+pub fn prepare_import(
+    kind: Kind,
+    mode: ImportMode,
+    lines: Vec<(u64, Vec<u8>)>,
+    hubs: &[Hub],
+) -> ImportBatch {
+    let pre = match mode {
+        ImportMode::Create => Precondition::None,
+        ImportMode::Update => Precondition::Any,
+    };
+    let mut batch = ImportBatch {
+        kind,
+        lines: Vec::with_capacity(lines.len()),
+        work: match mode {
+            ImportMode::Create => BatchWork::Insert(Vec::with_capacity(lines.len())),
+            ImportMode::Update => BatchWork::Upsert(Vec::with_capacity(lines.len())),
+        },
+        failures: Vec::new(),
+    };
+    for (line, bytes) in lines {
+        let put = match prepare_import_line(kind, &bytes, pre.clone(), hubs) {
+            Ok(put) => put,
+            Err((id, error)) => {
+                batch.failures.push(ImportFailure { line, id, error });
+                continue;
             }
-            let stored_keys = current
-                .as_ref()
-                .and_then(|d| d.json.get("attestation").cloned())
-                .and_then(|a| serde_json::from_value::<AttestationMechanism>(a).ok())
-                .and_then(|a| a.symmetric_key);
-            if attestation.kind == AttestationType::SymmetricKey {
-                let given = attestation.symmetric_key.clone().unwrap_or_default();
-                let stored = stored_keys.unwrap_or_default();
-                let [p, s] = fresh;
-                let keys = SymmetricKeyAttestation {
-                    primary_key: given.primary_key.or(stored.primary_key).or(Some(p)),
-                    secondary_key: given.secondary_key.or(stored.secondary_key).or(Some(s)),
-                };
-                json["attestation"]["symmetricKey"] =
-                    serde_json::to_value(keys).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        };
+        let id = put.id.clone();
+        match &mut batch.work {
+            BatchWork::Insert(docs) => match put.decide(None) {
+                Ok(doc) => docs.push(doc),
+                Err(error) => {
+                    batch.failures.push(ImportFailure { line, id, error });
+                    continue;
+                }
+            },
+            BatchWork::Upsert(items) => {
+                let key = put.key.clone();
+                items.push((key, Box::new(move |cur| put.decide(cur))));
             }
-            let now = now_text();
-            let etag = new_etag();
-            let created = current
-                .as_ref()
-                .and_then(|d| d.json.get("createdDateTimeUtc").cloned())
-                .unwrap_or_else(|| Value::String(now.clone()));
-            json[kind.id_field()] = Value::String(id.clone());
-            json["createdDateTimeUtc"] = created;
-            json["lastUpdatedDateTimeUtc"] = Value::String(now);
-            json["etag"] = Value::String(etag.clone());
-            Ok(Doc { id, json, etag })
-        })
-        .await
-        .map(|doc| doc.json)
+        }
+        batch.lines.push((line, id));
+    }
+    batch
+}
+
+/// Stores a prepared batch in one transaction: returns how many records were stored and every
+/// failure (the batch's own and the store's refusals: an existing record in create mode). A
+/// store failure fails the whole batch, which then wrote nothing.
+pub async fn commit_import(
+    app: &App,
+    batch: ImportBatch,
+) -> Result<(u64, Vec<ImportFailure>), ApiError> {
+    let ImportBatch {
+        kind,
+        lines,
+        work,
+        mut failures,
+    } = batch;
+    let outcomes: Vec<Result<(), ApiError>> = match work {
+        BatchWork::Insert(docs) => app
+            .store
+            .insert_docs(kind.collection(), docs)
+            .await?
+            .into_iter()
+            .zip(&lines)
+            .map(|(new, (_, id))| if new { Ok(()) } else { Err(kind.exists(id)) })
+            .collect(),
+        BatchWork::Upsert(items) => app.store.upsert_docs(kind.collection(), items).await?,
+    };
+    let mut imported = 0;
+    for ((line, id), outcome) in lines.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => imported += 1,
+            Err(error) => failures.push(ImportFailure { line, id, error }),
+        }
+    }
+    failures.sort_by_key(|f| f.line);
+    Ok((imported, failures))
+}
+
+/// One import line: a JSON document whose ID field names the record.
+fn prepare_import_line(
+    kind: Kind,
+    bytes: &[u8],
+    pre: Precondition,
+    hubs: &[Hub],
+) -> Result<PreparedPut, (String, ApiError)> {
+    let mut value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| (String::new(), ApiError::InvalidJson(e.to_string())))?;
+    let id = value
+        .get(kind.id_field())
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(obj) = value.as_object_mut() {
+        for field in SERVER_OWNED {
+            obj.remove(field);
+        }
+    }
+    prepare_put(kind, &id, Source::Value(value), pre, hubs).map_err(|e| (id, e))
 }
 
 /// Rotates an enrollment's or group's symmetric keys in one etag-guarded write: `primary` (a new
@@ -975,7 +1212,7 @@ fn validate_attestation(att: &AttestationMechanism) -> Result<(), ApiError> {
     }
 }
 
-async fn validate_hubs(app: &App, settings: &EnrollmentSettings) -> Result<(), ApiError> {
+fn validate_hubs(settings: &EnrollmentSettings, hubs: &[Hub]) -> Result<(), ApiError> {
     let named = settings.named_hubs();
     // DPS accepts a static enrollment with no hub (its devices go to the linked hubs); more than
     // one is not static.
@@ -1004,7 +1241,6 @@ async fn validate_hubs(app: &App, settings: &EnrollmentSettings) -> Result<(), A
     if named.is_empty() {
         return Ok(());
     }
-    let hubs = app.store.hubs().await?;
     for host in &named {
         if !hubs.iter().any(|h| h.hostname.eq_ignore_ascii_case(host)) {
             return Err(ApiError::InvalidArgument(format!(

@@ -140,6 +140,13 @@ pub(crate) struct SeedArgs {
     /// The prefix of the created IDs.
     #[arg(long, default_value = "seed")]
     pub(crate) prefix: String,
+    /// Create the groups without a registration-ID pattern (by default group n declares
+    /// `{prefix}-g{n}-.*`), so every group is a candidate for every new device: the worst case.
+    #[arg(long)]
+    pub(crate) without_patterns: bool,
+    /// Print the figures as JSON on standard output too.
+    #[arg(long)]
+    pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) login: Login,
 }
@@ -593,7 +600,8 @@ pub(crate) enum EnrollmentCommand {
         #[command(flatten)]
         login: Login,
     },
-    /// Import enrollments from JSON Lines (one per line), ten per request.
+    /// Import enrollments from JSON Lines (one per line, as `export` writes them), streamed to the
+    /// server and stored in batches.
     Import {
         /// The JSON Lines file to read.
         #[arg(long)]

@@ -1339,3 +1339,69 @@ fn key_rollover_hub_update_and_instance_allocation_from_the_cli() {
     let bad = usher(dir, &["instance", "set", "--geo", "10.0.0.0=west"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CIDR network"));
 }
+
+#[test]
+fn bench_seed_creates_enrollments_and_groups_in_bulk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &["--register-response", "assigned"]);
+    // More than one import request's worth of enrollments, so the seeding spans requests.
+    let out = json(&usher(
+        dir,
+        &[
+            "bench",
+            "seed",
+            "--individual",
+            "20500",
+            "--groups",
+            "3",
+            "--prefix",
+            "s",
+            "--json",
+        ],
+    ));
+    assert_eq!(out["individualEnrollments"], 20500, "{out}");
+    assert_eq!(out["enrollmentGroups"], 3, "{out}");
+    assert!(out["recordsPerSecond"].as_f64().unwrap() > 0.0, "{out}");
+    // The records exist, with generated keys, and the groups declare their devices' IDs.
+    let last = json(&usher(
+        dir,
+        &["enrollment", "show", "s-20500", "--show-keys", "--json"],
+    ));
+    let key = last["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    assert_eq!(key.len(), 44, "32 random bytes in base64");
+    assert!(
+        !usher(dir, &["enrollment", "show", "s-20501"])
+            .status
+            .success()
+    );
+    let group = json(&usher(
+        dir,
+        &["enrollment-group", "show", "s-group-2", "--json"],
+    ));
+    assert_eq!(group["usherRegistrationIdPattern"], "s-g2-.*", "{group}");
+    // A second seed with the same prefix refuses the existing records and says so.
+    let again = usher(dir, &["bench", "seed", "--groups", "1", "--prefix", "s"]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("s-group-1") && stderr.contains("409202"),
+        "{stderr}"
+    );
+    // Bad input is refused before anything is sent.
+    let bad = usher(
+        dir,
+        &[
+            "bench",
+            "seed",
+            "--individual",
+            "1",
+            "--prefix",
+            "no spaces",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --prefix"));
+}

@@ -99,6 +99,17 @@ async fn route(
             Api::Device | Api::Service => return Err(e.into()),
         });
     }
+    if matches!(api, Api::Service)
+        && let Some(kind) = service::import_kind(&parts.method, &seg)
+    {
+        // An import streams its body (a million lines is hundreds of megabytes), so it is not
+        // read whole here.
+        let started = tokio::time::Instant::now();
+        let result = service::import(app, parts, body, limits, peer, kind).await;
+        app.metrics
+            .request(Protocol::Https, Operation::Management, started.elapsed());
+        return result;
+    }
     let body = tokio::time::timeout(limits.body_timeout, read_body(body))
         .await
         .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;

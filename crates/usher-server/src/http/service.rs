@@ -299,3 +299,288 @@ async fn authorize(ctx: &Ctx<'_>, right: Right) -> Result<Principal, ApiError> {
     auth::authorize(&principal, right)?;
     Ok(principal)
 }
+
+/// The collection `POST /usher/{enrollments|enrollmentGroups}/import` imports into.
+pub(super) fn import_kind(method: &Method, seg: &[&str]) -> Option<Kind> {
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    match seg {
+        [u, coll, i] if *method == Method::POST && is(u, "usher") && is(i, "import") => {
+            if is(coll, "enrollments") {
+                Some(Kind::Enrollment)
+            } else if is(coll, "enrollmentGroups") {
+                Some(Kind::Group)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Lines stored per transaction by an import.
+const IMPORT_BATCH: usize = 5000;
+/// Item failures an import answer lists (it counts them all).
+const IMPORT_ERRORS_LISTED: usize = 1000;
+
+/// `POST /usher/{enrollments|enrollmentGroups}/import?mode=create|update`: JSON Lines, one
+/// enrollment (or group) per line, as `usher enrollment export` writes them. The body is streamed:
+/// lines are validated as they arrive and stored [`IMPORT_BATCH`] to a transaction, the next batch
+/// being parsed while the previous one commits, so memory does not grow with the file. Each line
+/// stands alone (a bad line or, in create mode, an existing record is listed in `errors` with its
+/// line number); a line longer than the message limit is such an error too. The answer counts
+/// what was stored. If the body stops arriving (the body timeout between chunks) or is cut, the
+/// request fails and the batches already committed stay: rerun with `mode=update`.
+pub(super) async fn import(
+    app: &crate::app::App,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+    limits: crate::server::HttpLimits,
+    peer: Option<std::net::SocketAddr>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let token = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let who = auth::authenticate_token(app, token).await;
+    let actor = match &who {
+        Ok(p) => format!("policy:{}", p.policy()),
+        Err(_) => "unauthenticated".to_owned(),
+    };
+    let action = match kind {
+        Kind::Enrollment => "enrollment.import",
+        Kind::Group => "enrollmentGroup.import",
+    };
+    let result = async {
+        auth::authorize(&who?, Right::EnrollmentWrite)?;
+        let mode_text = query_param(parts.uri.query(), "mode").unwrap_or("create");
+        let mode = management::ImportMode::parse(mode_text).ok_or_else(|| {
+            ApiError::InvalidArgument(format!(
+                "unknown import mode {mode_text:?}; expected create or update"
+            ))
+        })?;
+        import_stream(app, body, limits, kind, mode).await
+    }
+    .await;
+    let outcome = match &result {
+        Ok(r) => format!("ok imported {} failed {}", r.imported, r.failed),
+        Err(e) => audit::refused(e),
+    };
+    let record = audit::record(actor, peer.map(|p| p.ip()), action, "", outcome);
+    audit::append(app, vec![record]).await;
+    let report = result?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "imported": report.imported,
+            "failed": report.failed,
+            "errors": report.errors,
+        }),
+    ))
+}
+
+struct ImportReport {
+    imported: u64,
+    failed: u64,
+    errors: Vec<Value>,
+}
+
+async fn import_stream(
+    app: &crate::app::App,
+    mut body: axum::body::Body,
+    limits: crate::server::HttpLimits,
+    kind: Kind,
+    mode: management::ImportMode,
+) -> Result<ImportReport, ApiError> {
+    use http_body_util::BodyExt as _;
+    let mut report = ImportReport {
+        imported: 0,
+        failed: 0,
+        errors: Vec::new(),
+    };
+    let hubs = app.store.hubs().await?;
+    let mut lines = LineSplitter::default();
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(IMPORT_BATCH);
+    // The batch being committed while the next one is read and prepared: commits stay in line
+    // order (the next is started only after the previous finished), preparation overlaps them.
+    let mut pending: Option<tokio::task::JoinHandle<ImportOutcome>> = None;
+    loop {
+        let frame = tokio::time::timeout(limits.body_timeout, body.frame())
+            .await
+            .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))?;
+        let finished = match frame {
+            None => true,
+            Some(Err(e)) => return Err(ApiError::BodyUnreadable(e.to_string())),
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    lines.push(&chunk);
+                }
+                false
+            }
+        };
+        if finished {
+            lines.finish();
+        }
+        for line in lines.take() {
+            match line {
+                Line::Text(number, text) => batch.push((number, text)),
+                Line::TooLong(number) => {
+                    note_failure(&mut report, number, "", &ApiError::BodyTooLarge)
+                }
+            }
+        }
+        if batch.len() >= IMPORT_BATCH || (finished && !batch.is_empty()) {
+            let items = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+            let prepared = management::prepare_import(kind, mode, items, &hubs);
+            if let Some(previous) = pending.take() {
+                absorb(&mut report, previous.await)?;
+            }
+            let app = app.clone();
+            pending = Some(tokio::spawn(async move {
+                management::commit_import(&app, prepared).await
+            }));
+        }
+        if finished {
+            break;
+        }
+    }
+    if let Some(previous) = pending.take() {
+        absorb(&mut report, previous.await)?;
+    }
+    Ok(report)
+}
+
+type ImportOutcome = Result<(u64, Vec<management::ImportFailure>), ApiError>;
+
+/// One complete line of an import body (numbered from 1), or the number of a line that outgrew
+/// the message limit (its bytes are dropped as they arrive, so memory stays bounded).
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Text(u64, Vec<u8>),
+    TooLong(u64),
+}
+
+/// Splits a body arriving in chunks into lines; blank lines are numbered but not returned.
+#[derive(Default)]
+struct LineSplitter {
+    current: Vec<u8>,
+    too_long: bool,
+    number: u64,
+    done: Vec<Line>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, chunk: &[u8]) {
+        for piece in chunk.split_inclusive(|b| *b == b'\n') {
+            let (content, ended) = match piece.strip_suffix(b"\n") {
+                Some(content) => (content, true),
+                None => (piece, false),
+            };
+            if !self.too_long {
+                if self.current.len() + content.len() > super::MAX_BODY {
+                    self.too_long = true;
+                    self.current = Vec::new();
+                } else {
+                    self.current.extend_from_slice(content);
+                }
+            }
+            if ended {
+                self.end_line();
+            }
+        }
+    }
+
+    /// The body ended: a last line without a newline counts too.
+    fn finish(&mut self) {
+        if self.too_long || !self.current.is_empty() {
+            self.end_line();
+        }
+    }
+
+    fn end_line(&mut self) {
+        self.number += 1;
+        let text = std::mem::take(&mut self.current);
+        if std::mem::take(&mut self.too_long) {
+            self.done.push(Line::TooLong(self.number));
+        } else if !text.iter().all(u8::is_ascii_whitespace) {
+            self.done.push(Line::Text(self.number, text));
+        }
+    }
+
+    fn take(&mut self) -> Vec<Line> {
+        std::mem::take(&mut self.done)
+    }
+}
+
+fn absorb(
+    report: &mut ImportReport,
+    joined: Result<ImportOutcome, tokio::task::JoinError>,
+) -> Result<(), ApiError> {
+    let (imported, failures) = joined.map_err(|e| {
+        ApiError::Store(crate::store::StoreError::Database(format!(
+            "an import batch did not finish: {e}"
+        )))
+    })??;
+    report.imported += imported;
+    for f in failures {
+        note_failure(report, f.line, &f.id, &f.error);
+    }
+    Ok(())
+}
+
+fn note_failure(report: &mut ImportReport, line: u64, id: &str, e: &ApiError) {
+    report.failed += 1;
+    if report.errors.len() < IMPORT_ERRORS_LISTED {
+        report.errors.push(serde_json::json!({
+            "line": line,
+            "id": id,
+            "errorCode": e.code().code(),
+            "errorStatus": e.public_message(),
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Line, LineSplitter};
+
+    fn split(chunks: &[&[u8]]) -> Vec<Line> {
+        let mut s = LineSplitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c);
+            out.extend(s.take());
+        }
+        s.finish();
+        out.extend(s.take());
+        out
+    }
+
+    #[test]
+    fn lines_are_numbered_across_chunks_and_blank_ones_skipped() {
+        let lines = split(&[b"{\"a\"", b":1}\n\n  \n{\"b\":2}", b"\n{\"c\":3}"]);
+        assert_eq!(
+            lines,
+            vec![
+                Line::Text(1, b"{\"a\":1}".to_vec()),
+                Line::Text(4, b"{\"b\":2}".to_vec()),
+                Line::Text(5, b"{\"c\":3}".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused_without_buffering_it() {
+        let big = vec![b'x'; super::super::MAX_BODY / 2 + 1];
+        let mut s = LineSplitter::default();
+        s.push(&big);
+        s.push(&big);
+        assert!(s.current.is_empty(), "dropped once over the limit");
+        s.push(b"\nok\n");
+        s.finish();
+        assert_eq!(
+            s.take(),
+            vec![Line::TooLong(1), Line::Text(2, b"ok".to_vec())]
+        );
+    }
+}

@@ -292,6 +292,9 @@ pub enum Collection {
     EnrollmentGroups,
 }
 
+/// One document's read-modify-write decision for [`Store::upsert_docs`].
+pub type Decide<E> = Box<dyn FnOnce(Option<Doc>) -> Result<Doc, E> + Send>;
+
 /// A stored enrollment or enrollment group: the full JSON document (keys included), keyed on the
 /// lower-cased ID.
 #[derive(Clone, PartialEq)]
@@ -562,6 +565,31 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         dispatch!(self, s => s.upsert_doc(coll, id, decide).await)
+    }
+
+    /// Many read-modify-writes of documents in one transaction (one commit, one fsync): each
+    /// `decide` sees its stored document (including ones stored earlier in the same call) and its
+    /// refusal leaves the others unaffected. A store failure writes none of them.
+    pub async fn upsert_docs<E>(
+        &self,
+        coll: Collection,
+        items: Vec<(String, Decide<E>)>,
+    ) -> Result<Vec<Result<(), E>>, StoreError>
+    where
+        E: Send + 'static,
+    {
+        dispatch!(self, s => s.upsert_docs(coll, items).await)
+    }
+
+    /// Inserts new documents in one transaction; one that exists (by key) is left as it is and
+    /// reported `false`. Keys are sealed and rows encoded before the writer is entered, so the
+    /// writer only inserts.
+    pub async fn insert_docs(
+        &self,
+        coll: Collection,
+        docs: Vec<Doc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self, s => s.insert_docs(coll, docs).await)
     }
 
     /// A number that changes whenever an enrollment group is written, for caches of the groups.

@@ -812,3 +812,79 @@ async fn hub_devices_and_group_records_page_by_keyset() {
         .collect();
     assert_eq!(ids, ["d4", "d6"]);
 }
+
+#[tokio::test]
+async fn many_documents_in_one_write_each_deciding_alone() {
+    let (_dir, store) = open();
+    let generation = store.groups_generation();
+    let create = |id: &str| -> (String, Decide<Refused>) {
+        let id = id.to_owned();
+        (
+            id.clone(),
+            Box::new(move |cur: Option<Doc>| match cur {
+                Some(_) => Err(Refused::No),
+                None => Ok(doc(&id, "e1")),
+            }),
+        )
+    };
+    // The second "A" sees the first, written earlier in the same call, and refuses.
+    let outcomes = store
+        .upsert_docs(
+            Collection::EnrollmentGroups,
+            vec![create("A"), create("b"), create("a"), create("c")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![Ok(()), Ok(()), Err(Refused::No), Ok(())]);
+    let stored = store
+        .docs(Collection::EnrollmentGroups, 0, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = stored.iter().map(|(_, d)| d.id.as_str()).collect();
+    assert_eq!(ids, ["A", "b", "c"]);
+    assert_ne!(
+        store.groups_generation(),
+        generation,
+        "group caches see the write"
+    );
+}
+
+#[tokio::test]
+async fn bulk_inserts_keep_existing_documents() {
+    let (_dir, store) = open();
+    store
+        .upsert_doc(Collection::Enrollments, "old", |_| {
+            Ok::<_, Refused>(doc("old", "e0"))
+        })
+        .await
+        .unwrap();
+    let inserted = store
+        .insert_docs(
+            Collection::Enrollments,
+            vec![
+                doc("new-1", "e1"),
+                doc("OLD", "e2"),
+                doc("new-2", "e3"),
+                doc("New-1", "e4"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, vec![true, false, true, false]);
+    let old = store
+        .doc(Collection::Enrollments, "old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (old.id.as_str(), old.etag.as_str()),
+        ("old", "e0"),
+        "left as it was"
+    );
+    let new = store
+        .doc(Collection::Enrollments, "new-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.etag, "e1");
+}

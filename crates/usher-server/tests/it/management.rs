@@ -520,3 +520,226 @@ async fn management_writes_and_attestation_decisions_are_audited_in_a_chain() {
     );
     assert_eq!(verify(seq, hash, &entries), Ok(entries.len() as u64));
 }
+
+/// Posts a JSON Lines body to the streaming import route.
+async fn import(
+    s: &TestServer,
+    coll: &str,
+    mode: &str,
+    body: String,
+    token: Option<String>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = s
+        .http
+        .post(s.url(&format!("/usher/{coll}/import?mode={mode}")))
+        .body(body);
+    if let Some(token) = token {
+        req = req.header("Authorization", token);
+    }
+    let response = req.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn streaming_import_stores_good_lines_and_lists_the_others_by_line() {
+    let s = TestServer::start().await;
+    s.enroll("imp-existing", json!({})).await;
+    let mut body = String::new();
+    for i in 0..2500 {
+        body.push_str(&format!(
+            "{{\"registrationId\":\"imp-{i}\",\"attestation\":{{\"type\":\"symmetricKey\"}}}}\n"
+        ));
+    }
+    // Line 2501 blank, 2502 not JSON, 2503 an existing record, 2504 an unknown hub, 2505 an export
+    // line with server-owned fields and its own keys, 2506 a bad ID; the last line has no newline.
+    body.push('\n');
+    body.push_str("not json\n");
+    body.push_str(
+        "{\"registrationId\":\"imp-existing\",\"attestation\":{\"type\":\"symmetricKey\"}}\n",
+    );
+    body.push_str("{\"registrationId\":\"imp-hub\",\"attestation\":{\"type\":\"symmetricKey\"},\"iotHubs\":[\"nowhere.example\"]}\n");
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    body.push_str(&format!("{{\"registrationId\":\"imp-export\",\"etag\":\"x\",\"createdDateTimeUtc\":\"2020-01-01T00:00:00Z\",\"registrationState\":{{\"status\":\"assigned\"}},\"attestation\":{{\"type\":\"symmetricKey\",\"symmetricKey\":{{\"primaryKey\":\"{key}\",\"secondaryKey\":\"{key}\"}}}}}}\n"));
+    body.push_str("{\"registrationId\":\"bad id!\",\"attestation\":{\"type\":\"symmetricKey\"}}");
+
+    // No token, and a policy without the write right: refused, nothing stored.
+    let (status, _) = import(&s, "enrollments", "create", body.clone(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = s.call(Method::GET, "/enrollments/imp-0", None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, answer) = import(
+        &s,
+        "enrollments",
+        "sideways",
+        body.clone(),
+        Some(s.service_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+
+    let (status, answer) = import(
+        &s,
+        "enrollments",
+        "create",
+        body.clone(),
+        Some(s.service_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["imported"], 2501, "{answer}");
+    assert_eq!(answer["failed"], 4, "{answer}");
+    let errors: Vec<(u64, String, u64)> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().unwrap(),
+                e["id"].as_str().unwrap().to_owned(),
+                e["errorCode"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (2502, String::new(), 400_006),
+            (2503, "imp-existing".into(), 409_201),
+            (2504, "imp-hub".into(), 400_004),
+            (2506, "bad id!".into(), 400_202),
+        ],
+        "{answer}"
+    );
+    // Stored with generated keys, readable and usable like any other enrollment.
+    let (status, _, att) = s
+        .call(
+            Method::POST,
+            "/enrollments/imp-2499/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let primary = att["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        SymmetricKey::from_base64(&primary)
+            .unwrap()
+            .as_bytes()
+            .len(),
+        32
+    );
+    let outcome = s
+        .device_client()
+        .provision(
+            &Credential::individual("imp-2499", &primary).unwrap(),
+            None,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let state = outcome.registration_state.unwrap();
+    assert_eq!(state.device_id.as_deref(), Some("imp-2499"));
+    // The export line kept its keys; the server-owned fields were the server's.
+    let (_, _, exported) = s
+        .call(
+            Method::POST,
+            "/enrollments/imp-export/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(exported["symmetricKey"]["primaryKey"], key);
+    let (_, _, doc) = s
+        .call(Method::GET, "/enrollments/imp-export", None, &[])
+        .await;
+    assert_ne!(doc["etag"], "x");
+    assert_ne!(doc["createdDateTimeUtc"], "2020-01-01T00:00:00Z");
+
+    // Update mode replaces and keeps the stored keys a line does not give.
+    let (status, answer) = import(
+        &s,
+        "enrollments",
+        "update",
+        "{\"registrationId\":\"imp-2499\",\"attestation\":{\"type\":\"symmetricKey\"},\"provisioningStatus\":\"disabled\"}\n".into(),
+        Some(s.service_token()),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["imported"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{answer}"
+    );
+    let (_, _, att) = s
+        .call(
+            Method::POST,
+            "/enrollments/imp-2499/attestationmechanism",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(att["symmetricKey"]["primaryKey"], primary.as_str());
+    let (_, _, doc) = s
+        .call(Method::GET, "/enrollments/imp-2499", None, &[])
+        .await;
+    assert_eq!(doc["provisioningStatus"], "disabled");
+
+    // Groups import the same way, pattern validated.
+    let (status, answer) = import(
+        &s,
+        "enrollmentGroups",
+        "create",
+        "{\"enrollmentGroupId\":\"imp-g1\",\"attestation\":{\"type\":\"symmetricKey\"},\"usherRegistrationIdPattern\":\"g1-.*\"}\n{\"enrollmentGroupId\":\"imp-g2\",\"attestation\":{\"type\":\"symmetricKey\"},\"usherRegistrationIdPattern\":\"(\"}\n".into(),
+        Some(s.service_token()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (answer["imported"].as_u64(), answer["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{answer}"
+    );
+
+    // Each import is one audit entry with its counts.
+    let (_, _, audit) = s.call(Method::GET, "/usher/audit", None, &[]).await;
+    let results: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with(".import")
+        })
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        results.contains(&(
+            "enrollment.import".into(),
+            "ok imported 2501 failed 4".into()
+        )),
+        "{results:?}"
+    );
+    assert!(
+        results.contains(&(
+            "enrollmentGroup.import".into(),
+            "ok imported 1 failed 1".into()
+        )),
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|(a, r)| a == "enrollment.import" && r.starts_with("refused 401")),
+        "{results:?}"
+    );
+}

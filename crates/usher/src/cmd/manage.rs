@@ -15,9 +15,6 @@ use crate::cli::{
     RegistrationCommand, ReprovisionArg, RotateArg, SettingOptions, StatusArg, UpdateOptions,
 };
 
-/// Items per bulk request (the DPS limit).
-const BULK_SIZE: usize = 10;
-
 /// The two enrollment kinds differ only in their route and ID field.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -37,13 +34,6 @@ impl Kind {
         match self {
             Self::Enrollment => "registrationId",
             Self::Group => "enrollmentGroupId",
-        }
-    }
-
-    fn items_field(self) -> &'static str {
-        match self {
-            Self::Enrollment => "enrollments",
-            Self::Group => "enrollmentGroups",
         }
     }
 }
@@ -696,24 +686,33 @@ async fn export(
     Ok(())
 }
 
-/// Reads JSON Lines and sends them ten at a time as bulk operations. Every line is checked before
-/// anything is sent; item failures are listed at the end and make the command fail.
+/// Lines sent per import request. The server streams each request and stores it in batches;
+/// several requests keep the progress bar moving and a retry small.
+const IMPORT_LINES_PER_REQUEST: usize = 20_000;
+
+/// Imports JSON Lines through the streaming import route, [`IMPORT_LINES_PER_REQUEST`] lines per
+/// request. Every line is checked (a JSON document with a valid ID) before anything is sent, so a
+/// typo does not leave half a file imported; the file is read twice rather than held in memory.
+/// Item failures (an existing record in create mode, an unknown hub) are listed at the end with
+/// their line numbers and make the command fail.
 async fn import(
     client: &ServiceClient,
     kind: Kind,
     file: &Path,
     mode: ImportMode,
 ) -> anyhow::Result<()> {
-    let reader = std::io::BufReader::new(
-        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
-    );
-    let mut items = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
+    let open = || -> anyhow::Result<std::io::BufReader<std::fs::File>> {
+        Ok(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+        ))
+    };
+    let mut total: u64 = 0;
+    for (n, line) in open()?.lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", file.display()))?;
         if line.trim().is_empty() {
             continue;
         }
-        let mut item: Value = serde_json::from_str(&line)
+        let item: Value = serde_json::from_str(&line)
             .with_context(|| format!("{}:{}: not a JSON document", file.display(), n + 1))?;
         let id = item
             .get(kind.id_field())
@@ -722,60 +721,80 @@ async fn import(
         validate_id(id).with_context(|| {
             format!("{}:{}: invalid {}", file.display(), n + 1, kind.id_field())
         })?;
-        if let Some(obj) = item.as_object_mut() {
-            // Server-owned fields of an export are not sent back.
-            for field in [
-                "registrationState",
-                "etag",
-                "createdDateTimeUtc",
-                "lastUpdatedDateTimeUtc",
-            ] {
-                obj.remove(field);
-            }
-        }
-        items.push(item);
+        total += 1;
     }
     let mode = match mode {
         ImportMode::Create => "create",
         ImportMode::Update => "update",
     };
-    let bar = progress(items.len() as u64, "importing");
+    let path = format!("/usher/{}/import?mode={mode}", kind.route());
+    let bar = progress(total, "importing");
     let mut failures = Vec::new();
-    for chunk in items.chunks(BULK_SIZE) {
-        let body = json!({"mode": mode, kind.items_field(): chunk});
-        let result = client
-            .call(
+    let mut imported: u64 = 0;
+    // File line number of the first line of the request being built.
+    let mut first_line: u64 = 1;
+    let mut body = Vec::new();
+    let mut lines_in_body = 0;
+    let mut items_in_body = 0;
+    let mut reader = open()?.lines().peekable();
+    while reader.peek().is_some() || !body.is_empty() {
+        if let Some(line) = reader.next() {
+            let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+            body.extend_from_slice(line.as_bytes());
+            body.push(b'\n');
+            lines_in_body += 1;
+            if !line.trim().is_empty() {
+                items_in_body += 1;
+            }
+            if lines_in_body < IMPORT_LINES_PER_REQUEST && reader.peek().is_some() {
+                continue;
+            }
+        }
+        let answer = client
+            .call_bytes(
                 Method::POST,
-                &format!("/{}", kind.route()),
-                Some(&body),
-                &[],
+                &path,
+                "application/x-ndjson",
+                std::mem::take(&mut body),
             )
             .await?
             .body;
-        for e in result["errors"].as_array().into_iter().flatten() {
+        imported += answer["imported"].as_u64().unwrap_or(0);
+        for e in answer["errors"].as_array().into_iter().flatten() {
+            let line = first_line + e["line"].as_u64().unwrap_or(1) - 1;
             failures.push(format!(
-                "{}: {} {}",
-                text(&e[kind.id_field()]),
+                "{}:{line}: {} {} {}",
+                file.display(),
+                text(&e["id"]),
                 text(&e["errorCode"]),
                 text(&e["errorStatus"])
             ));
         }
-        bar.inc(chunk.len() as u64);
+        let unlisted = answer["failed"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(answer["errors"].as_array().map_or(0, |a| a.len() as u64));
+        if unlisted > 0 {
+            failures.push(format!("… and {unlisted} more in this part of the file"));
+        }
+        first_line += lines_in_body as u64;
+        bar.inc(items_in_body);
+        lines_in_body = 0;
+        items_in_body = 0;
     }
     bar.finish_and_clear();
-    let total = items.len();
-    eprintln!("Imported {} of {total} record(s)", total - failures.len());
-    if !failures.is_empty() {
+    eprintln!("Imported {imported} of {total} record(s)");
+    if imported < total {
         for f in &failures {
             eprintln!("  {f}");
         }
-        anyhow::bail!("{} record(s) were not imported", failures.len());
+        anyhow::bail!("{} record(s) were not imported", total - imported);
     }
     Ok(())
 }
 
 /// A progress bar on standard error (hidden when it is not a terminal).
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
@@ -810,7 +829,7 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

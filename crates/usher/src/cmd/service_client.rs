@@ -107,22 +107,51 @@ impl ServiceClient {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> anyhow::Result<Answer> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
-        let token = sas::service_token(&self.host, &self.policy, &self.key, now + 3600);
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = format!("{}{path}{sep}api-version=2021-10-01", self.base);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .header("Authorization", token);
+        let mut request = self.request(method.clone(), path)?;
         for (name, value) in headers {
             request = request.header(*name, value);
         }
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.send(request, &method, path).await
+    }
+
+    /// Sends a body of raw bytes (e.g. JSON Lines) and returns the answer as [`Self::call`] does.
+    pub(crate) async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        let request = self
+            .request(method.clone(), path)?
+            .header("Content-Type", content_type)
+            .body(body);
+        self.send(request, &method, path).await
+    }
+
+    /// A request to `path` with the api-version and a fresh service token.
+    fn request(&self, method: Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let token = sas::service_token(&self.host, &self.policy, &self.key, now + 3600);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{sep}api-version=2021-10-01", self.base);
+        Ok(self
+            .http
+            .request(method, &url)
+            .header("Authorization", token))
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &Method,
+        path: &str,
+    ) -> anyhow::Result<Answer> {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if is_untrusted_certificate(&e) => bail!(

@@ -18,6 +18,9 @@ pub const OWNER_POLICY: &str = "provisioningserviceowner";
 pub const BUILTIN_HUB: &str = "usher-hub";
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "usher.db";
+/// Names the PostgreSQL database of an instance kept there (written by `usher serve --store`), so
+/// the CLI run beside the data directory finds the instance.
+pub const STORE_FILE: &str = "store.url";
 /// Written once the server listens, so the CLI can find it.
 pub const RUNTIME_FILE: &str = "runtime.json";
 
@@ -175,6 +178,12 @@ pub enum SetupError {
     Random(String),
     #[error("{0:?} holds no Usher instance; run `usher serve --data-dir {0:?}` once to create one")]
     NoInstance(PathBuf),
+    #[error(
+        "with a PostgreSQL store the key-encryption key must be given, the same on every node \
+         (--kek-file, USHER_KEK_FILE, USHER_KEK or the systemd credential usher-kek), not generated \
+         in one node's data directory; make one with `head -c 32 /dev/urandom | base64 > kek`"
+    )]
+    KekRequired,
 }
 
 /// Random bytes from the operating system.
@@ -202,12 +211,15 @@ pub fn new_key(n: usize) -> Result<String, ApiError> {
         .map_err(|e| ApiError::InvalidArgument(e.to_string()))
 }
 
-/// Opens (creating on first run) the data directory: database, instance identity, owner policy,
-/// built-in hub. `service_host` is used only on first run.
+/// Opens (creating on first run) the data directory and the store (SQLite in the data directory,
+/// or the PostgreSQL database `store` names): instance identity, owner policy, built-in hub.
+/// `service_host` is used only on first run. Several nodes may open one PostgreSQL database at
+/// once: the first run's state is written once, and every node gets the instance in force.
 pub async fn open_data_dir(
     data_dir: &Path,
     service_host: &str,
     kek: &KekSource,
+    store: Option<&str>,
 ) -> Result<(Store, Instance), SetupError> {
     let private = |source| SetupError::DataDir {
         path: data_dir.to_owned(),
@@ -216,8 +228,22 @@ pub async fn open_data_dir(
     crate::files::create_private_dir(data_dir).map_err(private)?;
     // A data directory from before file modes were enforced gets them now.
     crate::files::restrict_tree(data_dir).map_err(private)?;
-    let kek = kek.load(data_dir, true).map_err(StoreError::from)?;
-    let store = Store::open_sqlite(&data_dir.join(DB_FILE), &kek)?;
+    let store = match store {
+        None => {
+            let kek = kek.load(data_dir, true).map_err(StoreError::from)?;
+            Store::open_sqlite(&data_dir.join(DB_FILE), &kek)?
+        }
+        Some(url) => {
+            if kek.is_data_dir() && !data_dir.join(crate::secrets::KEK_FILE).exists() {
+                return Err(SetupError::KekRequired);
+            }
+            let kek = kek.load(data_dir, false).map_err(StoreError::from)?;
+            let store = Store::open_postgres(url, &kek).await?;
+            crate::files::write_private(&data_dir.join(STORE_FILE), url.as_bytes())
+                .map_err(private)?;
+            store
+        }
+    };
     if let Some(instance) = store.instance().await? {
         return Ok((store, instance));
     }
@@ -254,17 +280,22 @@ pub async fn open_data_dir(
     Ok((store, instance))
 }
 
-/// Opens an existing data directory without creating anything.
+/// Opens an existing data directory (or the PostgreSQL database its `store.url` names) without
+/// creating anything.
 pub async fn open_existing(
     data_dir: &Path,
     kek: &KekSource,
 ) -> Result<(Store, Instance), SetupError> {
     let db = data_dir.join(DB_FILE);
-    if !db.exists() {
+    let url = std::fs::read_to_string(data_dir.join(STORE_FILE)).ok();
+    if !db.exists() && url.is_none() {
         return Err(SetupError::NoInstance(data_dir.to_owned()));
     }
     let kek = kek.load(data_dir, false).map_err(StoreError::from)?;
-    let store = Store::open_sqlite(&db, &kek)?;
+    let store = match url {
+        Some(url) => Store::open_postgres(url.trim(), &kek).await?,
+        None => Store::open_sqlite(&db, &kek)?,
+    };
     let instance = store
         .instance()
         .await?

@@ -117,6 +117,11 @@ pub(crate) struct ServeArgs {
     /// Where the database, the development PKI and the runtime file live.
     #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
     pub(crate) data_dir: PathBuf,
+    /// Keep the instance in this PostgreSQL database (`postgres://user@host:5432/db`) instead of
+    /// SQLite in the data directory; several nodes given the same database (and the same KEK)
+    /// serve one instance. No TLS to the database: use a private network or a Unix socket.
+    #[arg(long, env = "USHER_STORE", value_name = "URL", value_parser = postgres_url)]
+    pub(crate) store: Option<String>,
     /// Address for HTTPS (device API, management API, MQTT and AMQP over WebSockets).
     #[arg(long, env = "USHER_HTTPS_ADDR", default_value = "0.0.0.0:443")]
     pub(crate) https_addr: SocketAddr,
@@ -846,4 +851,16 @@ pub(crate) struct ServiceTokenArgs {
     /// Token lifetime: seconds, or a number with s, m, h or d.
     #[arg(long, default_value = "1h")]
     pub(crate) ttl: String,
+}
+
+/// A `postgres://` (or `postgresql://`) URL.
+fn postgres_url(text: &str) -> Result<String, String> {
+    if usher_server::store::is_postgres_url(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "expected a postgres:// URL (without --store, SQLite in the data directory is used)"
+                .into(),
+        )
+    }
 }

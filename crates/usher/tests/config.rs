@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 /// a README row): the test below fails until both exist.
 const SAMPLES: &[(&str, &str)] = &[
     ("data-dir", r#""/var/lib/usher""#),
+    ("store", r#""postgres://usher@db.example:5432/usher""#),
     ("https-addr", r#""127.0.0.1:8443""#),
     ("mqtt-addr", r#""127.0.0.1:18883""#),
     ("amqp-addr", r#""127.0.0.1:15671""#),

@@ -928,7 +928,7 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
 }
 
 /// An existing identity's document with the capabilities the enrollment now gives it.
-fn merge_capabilities(mut doc: Value, new: &Value) -> Value {
+pub(super) fn merge_capabilities(mut doc: Value, new: &Value) -> Value {
     if let (Some(obj), Some(caps)) = (doc.as_object_mut(), new.get("capabilities")) {
         obj.insert("capabilities".into(), caps.clone());
     }
@@ -993,7 +993,7 @@ fn parse_hub_device(sealer: &Sealer, d: RawHubDevice) -> Result<HubDevice, Store
 }
 
 /// Opens a sealed key column.
-fn open_key(sealer: &Sealer, sealed: &str) -> Result<SymmetricKey, StoreError> {
+pub(super) fn open_key(sealer: &Sealer, sealed: &str) -> Result<SymmetricKey, StoreError> {
     SymmetricKey::from_base64(&sealer.open(sealed)?)
         .map_err(|e| StoreError::Corrupt(format!("a stored key: {e}")))
 }
@@ -1233,7 +1233,7 @@ fn load_allocation(c: &Connection) -> Result<AllocationSettings, StoreError> {
 }
 
 /// A policy row before its keys are opened.
-type RawPolicy = (String, String, String, i64);
+pub(super) type RawPolicy = (String, String, String, i64);
 
 fn raw_policy(r: &Row<'_>) -> rusqlite::Result<RawPolicy> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -1287,7 +1287,7 @@ fn clamp(n: u64) -> i64 {
 const DOC_COLUMNS: &str = "id, doc, etag, primary_key, secondary_key";
 
 /// A document row: (id, JSON without keys, etag, sealed primary key, sealed secondary key).
-type RawDoc = (String, String, String, Option<String>, Option<String>);
+pub(super) type RawDoc = (String, String, String, Option<String>, Option<String>);
 
 fn raw_doc_at(r: &Row<'_>, at: usize) -> rusqlite::Result<RawDoc> {
     Ok((
@@ -1300,7 +1300,7 @@ fn raw_doc_at(r: &Row<'_>, at: usize) -> rusqlite::Result<RawDoc> {
 }
 
 /// A document as the domain sees it: its keys opened and put back into its attestation.
-fn parse_doc(
+pub(super) fn parse_doc(
     sealer: &Sealer,
     (id, json, etag, primary, secondary): RawDoc,
 ) -> Result<Doc, StoreError> {
@@ -1398,7 +1398,7 @@ fn write_doc(
     Ok(())
 }
 
-fn open_policy(
+pub(super) fn open_policy(
     sealer: &Sealer,
     (name, primary, secondary, bits): RawPolicy,
 ) -> Result<Policy, StoreError> {
@@ -1530,7 +1530,7 @@ fn seal_plaintext(c: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
 }
 
 /// A registration row before its enums, times and payload are read.
-type RawRegistration = (
+pub(super) type RawRegistration = (
     Registration,
     String,
     Option<String>,
@@ -1565,7 +1565,7 @@ fn raw_registration(r: &Row<'_>) -> rusqlite::Result<RawRegistration> {
     ))
 }
 
-fn parse_registration(
+pub(super) fn parse_registration(
     (mut reg, status, substatus, created, updated, payload): RawRegistration,
 ) -> Result<Registration, StoreError> {
     let corrupt =

@@ -3,11 +3,82 @@
 use super::*;
 use serde_json::json;
 
-fn open() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("usher.db"), &test_kek()).unwrap();
-    (dir, store)
+/// Which backend a contract test runs against.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
+
+/// One test's database: a SQLite file in a temporary directory, or a fresh PostgreSQL database on
+/// the test server (`USHER_TEST_POSTGRES`, else `postgres://postgres@127.0.0.1:5432/postgres`),
+/// dropped when the test ends.
+struct Db {
+    dir: tempfile::TempDir,
+    postgres: Option<crate::test_postgres::TestDatabase>,
+}
+
+impl Db {
+    async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(crate::test_postgres::TestDatabase::create().await),
+        };
+        Self { dir, postgres }
+    }
+
+    /// Opens (again) the test's database.
+    async fn open(&self) -> Store {
+        self.open_with(&test_kek()).await.unwrap()
+    }
+
+    async fn open_with(&self, kek: &crate::secrets::Kek) -> Result<Store, StoreError> {
+        match &self.postgres {
+            None => Store::open_sqlite(&self.dir.path().join("usher.db"), kek),
+            Some(db) => Store::open_postgres(db.url(), kek).await,
+        }
+    }
+}
+
+async fn open(backend: Backend) -> (Db, Store) {
+    let db = Db::new(backend).await;
+    let store = db.open().await;
+    (db, store)
+}
+
+/// Runs each named contract test (an `async fn(Backend)`) against both backends.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+contract!(
+    bootstrap_happens_once,
+    documents_are_case_insensitive_and_read_modify_write,
+    concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch,
+    assignment_writes_registration_and_hub_device_together_and_survives_reopen,
+    hub_registry_read_modify_write_and_policies,
+    policies_add_rotate_delete,
+    hubs_are_unique_by_name_and_hostname,
+    counts_registration_pages_and_recent_records,
+    a_data_key_opens_only_with_its_kek,
+    the_audit_chain_survives_pruning_from_its_anchor,
+    hub_devices_and_group_records_page_by_keyset,
+    many_documents_in_one_write_each_deciding_alone,
+);
 
 fn doc(id: &str, etag: &str) -> Doc {
     Doc {
@@ -29,9 +100,8 @@ impl From<StoreError> for Refused {
     }
 }
 
-#[tokio::test]
-async fn bootstrap_happens_once() {
-    let (_dir, store) = open();
+async fn bootstrap_happens_once(backend: Backend) {
+    let (_db, store) = open(backend).await;
     assert_eq!(store.instance().await.unwrap(), None);
     let first = Bootstrap {
         instance: Instance {
@@ -70,9 +140,8 @@ async fn bootstrap_happens_once() {
     assert_eq!(store.hubs().await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn documents_are_case_insensitive_and_read_modify_write() {
-    let (_dir, store) = open();
+async fn documents_are_case_insensitive_and_read_modify_write(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let created = store
         .upsert_doc(Collection::Enrollments, "Dev-1", |cur| {
             assert!(cur.is_none());
@@ -132,9 +201,10 @@ async fn documents_are_case_insensitive_and_read_modify_write() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch() {
-    let (_dir, store) = open();
+async fn concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch(
+    backend: Backend,
+) {
+    let (_db, store) = open(backend).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let store = store.clone();
@@ -171,12 +241,12 @@ async fn concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batc
     assert_eq!(page.len(), 10);
 }
 
-#[tokio::test]
-async fn assignment_writes_registration_and_hub_device_together_and_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("usher.db");
+async fn assignment_writes_registration_and_hub_device_together_and_survives_reopen(
+    backend: Backend,
+) {
+    let db = Db::new(backend).await;
     {
-        let store = Store::open_sqlite(&path, &test_kek()).unwrap();
+        let store = db.open().await;
         store
             .add_hub(Hub {
                 name: "h".into(),
@@ -235,7 +305,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             "no half-written record"
         );
     }
-    let store = Store::open_sqlite(&path, &test_kek()).unwrap();
+    let store = db.open().await;
     let reg = store.registration("DEV-1").await.unwrap().unwrap();
     assert_eq!(reg.payload, Some(json!({"a": 1})));
     assert_eq!(
@@ -313,9 +383,8 @@ fn builtin(name: &str, hostname: &str) -> Hub {
     }
 }
 
-#[tokio::test]
-async fn hub_registry_read_modify_write_and_policies() {
-    let (_dir, store) = open();
+async fn hub_registry_read_modify_write_and_policies(backend: Backend) {
+    let (_db, store) = open(backend).await;
     store.add_hub(builtin("h", "h.example")).await.unwrap();
     let created = store
         .upsert_hub_device("h", "Dev-1", |cur| {
@@ -433,9 +502,8 @@ async fn hub_registry_read_modify_write_and_policies() {
     );
 }
 
-#[tokio::test]
-async fn policies_add_rotate_delete() {
-    let (_dir, store) = open();
+async fn policies_add_rotate_delete(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let p = Policy {
         name: "reader".into(),
         primary_key: key(1),
@@ -465,9 +533,8 @@ async fn policies_add_rotate_delete() {
     assert!(!store.delete_policy("reader").await.unwrap());
 }
 
-#[tokio::test]
-async fn hubs_are_unique_by_name_and_hostname() {
-    let (_dir, store) = open();
+async fn hubs_are_unique_by_name_and_hostname(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let hub = Hub {
         name: "a".into(),
         hostname: "A.example".into(),
@@ -530,9 +597,8 @@ fn registration(id: &str, group: Option<&str>, updated: Time) -> Registration {
     }
 }
 
-#[tokio::test]
-async fn counts_registration_pages_and_recent_records() {
-    let (_dir, store) = open();
+async fn counts_registration_pages_and_recent_records(backend: Backend) {
+    let (_db, store) = open(backend).await;
     store.add_hub(builtin("h", "h.example")).await.unwrap();
     store.add_hub(builtin("empty", "e.example")).await.unwrap();
     store
@@ -685,10 +751,9 @@ async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
     ));
 }
 
-#[tokio::test]
-async fn the_audit_chain_survives_pruning_from_its_anchor() {
+async fn the_audit_chain_survives_pruning_from_its_anchor(backend: Backend) {
     use usher_proto::audit::{GENESIS, Record, verify};
-    let (_dir, store) = open();
+    let (_db, store) = open(backend).await;
     let record = |at: &str, target: &str| Record {
         at: at.into(),
         actor: "policy:owner".into(),
@@ -747,9 +812,8 @@ async fn the_audit_chain_survives_pruning_from_its_anchor() {
     assert_eq!(verify(anchor_seq, &anchor_hash, &rest), Ok(21));
 }
 
-#[tokio::test]
-async fn hub_devices_and_group_records_page_by_keyset() {
-    let (_dir, store) = open();
+async fn hub_devices_and_group_records_page_by_keyset(backend: Backend) {
+    let (_db, store) = open(backend).await;
     store.add_hub(builtin("h", "h.example")).await.unwrap();
     store.add_hub(builtin("other", "o.example")).await.unwrap();
     for i in 0..7 {
@@ -813,9 +877,8 @@ async fn hub_devices_and_group_records_page_by_keyset() {
     assert_eq!(ids, ["d4", "d6"]);
 }
 
-#[tokio::test]
-async fn many_documents_in_one_write_each_deciding_alone() {
-    let (_dir, store) = open();
+async fn many_documents_in_one_write_each_deciding_alone(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let generation = store.groups_generation();
     let create = |id: &str| -> (String, Decide<Refused>) {
         let id = id.to_owned();
@@ -846,5 +909,35 @@ async fn many_documents_in_one_write_each_deciding_alone() {
         store.groups_generation(),
         generation,
         "group caches see the write"
+    );
+}
+
+async fn a_data_key_opens_only_with_its_kek(backend: Backend) {
+    let db = Db::new(backend).await;
+    {
+        let store = db.open().await;
+        assert!(
+            store
+                .add_policy(Policy {
+                    name: "p".into(),
+                    primary_key: key(7),
+                    secondary_key: key(8),
+                    rights: vec![Right::EnrollmentRead],
+                })
+                .await
+                .unwrap()
+        );
+    }
+    let other = crate::secrets::Kek::generate("other").unwrap();
+    assert!(matches!(
+        db.open_with(&other).await.err(),
+        Some(StoreError::Secret(
+            crate::secrets::SecretError::WrongKek { .. }
+        ))
+    ));
+    let store = db.open().await;
+    assert_eq!(
+        store.policy("p").await.unwrap().unwrap().primary_key,
+        key(7)
     );
 }

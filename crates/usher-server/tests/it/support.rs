@@ -101,6 +101,7 @@ impl TestServer {
     ) -> Self {
         let config = ServeConfig {
             data_dir: dir.path().to_owned(),
+            store: None,
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
             tls_cert: own_tls.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             settings,

@@ -317,6 +317,73 @@ pub fn ensure_pki(data_dir: &Path, hostnames: &[String]) -> Result<PkiFiles, Set
     )?)
 }
 
+/// Makes sure the development PKI exists for `hostnames`; with PostgreSQL, the CA is the
+/// instance's (the first node's, stored sealed in the database), so every node's server
+/// certificate chains to the CA devices trust.
+pub async fn ensure_shared_pki(
+    store: &Store,
+    data_dir: &Path,
+    hostnames: &[String],
+) -> Result<PkiFiles, SetupError> {
+    let files = ensure_pki(data_dir, hostnames)?;
+    let Store::Postgres(pg) = store else {
+        return Ok(files);
+    };
+    let dir = pki_dir(data_dir);
+    let io = |path: PathBuf| {
+        move |source| {
+            SetupError::Pki(PkiError::Io {
+                path: path.clone(),
+                source,
+            })
+        }
+    };
+    let mut local = Vec::new();
+    for name in ["ca.pem", "ca.key"] {
+        let path = dir.join(name);
+        local.push((
+            name.to_owned(),
+            std::fs::read_to_string(&path).map_err(io(path))?,
+        ));
+    }
+    let shared = pg.share_files(local.clone()).await?;
+    if local.iter().map(|(_, c)| c).eq(shared.iter()) {
+        return Ok(files);
+    }
+    for ((name, _), content) in local.iter().zip(&shared) {
+        let path = dir.join(name);
+        crate::files::write_private(&path, content.as_bytes()).map_err(io(path))?;
+    }
+    // The server certificate was issued by this node's own CA: issued again by the instance's.
+    let names = dir.join("server.names");
+    match std::fs::remove_file(&names) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(names)(e)),
+    }
+    ensure_pki(data_dir, hostnames)
+}
+
+/// The secret every node makes TLS session tickets from (PostgreSQL: the instance's, so a device
+/// resumes on any node); `None` on SQLite, where one process serves and keeps its own ticket keys.
+pub async fn shared_ticket_secret(store: &Store) -> Result<Option<[u8; 32]>, SetupError> {
+    let Store::Postgres(pg) = store else {
+        return Ok(None);
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let fresh = b64.encode(random_bytes::<32>()?);
+    let shared = pg
+        .share_files(vec![("tls-ticket-secret".into(), fresh)])
+        .await?;
+    let secret = shared
+        .first()
+        .and_then(|text| b64.decode(text).ok())
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| StoreError::Corrupt("the TLS ticket secret".into()))?;
+    Ok(Some(secret))
+}
+
 /// What `usher serve` prints at start and `usher instance show` prints for a data directory, like
 /// the portal's overview page.
 #[derive(Debug, Clone, Serialize)]

@@ -129,12 +129,13 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     let (cert, key) = match &config.tls_cert {
         Some((cert, key)) => (cert.clone(), key.clone()),
         None => {
-            let files = app::ensure_pki(&config.data_dir, &config.hostnames)?;
+            let files = app::ensure_shared_pki(&store, &config.data_dir, &config.hostnames).await?;
             (files.server_cert, files.server_key)
         }
     };
-    let tls = tls::server_config(&cert, &key, &[b"http/1.1"])?;
-    let mqtt_tls = tls::server_config(&cert, &key, &[])?;
+    let tickets = app::shared_ticket_secret(&store).await?;
+    let tls = tls::server_config(&cert, &key, &[b"http/1.1"], tickets)?;
+    let mqtt_tls = tls::server_config(&cert, &key, &[], tickets)?;
     let overview = app::overview(&store, &instance, &config.data_dir).await?;
     let mut hostnames = config.hostnames.clone();
     if !hostnames

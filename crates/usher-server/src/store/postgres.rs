@@ -49,7 +49,7 @@ const POOL_SIZE: usize = 16;
 /// How long a connection attempt, or a wait for a pooled connection, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The advisory lock every write transaction (and schema migration) holds: "usher" in ASCII.
-const WRITE_LOCK: i64 = 0x7573_6865_72;
+const WRITE_LOCK: i64 = 0x0075_7368_6572;
 /// The channel a committed write to enrollment groups notifies, so every node reloads its cache.
 const GROUPS_CHANNEL: &str = "usher_groups";
 
@@ -261,6 +261,43 @@ impl PgStore {
             .await
             .map_err(|_| E::from(StoreError::WriterGone))?;
         rx.await.map_err(|_| E::from(StoreError::WriterGone))?
+    }
+
+    /// Stores each (name, content) unless a file of that name is stored already, and returns the
+    /// contents in force, in the order given: the first node's files win, every later node gets
+    /// them. Contents are sealed.
+    pub async fn share_files(
+        &self,
+        files: Vec<(String, String)>,
+    ) -> Result<Vec<String>, StoreError> {
+        let sealer = Arc::clone(&self.sealer);
+        self.write(move |c| {
+            Box::pin(async move {
+                let mut in_force = Vec::with_capacity(files.len());
+                for (name, content) in files {
+                    let stored = opt(
+                        c,
+                        "SELECT content FROM instance_files WHERE name = $1",
+                        &[&name],
+                    )
+                    .await?;
+                    match stored {
+                        Some(r) => in_force.push(sealer.open(&r.try_get::<_, String>(0)?)?),
+                        None => {
+                            exec(
+                                c,
+                                "INSERT INTO instance_files (name, content) VALUES ($1, $2)",
+                                &[&name, &sealer.seal(&content)?],
+                            )
+                            .await?;
+                            in_force.push(content);
+                        }
+                    }
+                }
+                Ok::<_, StoreError>(in_force)
+            })
+        })
+        .await
     }
 
     pub(super) async fn instance(&self) -> Result<Option<Instance>, StoreError> {

@@ -129,3 +129,10 @@ CREATE TABLE audit_anchor (
   seq BIGINT NOT NULL,
   hash TEXT NOT NULL
 );
+-- What every node of the instance must share besides the rows above, sealed: the development CA
+-- (certificate and key), so every node's server certificate chains to the one CA devices trust, and
+-- the secret TLS session tickets are made from, so a device resumes its session on any node.
+CREATE TABLE instance_files (
+  name TEXT PRIMARY KEY,
+  content TEXT NOT NULL
+);

@@ -1,0 +1,356 @@
+//! Several `usher serve` nodes on one PostgreSQL database serving one instance, run as an operator
+//! would: the real binary, two nodes on different loopback addresses, a fresh database per test on
+//! the test server (`USHER_TEST_POSTGRES`, else 127.0.0.1:5432; `./scripts/test` starts one).
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use usher_server::test_postgres::TestDatabase;
+
+struct Node {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// Starts `usher serve` on `ip` (ports chosen by the system) with its own data directory under
+    /// `dir`, the shared KEK and the database.
+    fn start(dir: &Path, name: &str, ip: &str, db: &TestDatabase) -> Self {
+        let data = dir.join(name);
+        let any = format!("{ip}:0");
+        let child = Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--store", db.url(), "--kek-file"])
+            .arg(dir.join("kek"))
+            .args([
+                "--https-addr",
+                &any,
+                "--mqtt-addr",
+                &any,
+                "--amqp-addr",
+                &any,
+            ])
+            .args([
+                "--metrics-addr",
+                &any,
+                "--hostname",
+                "localhost",
+                "--hostname",
+                ip,
+            ])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, data }
+    }
+
+    /// Waits until the node listens.
+    fn wait(&self) {
+        // Up to 30 s for the node to create its PKI and start listening.
+        for _ in 0..600 {
+            if self.data.join("runtime.json").exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the node at {} did not start", self.data.display());
+    }
+
+    fn addr(&self, field: &str) -> SocketAddr {
+        let runtime: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.data.join("runtime.json")).unwrap())
+                .unwrap();
+        runtime[field].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Runs the CLI beside this node's data directory.
+    fn usher(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args(args)
+            .env("USHER_DATA_DIR", &self.data)
+            .env("USHER_KEK_FILE", self.data.parent().unwrap().join("kek"))
+            .output()
+            .unwrap()
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+/// A database, a KEK file and two nodes (127.0.0.1 and 127.0.0.2) started at the same moment.
+fn cluster(dir: &Path) -> (TestDatabase, Node, Node) {
+    let db = runtime().block_on(TestDatabase::create());
+    std::fs::write(
+        dir.join("kek"),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )
+    .unwrap();
+    let a = Node::start(dir, "a", "127.0.0.1", &db);
+    let b = Node::start(dir, "b", "127.0.0.2", &db);
+    a.wait();
+    b.wait();
+    (db, a, b)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An HTTPS client trusting the instance's CA that reaches `localhost` at `addr`.
+fn https(ca: &Path, addr: SocketAddr) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A device's register request or operation-status request through one node.
+struct Device {
+    scope: String,
+    id: String,
+    token: String,
+}
+
+impl Device {
+    fn new(scope: &str, id: &str, group_key: &str) -> Self {
+        let credential = usher_device::Credential::from_group_key(id, group_key).unwrap();
+        Self {
+            scope: scope.into(),
+            id: id.into(),
+            token: credential.token(scope, 4_000_000_000),
+        }
+    }
+
+    async fn register(&self, http: &reqwest::Client, port: u16) -> (u16, Value) {
+        let url = format!(
+            "https://localhost:{port}/{}/registrations/{}/register?api-version=2021-06-01",
+            self.scope, self.id
+        );
+        let response = http
+            .put(url)
+            .header("Authorization", &self.token)
+            .json(&serde_json::json!({"registrationId": self.id}))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn operation(&self, http: &reqwest::Client, port: u16, op: &str) -> (u16, Value) {
+        let url = format!(
+            "https://localhost:{port}/{}/registrations/{}/operations/{op}?api-version=2021-06-01",
+            self.scope, self.id
+        );
+        let response = http
+            .get(url)
+            .header("Authorization", &self.token)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+}
+
+#[test]
+fn two_nodes_on_one_database_serve_one_instance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_db, a, b) = cluster(tmp.path());
+
+    // Both started at once; one instance came of it, with one CA.
+    let (show_a, show_b) = (
+        json(&a.usher(&["instance", "show", "--json", "--show-keys"])),
+        json(&b.usher(&["instance", "show", "--json", "--show-keys"])),
+    );
+    assert_eq!(show_a["idScope"], show_b["idScope"]);
+    assert_eq!(
+        show_a["serviceConnectionString"],
+        show_b["serviceConnectionString"]
+    );
+    assert_eq!(show_a["hubs"], show_b["hubs"]);
+    let ca = |n: &Node| std::fs::read_to_string(n.data.join("pki/ca.pem")).unwrap();
+    assert_eq!(ca(&a), ca(&b), "one CA for every node");
+    let scope = show_a["idScope"].as_str().unwrap().to_owned();
+    let ca_path = a.data.join("pki/ca.pem");
+
+    // A group made through node A; devices provision through node B (whose group cache learns of
+    // the new group from the database) and through node A, with `usher provision`.
+    let group = json(&a.usher(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "floor-1",
+        "--attestation-type",
+        "symmetrickey",
+    ]));
+    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (node, ip, device) in [(&b, "127.0.0.2", "sensor-b"), (&a, "127.0.0.1", "sensor-a")] {
+        let host = format!("{ip}:{}", node.addr("httpsAddr").port());
+        let out = ok(&node.usher(&[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            device,
+            "--group-key",
+            &group_key,
+            "--host",
+            &host,
+            "--ca",
+            ca_path.to_str().unwrap(),
+        ]));
+        assert!(out.contains(&format!("deviceId {device}")), "{out}");
+    }
+
+    // Registered through node A, polled through node B.
+    let rt = runtime();
+    let (port_a, port_b) = (a.addr("httpsAddr"), b.addr("httpsAddr"));
+    let (http_a, http_b) = (https(&ca_path, port_a), https(&ca_path, port_b));
+    rt.block_on(async {
+        let device = Device::new(&scope, "sensor-x", &group_key);
+        let (status, answer) = device.register(&http_a, port_a.port()).await;
+        assert_eq!(status, 202, "{answer}");
+        let op = answer["operationId"].as_str().unwrap();
+        let (status, answer) = device.operation(&http_b, port_b.port(), op).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["status"], "assigned", "{answer}");
+        assert_eq!(answer["registrationState"]["deviceId"], "sensor-x");
+    });
+
+    // Readiness of both, for a load balancer.
+    for node in [&a, &b] {
+        let metrics = node.addr("metricsAddr");
+        let ready = rt.block_on(async {
+            reqwest::get(format!("http://{metrics}/readyz"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert_eq!(ready, 200);
+    }
+
+    // The hub's identities, read through either node.
+    for node in [&a, &b] {
+        let devices = json(&node.usher(&["hub", "devices", "usher-hub", "--json"]));
+        let mut ids: Vec<&str> = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["deviceId"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["sensor-a", "sensor-b", "sensor-x"]);
+    }
+}
+
+#[test]
+fn the_same_device_registering_through_two_nodes_at_once_ends_with_one_record_and_one_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_db, a, b) = cluster(tmp.path());
+    let show = json(&a.usher(&["instance", "show", "--json"]));
+    let scope = show["idScope"].as_str().unwrap().to_owned();
+    let ca_path = a.data.join("pki/ca.pem");
+    let group = json(&a.usher(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "race",
+        "--attestation-type",
+        "symmetrickey",
+    ]));
+    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (port_a, port_b) = (a.addr("httpsAddr"), b.addr("httpsAddr"));
+    let (http_a, http_b) = (https(&ca_path, port_a), https(&ca_path, port_b));
+    const DEVICES: usize = 20;
+    let rt = runtime();
+    let outcomes = rt.block_on(async {
+        let mut outcomes = Vec::new();
+        for i in 0..DEVICES {
+            let device = Device::new(&scope, &format!("racer-{i:02}"), &group_key);
+            // Both requests in flight at once, one through each node.
+            let (through_a, through_b) = tokio::join!(
+                device.register(&http_a, port_a.port()),
+                device.register(&http_b, port_b.port())
+            );
+            assert_eq!(through_a.0, 202, "{}", through_a.1);
+            assert_eq!(through_b.0, 202, "{}", through_b.1);
+            let ops = [
+                through_a.1["operationId"].as_str().unwrap().to_owned(),
+                through_b.1["operationId"].as_str().unwrap().to_owned(),
+            ];
+            // Each asked through the other node than the one that took it.
+            let polls = [
+                device.operation(&http_b, port_b.port(), &ops[0]).await,
+                device.operation(&http_a, port_a.port(), &ops[1]).await,
+            ];
+            outcomes.push((device.id.clone(), polls));
+        }
+        outcomes
+    });
+    let devices = json(&b.usher(&["hub", "devices", "usher-hub", "--json"]));
+    let devices = devices.as_array().unwrap();
+    assert_eq!(devices.len(), DEVICES, "one identity per device");
+    for (id, polls) in &outcomes {
+        let record = json(&a.usher(&["registration", "show", id, "--json"]));
+        assert_eq!(record["registrationId"], id.as_str());
+        assert_eq!(record["status"], "assigned", "{record}");
+        assert_eq!(record["deviceId"], id.as_str());
+        // The two registrations were decided one after the other: the record names the operation
+        // written last, which answers assigned (through either node); the other is superseded.
+        let statuses: Vec<u16> = polls.iter().map(|(status, _)| *status).collect();
+        assert!(
+            statuses == [200, 404] || statuses == [404, 200],
+            "{id}: {polls:?}"
+        );
+        let (_, latest) = polls.iter().find(|(status, _)| *status == 200).unwrap();
+        assert_eq!(latest["status"], "assigned", "{latest}");
+        assert_eq!(
+            latest["registrationState"]["etag"], record["etag"],
+            "{latest} {record}"
+        );
+        let identity: Vec<&Value> = devices
+            .iter()
+            .filter(|d| d["deviceId"] == id.as_str())
+            .collect();
+        assert_eq!(identity.len(), 1, "{id}");
+        assert_eq!(identity[0]["status"], "enabled");
+    }
+}

@@ -56,6 +56,25 @@ pub(crate) enum Command {
     SasToken(SasTokenCommand),
     /// Measure registrations per second against a running instance, or seed it with enrollments.
     Bench(Box<BenchArgs>),
+    /// Copy a whole instance into an empty store: from a data directory (SQLite) to a PostgreSQL
+    /// database, or back; then check the copy by comparing both stores' exports. Stop the servers
+    /// of the source first.
+    Migrate(MigrateArgs),
+}
+
+/// `usher migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Where the instance is: a data directory, or a postgres:// URL.
+    #[arg(long, value_name = "DIR|URL")]
+    pub(crate) from: String,
+    /// Where it is to go (empty): a data directory, or a postgres:// URL.
+    #[arg(long, value_name = "DIR|URL")]
+    pub(crate) to: String,
+    /// The KEK (both stores' data keys are wrapped with it; from a data directory, its own KEK
+    /// unless given; from PostgreSQL, the one the nodes are given).
+    #[command(flatten)]
+    pub(crate) kek: KekArgs,
 }
 
 /// `usher bench`: the load generator (`usher bench --transport …`) and `usher bench seed`.

@@ -354,3 +354,150 @@ fn the_same_device_registering_through_two_nodes_at_once_ends_with_one_record_an
         assert_eq!(identity[0]["status"], "enabled");
     }
 }
+
+/// The `Verified: …` line of `usher migrate`.
+fn verified(out: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("Verified: both export the same "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned()
+}
+
+#[test]
+fn migrate_moves_an_embedded_instance_to_postgres_and_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let embedded = dir.join("embedded");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args(args)
+            .env("USHER_DATA_DIR", &embedded)
+            .output()
+            .unwrap()
+    };
+    // An embedded instance with a group and a provisioned device.
+    let (scope, group_key) = {
+        let server = Node {
+            child: Command::new(env!("CARGO_BIN_EXE_usher"))
+                .args(["serve", "--data-dir"])
+                .arg(&embedded)
+                .args(["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+                .args(["--amqp-addr", "127.0.0.1:0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            data: embedded.clone(),
+        };
+        server.wait();
+        let scope = json(&run(&["instance", "show", "--json"]))["idScope"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let group = json(&run(&[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "floor-1",
+            "--attestation-type",
+            "symmetrickey",
+        ]));
+        let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let host = format!("localhost:{}", server.addr("httpsAddr").port());
+        ok(&run(&[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            "before-1",
+            "--group-key",
+            &group_key,
+            "--host",
+            &host,
+            "--ca",
+            embedded.join("pki/ca.pem").to_str().unwrap(),
+        ]));
+        (scope, group_key)
+    };
+    let kek = embedded.join("kek");
+    let db = runtime().block_on(TestDatabase::create());
+    let there = ok(&run(&[
+        "migrate",
+        "--from",
+        embedded.to_str().unwrap(),
+        "--to",
+        db.url(),
+    ]));
+    assert!(
+        there.contains(
+            "Copied 0 enrollments, 1 enrollment groups, 1 registration records, 1 hub devices"
+        ),
+        "{there}"
+    );
+    assert!(there.contains("with the development CA"), "{there}");
+    // Into a store that holds an instance: refused.
+    let again = run(&[
+        "migrate",
+        "--from",
+        embedded.to_str().unwrap(),
+        "--to",
+        db.url(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("holds an instance already"),
+        "{again:?}"
+    );
+    // And back, with the KEK the nodes are given.
+    let back_dir = dir.join("back");
+    let back = ok(&run(&[
+        "migrate",
+        "--from",
+        db.url(),
+        "--to",
+        back_dir.to_str().unwrap(),
+        "--kek-file",
+        kek.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        verified(&there),
+        verified(&back),
+        "the same instance both ways"
+    );
+    assert_eq!(
+        std::fs::read(back_dir.join("pki/ca.pem")).unwrap(),
+        std::fs::read(embedded.join("pki/ca.pem")).unwrap()
+    );
+
+    // A node on the database serves the instance: same scope, same CA, the old device's record.
+    std::fs::copy(&kek, dir.join("kek")).unwrap();
+    let node = Node::start(dir, "node", "127.0.0.1", &db);
+    node.wait();
+    let show = json(&node.usher(&["instance", "show", "--json"]));
+    assert_eq!(show["idScope"], scope.as_str());
+    assert_eq!(
+        std::fs::read(node.data.join("pki/ca.pem")).unwrap(),
+        std::fs::read(embedded.join("pki/ca.pem")).unwrap(),
+        "devices keep trusting the CA they trust"
+    );
+    let record = json(&node.usher(&["registration", "show", "before-1", "--json"]));
+    assert_eq!(record["status"], "assigned");
+    let host = format!("localhost:{}", node.addr("httpsAddr").port());
+    let out = ok(&node.usher(&[
+        "provision",
+        "--id-scope",
+        &scope,
+        "--registration-id",
+        "after-1",
+        "--group-key",
+        &group_key,
+        "--host",
+        &host,
+        "--ca",
+        embedded.join("pki/ca.pem").to_str().unwrap(),
+    ]));
+    assert!(out.contains("deviceId after-1"), "{out}");
+}

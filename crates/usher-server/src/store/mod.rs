@@ -7,6 +7,7 @@
 //! PostgreSQL the write transactions of all nodes take one advisory lock, so they run one at a time
 //! and every read-modify-write decision is linearizable across nodes.
 
+pub mod copy;
 mod postgres;
 mod sqlite;
 
@@ -540,6 +541,11 @@ impl Store {
         dispatch!(self, s => s.hub_policy(hub, name).await)
     }
 
+    /// A built-in hub's policies, by name.
+    pub async fn hub_policies(&self, hub: &str) -> Result<Vec<Policy>, StoreError> {
+        dispatch!(self, s => s.hub_policies(hub).await)
+    }
+
     /// Adds each policy the hub does not have yet (by name); existing ones are left as they are.
     pub async fn ensure_hub_policies(
         &self,
@@ -707,6 +713,16 @@ impl Store {
     /// one's hash as the chain's anchor; returns how many went.
     pub async fn prune_audit(&self, before: String) -> Result<u64, StoreError> {
         dispatch!(self, s => s.prune_audit(before).await)
+    }
+
+    /// Writes audit entries as they are (positions and hashes kept), after setting the chain's
+    /// anchor: for copying a log into an empty store (`usher migrate`).
+    pub async fn restore_audit(
+        &self,
+        anchor: (u64, String),
+        entries: Vec<usher_proto::audit::Entry>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.restore_audit(anchor, entries).await)
     }
 
     /// Deletes a registration record if `allow` agrees; `Ok(None)` if there was none.

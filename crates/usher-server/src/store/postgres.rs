@@ -263,6 +263,19 @@ impl PgStore {
         rx.await.map_err(|_| E::from(StoreError::WriterGone))?
     }
 
+    /// A file the instance's nodes share, if stored.
+    pub async fn shared_file(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let c = self.conn().await?;
+        opt(
+            &c,
+            "SELECT content FROM instance_files WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| Ok(self.sealer.open(&r.try_get::<_, String>(0)?)?))
+        .transpose()
+    }
+
     /// Stores each (name, content) unless a file of that name is stored already, and returns the
     /// contents in force, in the order given: the first node's files win, every later node gets
     /// them. Contents are sealed.
@@ -900,6 +913,60 @@ impl PgStore {
                 )
                 .await?;
                 Ok(n)
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn hub_policies(&self, hub: &str) -> Result<Vec<Policy>, StoreError> {
+        let c = self.conn().await?;
+        query(
+            &c,
+            "SELECT name, primary_key, secondary_key, rights FROM hub_policies WHERE hub = $1 ORDER BY name",
+            &[&hub],
+        )
+        .await?
+        .iter()
+        .map(|r| open_policy(&self.sealer, raw_policy(r)?))
+        .collect()
+    }
+
+    pub(super) async fn restore_audit(
+        &self,
+        (anchor_seq, anchor_hash): (u64, String),
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            Box::pin(async move {
+                if anchor_seq > 0 {
+                    exec(
+                        c,
+                        "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, $1, $2)
+                         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                        &[&clamp(anchor_seq), &anchor_hash],
+                    )
+                    .await?;
+                }
+                for e in entries {
+                    exec(
+                        c,
+                        "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        &[
+                            &clamp(e.seq),
+                            &e.at,
+                            &e.actor,
+                            &e.address,
+                            &e.action,
+                            &e.target,
+                            &e.result,
+                            &e.prev,
+                            &e.hash,
+                        ],
+                    )
+                    .await?;
+                }
+                Ok(())
             })
         })
         .await

@@ -818,6 +818,54 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn hub_policies(&self, hub: &str) -> Result<Vec<Policy>, StoreError> {
+        let hub = hub.to_owned();
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, primary_key, secondary_key, rights FROM hub_policies WHERE hub = ?1 ORDER BY name",
+            )?;
+            let rows: Vec<RawPolicy> = stmt.query_map([hub], raw_policy)?.collect::<Result<_, _>>()?;
+            rows.into_iter().map(|p| open_policy(&sealer, p)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn restore_audit(
+        &self,
+        (anchor_seq, anchor_hash): (u64, String),
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            if anchor_seq > 0 {
+                c.exec(
+                    "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    params![clamp(anchor_seq), anchor_hash],
+                )?;
+            }
+            let mut stmt = c.prepare_cached(
+                "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for e in entries {
+                stmt.execute(params![
+                    clamp(e.seq),
+                    e.at,
+                    e.actor,
+                    e.address,
+                    e.action,
+                    e.target,
+                    e.result,
+                    e.prev,
+                    e.hash
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub(super) async fn delete_registration<E>(
         &self,
         registration_id: &str,

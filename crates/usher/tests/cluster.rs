@@ -27,12 +27,17 @@ impl Node {
     /// Starts `usher serve` on `ip` (ports chosen by the system) with its own data directory under
     /// `dir`, the shared KEK and the database.
     fn start(dir: &Path, name: &str, ip: &str, db: &TestDatabase) -> Self {
+        Self::start_at(dir, name, ip, db.url())
+    }
+
+    /// Starts a node on the database at `url`.
+    fn start_at(dir: &Path, name: &str, ip: &str, url: &str) -> Self {
         let data = dir.join(name);
         let any = format!("{ip}:0");
         let child = Command::new(env!("CARGO_BIN_EXE_usher"))
             .args(["serve", "--data-dir"])
             .arg(&data)
-            .args(["--store", db.url(), "--kek-file"])
+            .args(["--store", url, "--kek-file"])
             .arg(dir.join("kek"))
             .args([
                 "--https-addr",
@@ -166,6 +171,25 @@ impl Device {
             .await
             .unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// A register request through one node: its status and operation ID, or `None` if the node
+    /// could not be reached or did not answer.
+    async fn try_register(&self, http: &reqwest::Client, port: u16) -> Option<(u16, String)> {
+        let url = format!(
+            "https://localhost:{port}/{}/registrations/{}/register?api-version=2021-06-01",
+            self.scope, self.id
+        );
+        let response = http
+            .put(url)
+            .header("Authorization", &self.token)
+            .json(&serde_json::json!({"registrationId": self.id}))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.ok()?;
+        Some((status, answer["operationId"].as_str()?.to_owned()))
     }
 
     async fn operation(&self, http: &reqwest::Client, port: u16, op: &str) -> (u16, Value) {
@@ -500,4 +524,255 @@ fn migrate_moves_an_embedded_instance_to_postgres_and_back() {
         embedded.join("pki/ca.pem").to_str().unwrap(),
     ]));
     assert!(out.contains("deviceId after-1"), "{out}");
+}
+
+/// A TCP proxy in front of the database that can be cut (every connection dropped, new ones closed
+/// at once) and restored: the database going away and coming back, without touching the server
+/// other tests use.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Proxy {
+    fn start(rt: &tokio::runtime::Runtime, target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (up_task, cut_task) = (up.clone(), cut.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up_task.load(Ordering::Acquire) {
+                    continue; // dropped: closed at once
+                }
+                let target = target.clone();
+                let cut = cut_task.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self { port, up, cut }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::Release);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// `/readyz` of a node's metrics listener.
+async fn ready(node: &Node) -> u16 {
+    let url = format!("http://{}/readyz", node.addr("metricsAddr"));
+    match reqwest::get(url).await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Waits (up to 60 s) until `check` holds.
+async fn eventually<F: Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[test]
+fn when_the_database_goes_away_nodes_are_not_ready_refuse_and_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rt = runtime();
+    let db = rt.block_on(TestDatabase::create());
+    let mut url = reqwest::Url::parse(db.url()).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = Proxy::start(&rt, target);
+    url.set_port(Some(proxy.port)).unwrap();
+    std::fs::write(
+        dir.join("kek"),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )
+    .unwrap();
+    let proxied = ProxiedDb(url.to_string());
+    let a = Node::start_at(dir, "a", "127.0.0.1", &proxied.0);
+    let b = Node::start_at(dir, "b", "127.0.0.2", &proxied.0);
+    a.wait();
+    b.wait();
+    let scope = json(&a.usher(&["instance", "show", "--json"]))["idScope"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let group = json(&a.usher(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "g",
+        "--attestation-type",
+        "symmetrickey",
+    ]));
+    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca_path = a.data.join("pki/ca.pem");
+    let (port_a, port_b) = (a.addr("httpsAddr"), b.addr("httpsAddr"));
+    let (http_a, http_b) = (https(&ca_path, port_a), https(&ca_path, port_b));
+    rt.block_on(async {
+        let first = Device::new(&scope, "before", &group_key);
+        let (status, answer) = first.register(&http_a, port_a.port()).await;
+        assert_eq!(status, 202, "{answer}");
+        let first_op = answer["operationId"].as_str().unwrap().to_owned();
+
+        proxy.cut();
+        eventually("both nodes report not ready", || async {
+            ready(&a).await == 503 && ready(&b).await == 503
+        })
+        .await;
+        // A registration is refused, not acknowledged and lost.
+        let during = Device::new(&scope, "during", &group_key);
+        let (status, answer) = during.register(&http_b, port_b.port()).await;
+        assert!(status >= 500, "{status} {answer}");
+
+        proxy.restore();
+        eventually("both nodes are ready again", || async {
+            ready(&a).await == 200 && ready(&b).await == 200
+        })
+        .await;
+        let (status, answer) = first.operation(&http_b, port_b.port(), &first_op).await;
+        assert_eq!(
+            (status, &answer["status"]),
+            (200, &"assigned".into()),
+            "{answer}"
+        );
+        let (status, answer) = during.register(&http_b, port_b.port()).await;
+        assert_eq!(status, 202, "{answer}");
+        let op = answer["operationId"].as_str().unwrap();
+        let (status, answer) = during.operation(&http_a, port_a.port(), op).await;
+        assert_eq!(
+            (status, &answer["status"]),
+            (200, &"assigned".into()),
+            "{answer}"
+        );
+    });
+    drop((a, b));
+    drop(db);
+}
+
+/// A database URL that is not a [`TestDatabase`] of its own (a proxy in front of one).
+struct ProxiedDb(String);
+
+#[test]
+fn a_node_killed_mid_load_loses_no_acknowledged_registration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_db, mut a, b) = cluster(tmp.path());
+    let scope = json(&a.usher(&["instance", "show", "--json"]))["idScope"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let group = json(&a.usher(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "load",
+        "--attestation-type",
+        "symmetrickey",
+    ]));
+    let group_key = group["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca_path = a.data.join("pki/ca.pem");
+    let (port_a, port_b) = (a.addr("httpsAddr"), b.addr("httpsAddr"));
+    let (http_a, http_b) = (https(&ca_path, port_a), https(&ca_path, port_b));
+    const BATCHES: usize = 8;
+    const PER_BATCH: usize = 16;
+    let rt = runtime();
+    // Batches of registrations, half through each node; node A is killed (SIGKILL) while the
+    // fifth batch is in flight. Whatever a node acknowledged (202 with an operation ID) must be
+    // there afterwards; what failed with node A is sent again through node B, as a load balancer
+    // would.
+    let (ha, hb) = (&http_a, &http_b);
+    let acknowledged = rt.block_on(async {
+        let mut acknowledged = Vec::new();
+        let mut killed = false;
+        let mut resent = 0;
+        for batch in 0..BATCHES {
+            let devices: Vec<Device> = (0..PER_BATCH)
+                .map(|i| Device::new(&scope, &format!("load-{batch}-{i:02}"), &group_key))
+                .collect();
+            let requests = futures_util::future::join_all(devices.iter().enumerate().map(
+                |(i, d)| async move {
+                    let through_a = i % 2 == 0 && !killed;
+                    let (http, port) = if through_a {
+                        (ha, port_a.port())
+                    } else {
+                        (hb, port_b.port())
+                    };
+                    let answer = d.try_register(http, port).await;
+                    (d, answer)
+                },
+            ));
+            let results = if batch == 4 {
+                let (results, ()) = tokio::join!(requests, async {
+                    tokio::task::yield_now().await;
+                    a.child.kill().unwrap();
+                });
+                killed = true;
+                results
+            } else {
+                requests.await
+            };
+            for (d, answer) in results {
+                match answer {
+                    Some((202, op)) => acknowledged.push((d.id.clone(), op)),
+                    _ => {
+                        assert!(killed, "{}: refused with both nodes up", d.id);
+                        resent += 1;
+                        let (status, answer) = d.register(&http_b, port_b.port()).await;
+                        assert_eq!(status, 202, "{answer}");
+                        let op = answer["operationId"].as_str().unwrap().to_owned();
+                        acknowledged.push((d.id.clone(), op));
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "{} registrations acknowledged; {resent} sent again through node B after node A was killed",
+            acknowledged.len()
+        );
+        acknowledged
+    });
+    let _ = a.child.wait();
+    assert_eq!(acknowledged.len(), BATCHES * PER_BATCH);
+    rt.block_on(async {
+        for (id, op) in &acknowledged {
+            let device = Device::new(&scope, id, &group_key);
+            let (status, answer) = device.operation(&http_b, port_b.port(), op).await;
+            assert_eq!(status, 200, "{id}: {answer}");
+            assert_eq!(answer["status"], "assigned", "{id}: {answer}");
+        }
+    });
+    let devices = json(&b.usher(&["hub", "devices", "usher-hub", "--json"]));
+    assert_eq!(devices.as_array().unwrap().len(), BATCHES * PER_BATCH);
 }

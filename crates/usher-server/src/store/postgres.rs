@@ -1093,13 +1093,11 @@ async fn writer_loop(
                 continue;
             }
         };
-        let begun = async {
-            conn.batch_execute("BEGIN").await?;
-            one(&conn, "SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await?;
-            Ok::<_, StoreError>(())
-        }
-        .await;
-        if let Err(error) = begun {
+        // Round trips are most of a job's cost: the lock and the first savepoint go with BEGIN,
+        // and each job's end with the next job's savepoint.
+        let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); SAVEPOINT job");
+        if let Err(e) = conn.batch_execute(&begin).await {
+            let error = StoreError::from(e);
             let _ = conn.batch_execute("ROLLBACK").await;
             for job in batch {
                 job.abandon(error.clone());
@@ -1107,20 +1105,26 @@ async fn writer_loop(
             continue;
         }
         let mut completions = Vec::with_capacity(batch.len());
-        for job in batch {
-            if let Err(e) = conn.batch_execute("SAVEPOINT job").await {
-                job.abandon(StoreError::from(e));
+        let mut broken: Option<StoreError> = None;
+        for (index, job) in batch.into_iter().enumerate() {
+            if let Some(error) = &broken {
+                job.abandon(error.clone());
                 continue;
             }
             let (keep, completion) = job.run(&conn).await;
-            let end = if keep {
-                conn.batch_execute("RELEASE job").await
-            } else {
-                conn.batch_execute("ROLLBACK TO job; RELEASE job").await
+            let end = match (keep, index + 1 == batch_size) {
+                (true, false) => "RELEASE job; SAVEPOINT job",
+                (true, true) => "RELEASE job",
+                (false, false) => "ROLLBACK TO job; RELEASE job; SAVEPOINT job",
+                (false, true) => "ROLLBACK TO job; RELEASE job",
             };
-            match end {
+            match conn.batch_execute(end).await {
                 Ok(()) => completions.push(completion),
-                Err(e) => completion(Err(StoreError::from(e))),
+                Err(e) => {
+                    let error = StoreError::from(e);
+                    completion(Err(error.clone()));
+                    broken = Some(error);
+                }
             }
         }
         let commit = conn.batch_execute("COMMIT").await.map_err(StoreError::from);

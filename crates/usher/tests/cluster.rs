@@ -652,7 +652,11 @@ fn when_the_database_goes_away_nodes_are_not_ready_refuse_and_recover() {
         // A registration is refused, not acknowledged and lost.
         let during = Device::new(&scope, "during", &group_key);
         let (status, answer) = during.register(&http_b, port_b.port()).await;
-        assert!(status >= 500, "{status} {answer}");
+        assert_eq!(
+            (status, &answer["errorCode"]),
+            (500, &500_001.into()),
+            "{answer}"
+        );
 
         proxy.restore();
         eventually("both nodes are ready again", || async {

@@ -11,7 +11,7 @@
 //! serialization failures cannot happen, so nothing is retried. Reads do not take the lock.
 //!
 //! Connections are plain TCP or Unix sockets: TLS to the database is not supported (`sslmode`
-//! `disable`, `allow` and `prefer` connect without TLS; `require` is refused by the driver).
+//! `disable` and `prefer` connect without TLS; `require` fails to connect).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -195,20 +195,20 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], SetupError> {
 
 /// A new random key of `n` bytes (16 to 64).
 pub fn new_symmetric_key(n: usize) -> Result<SymmetricKey, ApiError> {
+    SymmetricKey::generate(&random_vec(n)?).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+}
+
+/// `n` bytes from the operating system's randomness.
+pub fn random_vec(n: usize) -> Result<Vec<u8>, ApiError> {
     let mut buf = vec![0u8; n];
     getrandom::fill(&mut buf)
         .map_err(|e| StoreError::Database(format!("cannot draw random bytes: {e}")))?;
-    SymmetricKey::generate(&buf).map_err(|e| ApiError::InvalidArgument(e.to_string()))
+    Ok(buf)
 }
 
 /// A new random key of `n` bytes (16 to 64), as base64.
 pub fn new_key(n: usize) -> Result<String, ApiError> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf)
-        .map_err(|e| StoreError::Database(format!("cannot draw random bytes: {e}")))?;
-    SymmetricKey::generate(&buf)
-        .map(|k| k.to_base64())
-        .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+    new_symmetric_key(n).map(|k| k.to_base64())
 }
 
 /// Opens (creating on first run) the data directory and the store (SQLite in the data directory,

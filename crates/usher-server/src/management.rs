@@ -106,12 +106,12 @@ impl Kind {
     /// Parses a request body into (id, attestation, settings), and the full typed value re-serialised.
     fn parse(
         self,
-        body: &[u8],
+        body: Source<'_>,
     ) -> Result<(String, AttestationMechanism, EnrollmentSettings, Value), ApiError> {
         let invalid = |e: serde_json::Error| ApiError::InvalidJson(e.to_string());
         match self {
             Self::Enrollment => {
-                let mut e: IndividualEnrollment = serde_json::from_slice(body).map_err(invalid)?;
+                let mut e: IndividualEnrollment = body.decode().map_err(invalid)?;
                 e.registration_state = None;
                 if let Some(device_id) = &e.device_id
                     && !crate::hub::is_valid_device_id(device_id)
@@ -124,7 +124,7 @@ impl Kind {
                 Ok((e.registration_id, e.attestation, e.settings, json))
             }
             Self::Group => {
-                let g: EnrollmentGroup = serde_json::from_slice(body).map_err(invalid)?;
+                let g: EnrollmentGroup = body.decode().map_err(invalid)?;
                 if g.attestation.kind == AttestationType::Tpm {
                     return Err(ApiError::InvalidArgument(
                         "enrollment groups cannot use TPM attestation".into(),
@@ -133,6 +133,21 @@ impl Kind {
                 let json = serde_json::to_value(&g).map_err(invalid)?;
                 Ok((g.enrollment_group_id, g.attestation, g.settings, json))
             }
+        }
+    }
+}
+
+/// An enrollment or group to parse: a request body, or a line an import has already parsed.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    Value(Value),
+}
+
+impl Source<'_> {
+    fn decode<T: serde::de::DeserializeOwned>(self) -> serde_json::Result<T> {
+        match self {
+            Self::Bytes(bytes) => serde_json::from_slice(bytes),
+            Self::Value(value) => serde_json::from_value(value),
         }
     }
 }
@@ -147,7 +162,7 @@ pub async fn put(
     pre: Precondition,
 ) -> Result<Value, ApiError> {
     let hubs = app.store.hubs().await?;
-    let put = prepare_put(kind, path_id, body, pre, &hubs)?;
+    let put = prepare_put(kind, path_id, Source::Bytes(body), pre, &hubs)?;
     let key = put.key.clone();
     app.store
         .upsert_doc(kind.collection(), &key, move |current| put.decide(current))
@@ -173,7 +188,7 @@ pub struct PreparedPut {
 fn prepare_put(
     kind: Kind,
     path_id: &str,
-    body: &[u8],
+    body: Source<'_>,
     pre: Precondition,
     hubs: &[Hub],
 ) -> Result<PreparedPut, ApiError> {
@@ -205,7 +220,7 @@ fn prepare_put(
         attestation,
         json,
         pre,
-        fresh: [new_key(GENERATED_KEY_BYTES)?, new_key(GENERATED_KEY_BYTES)?],
+        fresh: new_keys()?,
     })
 }
 
@@ -257,6 +272,19 @@ impl PreparedPut {
     }
 }
 
+/// Two fresh keys of [`GENERATED_KEY_BYTES`] from one draw of the system's randomness (a bulk
+/// import makes a million of them).
+fn new_keys() -> Result<[String; 2], ApiError> {
+    let bytes = crate::app::random_vec(2 * GENERATED_KEY_BYTES)?;
+    let (p, s) = bytes.split_at(GENERATED_KEY_BYTES);
+    let key = |b: &[u8]| {
+        SymmetricKey::generate(b)
+            .map(|k| k.to_base64())
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))
+    };
+    Ok([key(p)?, key(s)?])
+}
+
 /// How an import treats a record that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportMode {
@@ -295,42 +323,99 @@ const SERVER_OWNED: [&str; 4] = [
     "lastUpdatedDateTimeUtc",
 ];
 
-/// Imports one batch of JSON Lines (numbered lines, blank ones already skipped) in one store
-/// transaction. Each line is validated alone; a bad line or an existing record (in create mode)
-/// is reported and the others are stored. A store failure fails the whole batch, which then wrote
-/// nothing.
-pub async fn import_batch(
-    app: &App,
+/// One batch of an import, validated and ready to store.
+pub struct ImportBatch {
+    kind: Kind,
+    /// Line number and ID of each record in `work`, in order.
+    lines: Vec<(u64, String)>,
+    work: BatchWork,
+    /// Lines refused before reaching the store.
+    failures: Vec<ImportFailure>,
+}
+
+enum BatchWork {
+    /// Create mode: documents decided as if nothing were stored; the writer inserts each unless its
+    /// key exists, reading no stored record.
+    Insert(Vec<Doc>),
+    /// Update mode: each decision runs against the stored record inside the writer.
+    Upsert(Vec<(String, crate::store::Decide<ApiError>)>),
+}
+
+/// Validates one batch of JSON Lines (numbered lines, blank ones already skipped) against the
+/// linked hubs: pure CPU work, no store access, so an import prepares the next batch while the
+/// previous one commits. Each line stands alone; a bad one becomes a failure of its own.
+pub fn prepare_import(
     kind: Kind,
     mode: ImportMode,
     lines: Vec<(u64, Vec<u8>)>,
-) -> Result<(u64, Vec<ImportFailure>), ApiError> {
-    let hubs = app.store.hubs().await?;
+    hubs: &[Hub],
+) -> ImportBatch {
     let pre = match mode {
         ImportMode::Create => Precondition::None,
         ImportMode::Update => Precondition::Any,
     };
-    let mut failures = Vec::new();
-    let mut prepared = Vec::with_capacity(lines.len());
+    let mut batch = ImportBatch {
+        kind,
+        lines: Vec::with_capacity(lines.len()),
+        work: match mode {
+            ImportMode::Create => BatchWork::Insert(Vec::with_capacity(lines.len())),
+            ImportMode::Update => BatchWork::Upsert(Vec::with_capacity(lines.len())),
+        },
+        failures: Vec::new(),
+    };
     for (line, bytes) in lines {
-        match prepare_import_line(kind, &bytes, pre.clone(), &hubs) {
-            Ok(put) => prepared.push((line, put)),
-            Err((id, error)) => failures.push(ImportFailure { line, id, error }),
+        let put = match prepare_import_line(kind, &bytes, pre.clone(), hubs) {
+            Ok(put) => put,
+            Err((id, error)) => {
+                batch.failures.push(ImportFailure { line, id, error });
+                continue;
+            }
+        };
+        let id = put.id.clone();
+        match &mut batch.work {
+            BatchWork::Insert(docs) => match put.decide(None) {
+                Ok(doc) => docs.push(doc),
+                Err(error) => {
+                    batch.failures.push(ImportFailure { line, id, error });
+                    continue;
+                }
+            },
+            BatchWork::Upsert(items) => {
+                let key = put.key.clone();
+                items.push((key, Box::new(move |cur| put.decide(cur))));
+            }
         }
+        batch.lines.push((line, id));
     }
-    let mut lines_of = Vec::with_capacity(prepared.len());
-    let items: Vec<(String, crate::store::Decide<ApiError>)> = prepared
-        .into_iter()
-        .map(|(line, put)| {
-            lines_of.push((line, put.id.clone()));
-            let key = put.key.clone();
-            let decide: crate::store::Decide<ApiError> = Box::new(move |cur| put.decide(cur));
-            (key, decide)
-        })
-        .collect();
-    let outcomes = app.store.upsert_docs(kind.collection(), items).await?;
+    batch
+}
+
+/// Stores a prepared batch in one transaction: returns how many records were stored and every
+/// failure (the batch's own and the store's refusals: an existing record in create mode). A
+/// store failure fails the whole batch, which then wrote nothing.
+pub async fn commit_import(
+    app: &App,
+    batch: ImportBatch,
+) -> Result<(u64, Vec<ImportFailure>), ApiError> {
+    let ImportBatch {
+        kind,
+        lines,
+        work,
+        mut failures,
+    } = batch;
+    let outcomes: Vec<Result<(), ApiError>> = match work {
+        BatchWork::Insert(docs) => app
+            .store
+            .insert_docs(kind.collection(), docs)
+            .await?
+            .into_iter()
+            .zip(&lines)
+            .map(|(new, (_, id))| if new { Ok(()) } else { Err(kind.exists(id)) })
+            .collect(),
+        BatchWork::Upsert(items) => app.store.upsert_docs(kind.collection(), items).await?,
+    };
     let mut imported = 0;
-    for ((line, id), outcome) in lines_of.into_iter().zip(outcomes) {
+    for ((line, id), outcome) in lines.into_iter().zip(outcomes) {
         match outcome {
             Ok(()) => imported += 1,
             Err(error) => failures.push(ImportFailure { line, id, error }),
@@ -359,9 +444,7 @@ fn prepare_import_line(
             obj.remove(field);
         }
     }
-    let body = serde_json::to_vec(&value)
-        .map_err(|e| (id.clone(), ApiError::InvalidJson(e.to_string())))?;
-    prepare_put(kind, &id, &body, pre, hubs).map_err(|e| (id, e))
+    prepare_put(kind, &id, Source::Value(value), pre, hubs).map_err(|e| (id, e))
 }
 
 /// Rotates an enrollment's or group's symmetric keys in one etag-guarded write: `primary` (a new

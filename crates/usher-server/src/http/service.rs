@@ -318,7 +318,7 @@ pub(super) fn import_kind(method: &Method, seg: &[&str]) -> Option<Kind> {
 }
 
 /// Lines stored per transaction by an import.
-const IMPORT_BATCH: usize = 2000;
+const IMPORT_BATCH: usize = 5000;
 /// Item failures an import answer lists (it counts them all).
 const IMPORT_ERRORS_LISTED: usize = 1000;
 
@@ -398,8 +398,11 @@ async fn import_stream(
         failed: 0,
         errors: Vec::new(),
     };
+    let hubs = app.store.hubs().await?;
     let mut lines = LineSplitter::default();
     let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(IMPORT_BATCH);
+    // The batch being committed while the next one is read and prepared: commits stay in line
+    // order (the next is started only after the previous finished), preparation overlaps them.
     let mut pending: Option<tokio::task::JoinHandle<ImportOutcome>> = None;
     loop {
         let frame = tokio::time::timeout(limits.body_timeout, body.frame())
@@ -427,13 +430,14 @@ async fn import_stream(
             }
         }
         if batch.len() >= IMPORT_BATCH || (finished && !batch.is_empty()) {
+            let items = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+            let prepared = management::prepare_import(kind, mode, items, &hubs);
             if let Some(previous) = pending.take() {
                 absorb(&mut report, previous.await)?;
             }
-            let items = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
             let app = app.clone();
             pending = Some(tokio::spawn(async move {
-                management::import_batch(&app, kind, mode, items).await
+                management::commit_import(&app, prepared).await
             }));
         }
         if finished {

@@ -599,6 +599,17 @@ impl Store {
         dispatch!(self, s => s.upsert_docs(coll, items).await)
     }
 
+    /// Inserts new documents in one transaction; one that exists (by key) is left as it is and
+    /// reported `false`. Keys are sealed and rows encoded before the writer is entered, so the
+    /// writer only inserts.
+    pub async fn insert_docs(
+        &self,
+        coll: Collection,
+        docs: Vec<Doc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self, s => s.insert_docs(coll, docs).await)
+    }
+
     /// A number that changes whenever an enrollment group is written, for caches of the groups.
     pub fn groups_generation(&self) -> u64 {
         dispatch!(self, s => s.groups_generation())

@@ -668,6 +668,31 @@ impl PgStore {
         .inspect(|_| self.touched(coll))
     }
 
+    pub(super) async fn insert_docs(
+        &self,
+        coll: Collection,
+        docs: Vec<Doc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let rows = docs
+            .iter()
+            .map(|d| encode_doc(&self.sealer, &d.id.to_ascii_lowercase(), d))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(move |c| {
+            Box::pin(async move {
+                let stmt = c.prepare_cached(&doc_sql(coll, OnConflict::Keep)).await?;
+                // Sent all at once (pipelined), run in order: one round trip, not one per row.
+                let changed = futures_util::future::try_join_all(
+                    rows.iter().map(|row| c.execute_raw(&stmt, row.params())),
+                )
+                .await?;
+                touched(c, coll).await?;
+                Ok(changed.into_iter().map(|n| n == 1).collect())
+            })
+        })
+        .await
+        .inspect(|_| self.touched(coll))
+    }
+
     pub(super) async fn delete_doc<E>(
         &self,
         coll: Collection,
@@ -1381,6 +1406,46 @@ async fn write_doc(
     key: &str,
     doc: &Doc,
 ) -> Result<(), StoreError> {
+    let row = encode_doc(sealer, key, doc)?;
+    exec(c, &doc_sql(coll, OnConflict::Replace), &row.params()).await?;
+    Ok(())
+}
+
+/// A document as its row: keys sealed, typed columns read out, the rest rendered as JSON. Pure
+/// CPU work, so a bulk insert does it before entering the writer.
+struct DocRow {
+    key: String,
+    id: String,
+    attestation: &'static str,
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+    status: &'static str,
+    policy: Option<&'static str>,
+    created: i64,
+    updated: i64,
+    doc: String,
+    etag: String,
+}
+
+impl DocRow {
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.key,
+            &self.id,
+            &self.attestation,
+            &self.primary_key,
+            &self.secondary_key,
+            &self.status,
+            &self.policy,
+            &self.created,
+            &self.updated,
+            &self.doc,
+            &self.etag,
+        ]
+    }
+}
+
+fn encode_doc(sealer: &Sealer, key: &str, doc: &Doc) -> Result<DocRow, StoreError> {
     let mut json = doc.json.clone();
     let keys = json
         .pointer_mut("/attestation")
@@ -1394,56 +1459,57 @@ async fn write_doc(
             .transpose()
     };
     let text = |path: &str| json.pointer(path).and_then(Value::as_str);
-    let attestation = text("/attestation/type")
-        .and_then(usher_proto::service::AttestationType::parse)
-        .map_or("none", usher_proto::service::AttestationType::as_str);
-    let status = text("/provisioningStatus")
-        .and_then(usher_proto::service::ProvisioningStatus::parse)
-        .map_or("enabled", usher_proto::service::ProvisioningStatus::as_str);
-    let policy = text("/allocationPolicy")
-        .and_then(usher_proto::service::AllocationPolicy::parse)
-        .map(usher_proto::service::AllocationPolicy::as_str);
     let ticks = |path: &str| {
         text(path)
             .and_then(usher_proto::model::parse_timestamp)
             .map_or(0, to_ticks)
     };
-    let sql = format!(
+    Ok(DocRow {
+        key: key.to_owned(),
+        id: doc.id.clone(),
+        attestation: text("/attestation/type")
+            .and_then(usher_proto::service::AttestationType::parse)
+            .map_or("none", usher_proto::service::AttestationType::as_str),
+        primary_key: key_of("primaryKey")?,
+        secondary_key: key_of("secondaryKey")?,
+        status: text("/provisioningStatus")
+            .and_then(usher_proto::service::ProvisioningStatus::parse)
+            .map_or("enabled", usher_proto::service::ProvisioningStatus::as_str),
+        policy: text("/allocationPolicy")
+            .and_then(usher_proto::service::AllocationPolicy::parse)
+            .map(usher_proto::service::AllocationPolicy::as_str),
+        created: ticks("/createdDateTimeUtc"),
+        updated: ticks("/lastUpdatedDateTimeUtc"),
+        doc: json.to_string(),
+        etag: doc.etag.clone(),
+    })
+}
+
+/// What a document write does when a row with the key exists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnConflict {
+    Replace,
+    Keep,
+}
+
+fn doc_sql(coll: Collection, on_conflict: OnConflict) -> String {
+    let conflict = match on_conflict {
+        OnConflict::Replace => {
+            "DO UPDATE SET id = excluded.id, attestation = excluded.attestation,
+               primary_key = excluded.primary_key, secondary_key = excluded.secondary_key,
+               provisioning_status = excluded.provisioning_status,
+               allocation_policy = excluded.allocation_policy, created = excluded.created,
+               updated = excluded.updated, doc = excluded.doc, etag = excluded.etag"
+        }
+        OnConflict::Keep => "DO NOTHING",
+    };
+    format!(
         "INSERT INTO {} (key, id, attestation, primary_key, secondary_key, provisioning_status,
                           allocation_policy, created, updated, doc, etag)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (key) DO UPDATE SET id = excluded.id, attestation = excluded.attestation,
-           primary_key = excluded.primary_key, secondary_key = excluded.secondary_key,
-           provisioning_status = excluded.provisioning_status,
-           allocation_policy = excluded.allocation_policy, created = excluded.created,
-           updated = excluded.updated, doc = excluded.doc, etag = excluded.etag",
+         ON CONFLICT (key) {conflict}",
         table(coll)
-    );
-    let (primary, secondary) = (key_of("primaryKey")?, key_of("secondaryKey")?);
-    let (created, updated) = (
-        ticks("/createdDateTimeUtc"),
-        ticks("/lastUpdatedDateTimeUtc"),
-    );
-    let body = json.to_string();
-    exec(
-        c,
-        &sql,
-        &[
-            &key,
-            &doc.id,
-            &attestation,
-            &primary,
-            &secondary,
-            &status,
-            &policy,
-            &created,
-            &updated,
-            &body,
-            &doc.etag,
-        ],
     )
-    .await?;
-    Ok(())
 }
 
 /// The last entry's place and hash (or the anchor's, or the genesis): where the next entry chains on.

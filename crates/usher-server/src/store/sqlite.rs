@@ -566,6 +566,24 @@ impl SqliteStore {
         .inspect(|_| self.touched(coll))
     }
 
+    pub(super) async fn insert_docs(
+        &self,
+        coll: Collection,
+        docs: Vec<Doc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let rows = docs
+            .iter()
+            .map(|d| encode_doc(&self.sealer, &d.id.to_ascii_lowercase(), d))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(move |c| {
+            rows.iter()
+                .map(|row| put_row(c, coll, row, OnConflict::Keep))
+                .collect::<Result<Vec<bool>, StoreError>>()
+        })
+        .await
+        .inspect(|_| self.touched(coll))
+    }
+
     pub(super) async fn delete_doc<E>(
         &self,
         coll: Collection,
@@ -1392,6 +1410,26 @@ fn write_doc(
     key: &str,
     doc: &Doc,
 ) -> Result<(), StoreError> {
+    put_row(c, coll, &encode_doc(sealer, key, doc)?, OnConflict::Replace).map(|_| ())
+}
+
+/// A document as its row: keys sealed, typed columns read out, the rest rendered as JSON. Pure
+/// CPU work, so a bulk insert does it before entering the writer.
+struct DocRow {
+    key: String,
+    id: String,
+    attestation: &'static str,
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+    status: &'static str,
+    policy: Option<&'static str>,
+    created: i64,
+    updated: i64,
+    doc: String,
+    etag: String,
+}
+
+fn encode_doc(sealer: &Sealer, key: &str, doc: &Doc) -> Result<DocRow, StoreError> {
     let mut json = doc.json.clone();
     let keys = json
         .pointer_mut("/attestation")
@@ -1405,45 +1443,96 @@ fn write_doc(
             .transpose()
     };
     let text = |path: &str| json.pointer(path).and_then(Value::as_str);
-    let attestation = text("/attestation/type")
-        .and_then(usher_proto::service::AttestationType::parse)
-        .map_or("none", usher_proto::service::AttestationType::as_str);
-    let status = text("/provisioningStatus")
-        .and_then(usher_proto::service::ProvisioningStatus::parse)
-        .map_or("enabled", usher_proto::service::ProvisioningStatus::as_str);
-    let policy = text("/allocationPolicy")
-        .and_then(usher_proto::service::AllocationPolicy::parse)
-        .map(usher_proto::service::AllocationPolicy::as_str);
     let ticks = |path: &str| {
         text(path)
             .and_then(usher_proto::model::parse_timestamp)
             .map_or(0, to_ticks)
     };
-    let sql = format!(
-        "INSERT INTO {} (key, id, attestation, primary_key, secondary_key, provisioning_status,
-                          allocation_policy, created, updated, doc, etag)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (key) DO UPDATE SET id = excluded.id, attestation = excluded.attestation,
-           primary_key = excluded.primary_key, secondary_key = excluded.secondary_key,
-           provisioning_status = excluded.provisioning_status,
-           allocation_policy = excluded.allocation_policy, created = excluded.created,
-           updated = excluded.updated, doc = excluded.doc, etag = excluded.etag",
-        table(coll)
-    );
-    c.prepare_cached(&sql)?.execute(params![
-        key,
-        doc.id,
-        attestation,
-        key_of("primaryKey")?,
-        key_of("secondaryKey")?,
-        status,
-        policy,
-        ticks("/createdDateTimeUtc"),
-        ticks("/lastUpdatedDateTimeUtc"),
-        json.to_string(),
-        doc.etag,
+    Ok(DocRow {
+        key: key.to_owned(),
+        id: doc.id.clone(),
+        attestation: text("/attestation/type")
+            .and_then(usher_proto::service::AttestationType::parse)
+            .map_or("none", usher_proto::service::AttestationType::as_str),
+        primary_key: key_of("primaryKey")?,
+        secondary_key: key_of("secondaryKey")?,
+        status: text("/provisioningStatus")
+            .and_then(usher_proto::service::ProvisioningStatus::parse)
+            .map_or("enabled", usher_proto::service::ProvisioningStatus::as_str),
+        policy: text("/allocationPolicy")
+            .and_then(usher_proto::service::AllocationPolicy::parse)
+            .map(usher_proto::service::AllocationPolicy::as_str),
+        created: ticks("/createdDateTimeUtc"),
+        updated: ticks("/lastUpdatedDateTimeUtc"),
+        doc: json.to_string(),
+        etag: doc.etag.clone(),
+    })
+}
+
+/// What [`put_row`] does when a row with the key exists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnConflict {
+    Replace,
+    Keep,
+}
+
+/// Stores a row; returns whether it was written (with [`OnConflict::Keep`], false when the key
+/// exists).
+fn put_row(
+    c: &Connection,
+    coll: Collection,
+    row: &DocRow,
+    on_conflict: OnConflict,
+) -> Result<bool, StoreError> {
+    macro_rules! upsert {
+        ($table:literal) => {
+            (
+                concat!(
+                    "INSERT INTO ",
+                    $table,
+                    " (key, id, attestation, primary_key, secondary_key, provisioning_status,
+                       allocation_policy, created, updated, doc, etag)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (key) DO UPDATE SET id = excluded.id,
+                       attestation = excluded.attestation, primary_key = excluded.primary_key,
+                       secondary_key = excluded.secondary_key,
+                       provisioning_status = excluded.provisioning_status,
+                       allocation_policy = excluded.allocation_policy, created = excluded.created,
+                       updated = excluded.updated, doc = excluded.doc, etag = excluded.etag"
+                ),
+                concat!(
+                    "INSERT INTO ",
+                    $table,
+                    " (key, id, attestation, primary_key, secondary_key, provisioning_status,
+                       allocation_policy, created, updated, doc, etag)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (key) DO NOTHING"
+                ),
+            )
+        };
+    }
+    let (replace, keep) = match coll {
+        Collection::Enrollments => upsert!("enrollments"),
+        Collection::EnrollmentGroups => upsert!("enrollment_groups"),
+    };
+    let sql = match on_conflict {
+        OnConflict::Replace => replace,
+        OnConflict::Keep => keep,
+    };
+    let changed = c.prepare_cached(sql)?.execute(params![
+        row.key,
+        row.id,
+        row.attestation,
+        row.primary_key,
+        row.secondary_key,
+        row.status,
+        row.policy,
+        row.created,
+        row.updated,
+        row.doc,
+        row.etag,
     ])?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 pub(super) fn open_policy(

@@ -78,6 +78,7 @@ contract!(
     the_audit_chain_survives_pruning_from_its_anchor,
     hub_devices_and_group_records_page_by_keyset,
     many_documents_in_one_write_each_deciding_alone,
+    bulk_inserts_keep_existing_documents,
 );
 
 fn doc(id: &str, etag: &str) -> Doc {
@@ -1066,4 +1067,43 @@ async fn a_copy_to_postgres_and_back_exports_the_same() {
     assert_eq!(seq, 1);
     let entries = back.audit_entries(0, 10).await.unwrap();
     assert_eq!(usher_proto::audit::verify(seq, &hash, &entries), Ok(2));
+}
+
+async fn bulk_inserts_keep_existing_documents(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    store
+        .upsert_doc(Collection::Enrollments, "old", |_| {
+            Ok::<_, Refused>(doc("old", "e0"))
+        })
+        .await
+        .unwrap();
+    let inserted = store
+        .insert_docs(
+            Collection::Enrollments,
+            vec![
+                doc("new-1", "e1"),
+                doc("OLD", "e2"),
+                doc("new-2", "e3"),
+                doc("New-1", "e4"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, vec![true, false, true, false]);
+    let old = store
+        .doc(Collection::Enrollments, "old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (old.id.as_str(), old.etag.as_str()),
+        ("old", "e0"),
+        "left as it was"
+    );
+    let new = store
+        .doc(Collection::Enrollments, "new-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.etag, "e1");
 }

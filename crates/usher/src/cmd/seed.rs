@@ -73,35 +73,47 @@ async fn seed(
     }
     let bar = super::manage::progress(count, &format!("seeding {route}"));
     let path = format!("/usher/{route}/import?mode=create");
-    let mut created = 0;
-    let mut next = 1;
-    while next <= count {
-        let last = (next + PER_REQUEST - 1).min(count);
-        let mut body = String::with_capacity(((last - next + 1) * 80) as usize);
-        for n in next..=last {
+    let send = |first: u64, last: u64| {
+        let mut body = String::with_capacity(((last - first + 1) * 80) as usize);
+        for n in first..=last {
             body.push_str(&line(n));
             body.push('\n');
         }
-        let answer = client
-            .call_bytes(
-                Method::POST,
-                &path,
-                "application/x-ndjson",
-                body.into_bytes(),
-            )
-            .await?
-            .body;
-        created += answer["imported"].as_u64().unwrap_or(0);
-        if let Some(first) = answer["errors"].as_array().and_then(|a| a.first()) {
-            bar.finish_and_clear();
-            anyhow::bail!(
-                "{} record(s) of {route} were refused; the first: {} {} {}",
-                answer["failed"],
-                text(&first["id"]),
-                text(&first["errorCode"]),
-                text(&first["errorStatus"]),
-            );
+        client.call_bytes(
+            Method::POST,
+            &path,
+            "application/x-ndjson",
+            body.into_bytes(),
+        )
+    };
+    let mut created = 0;
+    let mut next = 1;
+    while next <= count {
+        // Two requests at once: one is being stored while the other is read and validated (the
+        // order of seeded records does not matter).
+        let a_last = (next + PER_REQUEST - 1).min(count);
+        let b_last = (a_last + PER_REQUEST).min(count);
+        let (a, b) = if a_last < count {
+            let (a, b) = tokio::join!(send(next, a_last), send(a_last + 1, b_last));
+            (a?, Some(b?))
+        } else {
+            (send(next, a_last).await?, None)
+        };
+        for answer in std::iter::once(a).chain(b) {
+            let answer = answer.body;
+            created += answer["imported"].as_u64().unwrap_or(0);
+            if let Some(first) = answer["errors"].as_array().and_then(|a| a.first()) {
+                bar.finish_and_clear();
+                anyhow::bail!(
+                    "{} record(s) of {route} were refused; the first: {} {} {}",
+                    answer["failed"],
+                    text(&first["id"]),
+                    text(&first["errorCode"]),
+                    text(&first["errorStatus"]),
+                );
+            }
         }
+        let last = if a_last < count { b_last } else { a_last };
         bar.inc(last - next + 1);
         next = last + 1;
     }

@@ -975,8 +975,10 @@ async fn populate(store: &Store) {
         )
         .await
         .unwrap();
-    let mut settings = AllocationSettings::default();
-    settings.default_policy = usher_proto::service::AllocationPolicy::GeoLatency;
+    let settings = AllocationSettings {
+        default_policy: usher_proto::service::AllocationPolicy::GeoLatency,
+        ..AllocationSettings::default()
+    };
     store.set_allocation_settings(settings).await.unwrap();
     for i in 0..30 {
         let id = format!("Dev-{i}");

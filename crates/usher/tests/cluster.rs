@@ -780,3 +780,57 @@ fn a_node_killed_mid_load_loses_no_acknowledged_registration() {
     let devices = json(&b.usher(&["hub", "devices", "usher-hub", "--json"]));
     assert_eq!(devices.as_array().unwrap().len(), BATCHES * PER_BATCH);
 }
+
+#[test]
+fn etag_guarded_management_writes_through_two_nodes_at_once_let_exactly_one_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_db, a, b) = cluster(tmp.path());
+    let created = json(&a.usher(&["enrollment", "create", "--enrollment-id", "contested"]));
+    let mut etag = created["etag"].as_str().unwrap().to_owned();
+    let spawn = |node: &Node, status: &str, etag: &str| {
+        Command::new(env!("CARGO_BIN_EXE_usher"))
+            .args([
+                "enrollment",
+                "update",
+                "contested",
+                "--provisioning-status",
+                status,
+            ])
+            .args(["--etag", etag])
+            .env("USHER_DATA_DIR", &node.data)
+            .env("USHER_KEK_FILE", node.data.parent().unwrap().join("kek"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for round in 0..5 {
+        // Both updates name the etag just read; both are in flight at once, one per node.
+        let (to_a, to_b) = (spawn(&a, "disabled", &etag), spawn(&b, "enabled", &etag));
+        let (out_a, out_b) = (
+            to_a.wait_with_output().unwrap(),
+            to_b.wait_with_output().unwrap(),
+        );
+        let won: Vec<&Output> = [&out_a, &out_b]
+            .into_iter()
+            .filter(|o| o.status.success())
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {out_a:?} {out_b:?}");
+        let lost = if out_a.status.success() {
+            &out_b
+        } else {
+            &out_a
+        };
+        let refusal = String::from_utf8_lossy(&lost.stderr);
+        assert!(refusal.contains("412"), "round {round}: {refusal}");
+        let now = json(&b.usher(&["enrollment", "show", "contested", "--json"]));
+        let winner = if out_a.status.success() {
+            "disabled"
+        } else {
+            "enabled"
+        };
+        assert_eq!(now["provisioningStatus"], winner, "round {round}");
+        assert_ne!(now["etag"].as_str().unwrap(), etag);
+        etag = now["etag"].as_str().unwrap().to_owned();
+    }
+}

@@ -314,3 +314,29 @@ fn every_documented_key_is_parsed() {
         assert_eq!(through_env[key].0, sample(key), "{env}");
     }
 }
+
+#[test]
+fn a_database_password_is_not_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = print_config(
+        tmp.path(),
+        &[],
+        &[(
+            "USHER_STORE",
+            "postgres://usher:s3cret-pw@db.example:5432/usher",
+        )],
+    );
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    assert_eq!(
+        settings(&out)["store"].0,
+        ["postgres://usher:****@db.example:5432/usher"]
+    );
+    // Only a postgres:// URL is a store (refused as clap refuses a bad value: exit code 2).
+    let out = print_config(tmp.path(), &["--store", "/var/lib/usher/usher.db"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected a postgres:// URL"),
+        "{out:?}"
+    );
+}

@@ -48,6 +48,8 @@ const QUEUE_DEPTH: usize = 4096;
 const POOL_SIZE: usize = 16;
 /// How long a connection attempt, or a wait for a pooled connection, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Session settings unless the URL gives `options`.
+const IDLE_IN_TRANSACTION: &str = "-c idle_in_transaction_session_timeout=30s";
 /// The advisory lock every write transaction (and schema migration) holds: "usher" in ASCII.
 const WRITE_LOCK: i64 = 0x0075_7368_6572;
 /// The channel a committed write to enrollment groups notifies, so every node reloads its cache.
@@ -167,6 +169,14 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("usher");
         }
+        // A node cut off from the database in the middle of a write transaction holds the write
+        // lock until the server drops its session: the server drops a session idle inside a
+        // transaction after 30 s, and TCP keepalives find a silent peer.
+        if config.get_options().is_none() {
+            config.options(IDLE_IN_TRANSACTION);
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
         let manager = Manager::from_config(
             config.clone(),
             NoTls,

@@ -814,15 +814,25 @@ impl PgStore {
         let sealer = Arc::clone(&self.sealer);
         self.write(move |c| {
             Box::pin(async move {
-                let view = RegisterView {
-                    previous: load_registration(c, &key).await?,
-                    hubs: load_hubs(c).await?,
-                    allocation: load_allocation(c).await?,
-                    individual: load_doc(c, &sealer, Collection::Enrollments, &key).await?,
-                    group: match &group_key {
-                        Some(g) => load_doc(c, &sealer, Collection::EnrollmentGroups, g).await?,
-                        None => None,
+                // The reads are independent: sent at once (pipelined), one round trip for all.
+                let (previous, hubs, allocation, individual, group) = tokio::try_join!(
+                    load_registration(c, &key),
+                    load_hubs(c),
+                    load_allocation(c),
+                    load_doc(c, &sealer, Collection::Enrollments, &key),
+                    async {
+                        match &group_key {
+                            Some(g) => load_doc(c, &sealer, Collection::EnrollmentGroups, g).await,
+                            None => Ok(None),
+                        }
                     },
+                )?;
+                let view = RegisterView {
+                    previous,
+                    hubs,
+                    allocation,
+                    individual,
+                    group,
                 };
                 let (assignment, answer) = decide(view)?;
                 write_assignment(c, &sealer, assignment).await?;
@@ -1524,16 +1534,13 @@ fn doc_sql(coll: Collection, on_conflict: OnConflict) -> String {
 
 /// The last entry's place and hash (or the anchor's, or the genesis): where the next entry chains on.
 async fn chain_end(c: &Conn) -> Result<(u64, String), StoreError> {
-    let last = match opt(
+    let last = opt(
         c,
-        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        "(SELECT seq, hash, 0 AS o FROM audit_log ORDER BY seq DESC LIMIT 1)
+         UNION ALL (SELECT seq, hash, 1 FROM audit_anchor WHERE id = 1) ORDER BY o LIMIT 1",
         &[],
     )
-    .await?
-    {
-        Some(r) => Some(r),
-        None => opt(c, "SELECT seq, hash FROM audit_anchor WHERE id = 1", &[]).await?,
-    };
+    .await?;
     Ok(match last {
         Some(r) => (count(r.try_get(0)?), r.try_get(1)?),
         None => (0, usher_proto::audit::GENESIS.to_owned()),
@@ -1547,28 +1554,28 @@ async fn append_audit(c: &Conn, records: Vec<AuditRecord>) -> Result<(), StoreEr
         return Ok(());
     }
     let (mut seq, mut prev) = chain_end(c).await?;
+    let mut entries = Vec::with_capacity(records.len());
     for record in records {
         seq += 1;
         let e = record.chain(seq, &prev);
-        exec(
-            c,
+        prev.clone_from(&e.hash);
+        entries.push(e);
+    }
+    let stmt = c
+        .prepare_cached(
             "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &clamp(e.seq),
-                &e.at,
-                &e.actor,
-                &e.address,
-                &e.action,
-                &e.target,
-                &e.result,
-                &e.prev,
-                &e.hash,
-            ],
         )
         .await?;
-        prev = e.hash;
-    }
+    let seqs: Vec<i64> = entries.iter().map(|e| clamp(e.seq)).collect();
+    // Sent at once (pipelined) and run in order.
+    futures_util::future::try_join_all(entries.iter().zip(&seqs).map(|(e, seq)| {
+        let params: [&(dyn ToSql + Sync); 9] = [
+            seq, &e.at, &e.actor, &e.address, &e.action, &e.target, &e.result, &e.prev, &e.hash,
+        ];
+        c.execute_raw(&stmt, params)
+    }))
+    .await?;
     Ok(())
 }
 
@@ -1657,13 +1664,19 @@ async fn write_assignment(c: &Conn, sealer: &Sealer, a: Assignment) -> Result<()
     if let Some(write) = &a.device {
         let d = &write.device;
         // The twin to carry over is read before the identity it comes from is removed.
-        let carried = match &write.twin {
-            TwinWrite::CopyFrom(hub, device_id) => load_hub_device(c, sealer, hub, device_id)
-                .await?
-                .map(|from| from.twin),
-            _ => None,
-        };
-        let existing = load_hub_device(c, sealer, &d.hub, &d.device_id).await?;
+        let (carried, existing) = tokio::try_join!(
+            async {
+                match &write.twin {
+                    TwinWrite::CopyFrom(hub, device_id) => {
+                        Ok(load_hub_device(c, sealer, hub, device_id)
+                            .await?
+                            .map(|from| from.twin))
+                    }
+                    _ => Ok::<_, StoreError>(None),
+                }
+            },
+            load_hub_device(c, sealer, &d.hub, &d.device_id),
+        )?;
         let mut device = match (existing, &write.twin) {
             (Some(existing), twin) => HubDevice {
                 status: d.status.clone(),

@@ -1553,7 +1553,16 @@ async fn append_audit(c: &Conn, records: Vec<AuditRecord>) -> Result<(), StoreEr
     if records.is_empty() {
         return Ok(());
     }
-    let (mut seq, mut prev) = chain_end(c).await?;
+    let end = chain_end(c).await?;
+    insert_audit(c, end, records).await
+}
+
+/// Chains records on after `end` (see [`chain_end`]) and inserts them.
+async fn insert_audit(
+    c: &Conn,
+    (mut seq, mut prev): (u64, String),
+    records: Vec<AuditRecord>,
+) -> Result<(), StoreError> {
     let mut entries = Vec::with_capacity(records.len());
     for record in records {
         seq += 1;
@@ -1619,65 +1628,58 @@ async fn load_registration(c: &Conn, key: &str) -> Result<Option<Registration>, 
 }
 
 /// Writes a registration's effects: the record, the hub identity (with its twin as the decision
-/// says), the identity it left, and the audit entries.
+/// says), the identity it left, and the audit entries. What does not depend on what comes before
+/// it is sent at once (pipelined): the record, the identity reads and where the audit chain ends;
+/// then the identity and the audit entries; then the removal.
 async fn write_assignment(c: &Conn, sealer: &Sealer, a: Assignment) -> Result<(), StoreError> {
-    if let Some(r) = &a.registration {
-        let payload = r.payload.as_ref().map(Value::to_string);
-        let sql = format!(
-            "INSERT INTO registrations ({REGISTRATION_COLUMNS}, key, enrollment_group_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-             ON CONFLICT (key) DO UPDATE SET
-               registration_id = excluded.registration_id, enrollment_group_id = excluded.enrollment_group_id,
-               enrollment_group_key = excluded.enrollment_group_key, status = excluded.status,
-               substatus = excluded.substatus, assigned_hub = excluded.assigned_hub,
-               device_id = excluded.device_id, error_code = excluded.error_code,
-               error_message = excluded.error_message, updated = excluded.updated, etag = excluded.etag,
-               operation_id = excluded.operation_id, payload = excluded.payload,
-               initial_hub = excluded.initial_hub"
-        );
-        exec(
-            c,
-            &sql,
-            &[
-                &r.registration_id,
-                &r.enrollment_group_id,
-                &r.status.as_str(),
-                &r.substatus.map(Substatus::as_str),
-                &r.assigned_hub,
-                &r.device_id,
-                &r.error_code.map(i64::from),
-                &r.error_message,
-                &to_ticks(r.created),
-                &to_ticks(r.updated),
-                &r.etag,
-                &r.operation_id,
-                &payload,
-                &r.initial_hub,
-                &r.registration_id.to_ascii_lowercase(),
-                &r.enrollment_group_id
-                    .as_deref()
-                    .map(str::to_ascii_lowercase),
-            ],
-        )
-        .await?;
-    }
-    if let Some(write) = &a.device {
+    let Assignment {
+        registration,
+        device,
+        remove_device,
+        audit,
+    } = a;
+    let record = async {
+        if let Some(r) = &registration {
+            write_registration(c, r).await?;
+        }
+        Ok::<_, StoreError>(())
+    };
+    // The twin to carry over is read before the identity it comes from is removed.
+    let reads = async {
+        let Some(write) = &device else {
+            return Ok(None);
+        };
         let d = &write.device;
-        // The twin to carry over is read before the identity it comes from is removed.
-        let (carried, existing) = tokio::try_join!(
-            async {
-                match &write.twin {
-                    TwinWrite::CopyFrom(hub, device_id) => {
-                        Ok(load_hub_device(c, sealer, hub, device_id)
-                            .await?
-                            .map(|from| from.twin))
-                    }
-                    _ => Ok::<_, StoreError>(None),
+        let carried = async {
+            match &write.twin {
+                TwinWrite::CopyFrom(hub, device_id) => {
+                    Ok(load_hub_device(c, sealer, hub, device_id)
+                        .await?
+                        .map(|from| from.twin))
                 }
-            },
-            load_hub_device(c, sealer, &d.hub, &d.device_id),
-        )?;
+                _ => Ok::<_, StoreError>(None),
+            }
+        };
+        let (carried, existing) =
+            tokio::try_join!(carried, load_hub_device(c, sealer, &d.hub, &d.device_id))?;
+        Ok::<_, StoreError>(Some((carried, existing)))
+    };
+    let chain = async {
+        if audit.is_empty() {
+            Ok(None)
+        } else {
+            chain_end(c).await.map(Some)
+        }
+    };
+    let ((), reads, chain) = tokio::try_join!(record, reads, chain)?;
+    let identity = async {
+        let (Some(write), Some((carried, existing))) = (&device, reads) else {
+            return Ok(());
+        };
+        let d = &write.device;
         let mut device = match (existing, &write.twin) {
+            // An identity the registry has keeps its generation and document; its status, keys
+            // and etag follow the assignment, its twin follows the decision.
             (Some(existing), twin) => HubDevice {
                 status: d.status.clone(),
                 primary_key: d.primary_key.clone(),
@@ -1702,9 +1704,16 @@ async fn write_assignment(c: &Conn, sealer: &Sealer, a: Assignment) -> Result<()
         if let Some(from) = carried {
             crate::hub::carry_twin(&mut device, &from);
         }
-        write_hub_device(c, sealer, &device).await?;
-    }
-    if let Some((hub, device_id)) = &a.remove_device {
+        write_hub_device(c, sealer, &device).await
+    };
+    let entries = async {
+        match chain {
+            Some(end) => insert_audit(c, end, audit).await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(identity, entries)?;
+    if let Some((hub, device_id)) = &remove_device {
         exec(
             c,
             "DELETE FROM hub_devices WHERE hub = $1 AND device_id = $2",
@@ -1712,7 +1721,48 @@ async fn write_assignment(c: &Conn, sealer: &Sealer, a: Assignment) -> Result<()
         )
         .await?;
     }
-    append_audit(c, a.audit).await?;
+    Ok(())
+}
+
+async fn write_registration(c: &Conn, r: &Registration) -> Result<(), StoreError> {
+    let payload = r.payload.as_ref().map(Value::to_string);
+    let sql = format!(
+            "INSERT INTO registrations ({REGISTRATION_COLUMNS}, key, enrollment_group_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (key) DO UPDATE SET
+               registration_id = excluded.registration_id, enrollment_group_id = excluded.enrollment_group_id,
+               enrollment_group_key = excluded.enrollment_group_key, status = excluded.status,
+               substatus = excluded.substatus, assigned_hub = excluded.assigned_hub,
+               device_id = excluded.device_id, error_code = excluded.error_code,
+               error_message = excluded.error_message, updated = excluded.updated, etag = excluded.etag,
+               operation_id = excluded.operation_id, payload = excluded.payload,
+               initial_hub = excluded.initial_hub"
+        );
+    exec(
+        c,
+        &sql,
+        &[
+            &r.registration_id,
+            &r.enrollment_group_id,
+            &r.status.as_str(),
+            &r.substatus.map(Substatus::as_str),
+            &r.assigned_hub,
+            &r.device_id,
+            &r.error_code.map(i64::from),
+            &r.error_message,
+            &to_ticks(r.created),
+            &to_ticks(r.updated),
+            &r.etag,
+            &r.operation_id,
+            &payload,
+            &r.initial_hub,
+            &r.registration_id.to_ascii_lowercase(),
+            &r.enrollment_group_id
+                .as_deref()
+                .map(str::to_ascii_lowercase),
+        ],
+    )
+    .await?;
     Ok(())
 }
 

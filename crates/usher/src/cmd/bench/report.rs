@@ -56,6 +56,17 @@ fn errors(outcome: &Outcome) -> Value {
     json!(map)
 }
 
+/// `x` to `n` significant digits (a ratio of 0.0005 must not print as 0).
+fn significant(x: f64, n: i32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    // Small and finite: the cast cannot overflow.
+    #[allow(clippy::cast_possible_truncation)]
+    let magnitude = x.abs().log10().ceil() as i32;
+    round(x, n - magnitude)
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
@@ -83,7 +94,7 @@ impl Report {
             "elapsedSeconds": round(r.elapsed.as_secs_f64(), 3),
             "registrationsPerSecond": round(r.per_second(), 1),
             "ceilingPerSecond": self.ceiling.as_ref().map(|c| round(c.per_second(), 1)),
-            "ratio": self.ratio().map(|x| round(x, 3)),
+            "ratio": self.ratio().map(|x| significant(x, 4)),
             "latencyMs": percentiles(r),
             "errors": errors(r),
             "ceilingOperations": self.ceiling.as_ref().map(|c| c.ok),
@@ -190,5 +201,18 @@ impl Report {
             }
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::significant;
+
+    #[test]
+    fn ratios_keep_four_significant_digits() {
+        assert_eq!(significant(4.0 / 8140.5, 4), 0.0004914);
+        assert_eq!(significant(0.81234567, 4), 0.8123);
+        assert_eq!(significant(12.3456, 4), 12.35);
+        assert_eq!(significant(0.0, 4), 0.0);
     }
 }

@@ -18,6 +18,9 @@ pub const OWNER_POLICY: &str = "provisioningserviceowner";
 pub const BUILTIN_HUB: &str = "usher-hub";
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "usher.db";
+/// Names the PostgreSQL database of an instance kept there (written by `usher serve --store`), so
+/// the CLI run beside the data directory finds the instance.
+pub const STORE_FILE: &str = "store.url";
 /// Written once the server listens, so the CLI can find it.
 pub const RUNTIME_FILE: &str = "runtime.json";
 
@@ -175,6 +178,12 @@ pub enum SetupError {
     Random(String),
     #[error("{0:?} holds no Usher instance; run `usher serve --data-dir {0:?}` once to create one")]
     NoInstance(PathBuf),
+    #[error(
+        "with a PostgreSQL store the key-encryption key must be given, the same on every node \
+         (--kek-file, USHER_KEK_FILE, USHER_KEK or the systemd credential usher-kek), not generated \
+         in one node's data directory; make one with `head -c 32 /dev/urandom | base64 > kek`"
+    )]
+    KekRequired,
 }
 
 /// Random bytes from the operating system.
@@ -202,12 +211,15 @@ pub fn new_key(n: usize) -> Result<String, ApiError> {
     new_symmetric_key(n).map(|k| k.to_base64())
 }
 
-/// Opens (creating on first run) the data directory: database, instance identity, owner policy,
-/// built-in hub. `service_host` is used only on first run.
+/// Opens (creating on first run) the data directory and the store (SQLite in the data directory,
+/// or the PostgreSQL database `store` names): instance identity, owner policy, built-in hub.
+/// `service_host` is used only on first run. Several nodes may open one PostgreSQL database at
+/// once: the first run's state is written once, and every node gets the instance in force.
 pub async fn open_data_dir(
     data_dir: &Path,
     service_host: &str,
     kek: &KekSource,
+    store: Option<&str>,
 ) -> Result<(Store, Instance), SetupError> {
     let private = |source| SetupError::DataDir {
         path: data_dir.to_owned(),
@@ -216,8 +228,22 @@ pub async fn open_data_dir(
     crate::files::create_private_dir(data_dir).map_err(private)?;
     // A data directory from before file modes were enforced gets them now.
     crate::files::restrict_tree(data_dir).map_err(private)?;
-    let kek = kek.load(data_dir, true).map_err(StoreError::from)?;
-    let store = Store::open_sqlite(&data_dir.join(DB_FILE), &kek)?;
+    let store = match store {
+        None => {
+            let kek = kek.load(data_dir, true).map_err(StoreError::from)?;
+            Store::open_sqlite(&data_dir.join(DB_FILE), &kek)?
+        }
+        Some(url) => {
+            if kek.is_data_dir() && !data_dir.join(crate::secrets::KEK_FILE).exists() {
+                return Err(SetupError::KekRequired);
+            }
+            let kek = kek.load(data_dir, false).map_err(StoreError::from)?;
+            let store = Store::open_postgres(url, &kek).await?;
+            crate::files::write_private(&data_dir.join(STORE_FILE), url.as_bytes())
+                .map_err(private)?;
+            store
+        }
+    };
     if let Some(instance) = store.instance().await? {
         return Ok((store, instance));
     }
@@ -254,17 +280,22 @@ pub async fn open_data_dir(
     Ok((store, instance))
 }
 
-/// Opens an existing data directory without creating anything.
+/// Opens an existing data directory (or the PostgreSQL database its `store.url` names) without
+/// creating anything.
 pub async fn open_existing(
     data_dir: &Path,
     kek: &KekSource,
 ) -> Result<(Store, Instance), SetupError> {
     let db = data_dir.join(DB_FILE);
-    if !db.exists() {
+    let url = std::fs::read_to_string(data_dir.join(STORE_FILE)).ok();
+    if !db.exists() && url.is_none() {
         return Err(SetupError::NoInstance(data_dir.to_owned()));
     }
     let kek = kek.load(data_dir, false).map_err(StoreError::from)?;
-    let store = Store::open_sqlite(&db, &kek)?;
+    let store = match url {
+        Some(url) => Store::open_postgres(url.trim(), &kek).await?,
+        None => Store::open_sqlite(&db, &kek)?,
+    };
     let instance = store
         .instance()
         .await?
@@ -284,6 +315,73 @@ pub fn ensure_pki(data_dir: &Path, hostnames: &[String]) -> Result<PkiFiles, Set
         hostnames,
         time::OffsetDateTime::now_utc(),
     )?)
+}
+
+/// Makes sure the development PKI exists for `hostnames`; with PostgreSQL, the CA is the
+/// instance's (the first node's, stored sealed in the database), so every node's server
+/// certificate chains to the CA devices trust.
+pub async fn ensure_shared_pki(
+    store: &Store,
+    data_dir: &Path,
+    hostnames: &[String],
+) -> Result<PkiFiles, SetupError> {
+    let files = ensure_pki(data_dir, hostnames)?;
+    let Store::Postgres(pg) = store else {
+        return Ok(files);
+    };
+    let dir = pki_dir(data_dir);
+    let io = |path: PathBuf| {
+        move |source| {
+            SetupError::Pki(PkiError::Io {
+                path: path.clone(),
+                source,
+            })
+        }
+    };
+    let mut local = Vec::new();
+    for name in ["ca.pem", "ca.key"] {
+        let path = dir.join(name);
+        local.push((
+            name.to_owned(),
+            std::fs::read_to_string(&path).map_err(io(path))?,
+        ));
+    }
+    let shared = pg.share_files(local.clone()).await?;
+    if local.iter().map(|(_, c)| c).eq(shared.iter()) {
+        return Ok(files);
+    }
+    for ((name, _), content) in local.iter().zip(&shared) {
+        let path = dir.join(name);
+        crate::files::write_private(&path, content.as_bytes()).map_err(io(path))?;
+    }
+    // The server certificate was issued by this node's own CA: issued again by the instance's.
+    let names = dir.join("server.names");
+    match std::fs::remove_file(&names) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(names)(e)),
+    }
+    ensure_pki(data_dir, hostnames)
+}
+
+/// The secret every node makes TLS session tickets from (PostgreSQL: the instance's, so a device
+/// resumes on any node); `None` on SQLite, where one process serves and keeps its own ticket keys.
+pub async fn shared_ticket_secret(store: &Store) -> Result<Option<[u8; 32]>, SetupError> {
+    let Store::Postgres(pg) = store else {
+        return Ok(None);
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let fresh = b64.encode(random_bytes::<32>()?);
+    let shared = pg
+        .share_files(vec![("tls-ticket-secret".into(), fresh)])
+        .await?;
+    let secret = shared
+        .first()
+        .and_then(|text| b64.decode(text).ok())
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| StoreError::Corrupt("the TLS ticket secret".into()))?;
+    Ok(Some(secret))
 }
 
 /// What `usher serve` prints at start and `usher instance show` prints for a data directory, like

@@ -37,6 +37,7 @@ pub mod registration;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod test_postgres;
 pub mod testing;
 pub mod throttle;
 pub mod tls;
@@ -54,7 +55,12 @@ pub use app::{App, Overview, RegisterResponse, Settings};
 /// Everything `usher serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Where the KEK file (unless given elsewhere), the development PKI, the runtime file and the
+    /// SQLite database (unless `store` names another) live.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://…`) to keep the instance in instead of SQLite in the data
+    /// directory; several nodes may serve one instance from it.
+    pub store: Option<String>,
     /// Host names (DNS names or IP literals) the server certificate covers; the first is the
     /// service host name on first run.
     pub hostnames: Vec<String>,
@@ -112,18 +118,24 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         .first()
         .cloned()
         .unwrap_or_else(|| "localhost".into());
-    let (store, instance) =
-        app::open_data_dir(&config.data_dir, &service_host, &config.kek).await?;
+    let (store, instance) = app::open_data_dir(
+        &config.data_dir,
+        &service_host,
+        &config.kek,
+        config.store.as_deref(),
+    )
+    .await?;
     app::ensure_hub_policies(&store).await?;
     let (cert, key) = match &config.tls_cert {
         Some((cert, key)) => (cert.clone(), key.clone()),
         None => {
-            let files = app::ensure_pki(&config.data_dir, &config.hostnames)?;
+            let files = app::ensure_shared_pki(&store, &config.data_dir, &config.hostnames).await?;
             (files.server_cert, files.server_key)
         }
     };
-    let tls = tls::server_config(&cert, &key, &[b"http/1.1"])?;
-    let mqtt_tls = tls::server_config(&cert, &key, &[])?;
+    let tickets = app::shared_ticket_secret(&store).await?;
+    let tls = tls::server_config(&cert, &key, &[b"http/1.1"], tickets)?;
+    let mqtt_tls = tls::server_config(&cert, &key, &[], tickets)?;
     let overview = app::overview(&store, &instance, &config.data_dir).await?;
     let mut hostnames = config.hostnames.clone();
     if !hostnames

@@ -56,6 +56,25 @@ pub(crate) enum Command {
     SasToken(SasTokenCommand),
     /// Measure registrations per second against a running instance, or seed it with enrollments.
     Bench(Box<BenchArgs>),
+    /// Copy a whole instance into an empty store: from a data directory (SQLite) to a PostgreSQL
+    /// database, or back; then check the copy by comparing both stores' exports. Stop the servers
+    /// of the source first.
+    Migrate(MigrateArgs),
+}
+
+/// `usher migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Where the instance is: a data directory, or a postgres:// URL.
+    #[arg(long, value_name = "DIR|URL")]
+    pub(crate) from: String,
+    /// Where it is to go (empty): a data directory, or a postgres:// URL.
+    #[arg(long, value_name = "DIR|URL")]
+    pub(crate) to: String,
+    /// The KEK (both stores' data keys are wrapped with it; from a data directory, its own KEK
+    /// unless given; from PostgreSQL, the one the nodes are given).
+    #[command(flatten)]
+    pub(crate) kek: KekArgs,
 }
 
 /// `usher bench`: the load generator (`usher bench --transport …`) and `usher bench seed`.
@@ -171,6 +190,11 @@ pub(crate) struct ServeArgs {
     /// Where the database, the development PKI and the runtime file live.
     #[arg(long, env = "USHER_DATA_DIR", default_value = "usher-data")]
     pub(crate) data_dir: PathBuf,
+    /// Keep the instance in this PostgreSQL database (`postgres://user@host:5432/db`) instead of
+    /// SQLite in the data directory; several nodes given the same database (and the same KEK)
+    /// serve one instance. No TLS to the database: use a private network or a Unix socket.
+    #[arg(long, env = "USHER_STORE", value_name = "URL", value_parser = postgres_url)]
+    pub(crate) store: Option<String>,
     /// Address for HTTPS (device API, management API, MQTT and AMQP over WebSockets).
     #[arg(long, env = "USHER_HTTPS_ADDR", default_value = "0.0.0.0:443")]
     pub(crate) https_addr: SocketAddr,
@@ -900,4 +924,16 @@ pub(crate) struct ServiceTokenArgs {
     /// Token lifetime: seconds, or a number with s, m, h or d.
     #[arg(long, default_value = "1h")]
     pub(crate) ttl: String,
+}
+
+/// A `postgres://` (or `postgresql://`) URL.
+fn postgres_url(text: &str) -> Result<String, String> {
+    if usher_server::store::is_postgres_url(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "expected a postgres:// URL (without --store, SQLite in the data directory is used)"
+                .into(),
+        )
+    }
 }

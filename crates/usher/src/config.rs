@@ -219,6 +219,14 @@ fn render(
             .get_raw(id)
             .map(|values| values.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
+        let raw = if key == "store" {
+            // A database URL may hold a password.
+            raw.iter()
+                .map(|url| usher_server::store::redact_url(url))
+                .collect()
+        } else {
+            raw
+        };
         let value = if arg.is_hide_env_values_set() && !raw.is_empty() {
             Some(toml::Value::String("<hidden>".into()))
         } else if is_switch(arg) {

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 /// a README row): the test below fails until both exist.
 const SAMPLES: &[(&str, &str)] = &[
     ("data-dir", r#""/var/lib/usher""#),
+    ("store", r#""postgres://usher@db.example:5432/usher""#),
     ("https-addr", r#""127.0.0.1:8443""#),
     ("mqtt-addr", r#""127.0.0.1:18883""#),
     ("amqp-addr", r#""127.0.0.1:15671""#),
@@ -312,4 +313,30 @@ fn every_documented_key_is_parsed() {
         let through_env = settings(&print_config(dir, &[], &[(env.as_str(), value.as_str())]));
         assert_eq!(through_env[key].0, sample(key), "{env}");
     }
+}
+
+#[test]
+fn a_database_password_is_not_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = print_config(
+        tmp.path(),
+        &[],
+        &[(
+            "USHER_STORE",
+            "postgres://usher:s3cret-pw@db.example:5432/usher",
+        )],
+    );
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    assert_eq!(
+        settings(&out)["store"].0,
+        ["postgres://usher:****@db.example:5432/usher"]
+    );
+    // Only a postgres:// URL is a store (refused as clap refuses a bad value: exit code 2).
+    let out = print_config(tmp.path(), &["--store", "/var/lib/usher/usher.db"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected a postgres:// URL"),
+        "{out:?}"
+    );
 }

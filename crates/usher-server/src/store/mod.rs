@@ -1,10 +1,14 @@
 //! Durable state behind one interface.
 //!
-//! [`Store`] is a closed enum of backends (SQLite now, PostgreSQL later); each method is a match
-//! over the backends, so handlers see one concrete type. All writes go through each backend's single
-//! writer, which batches concurrent writes into one transaction (group commit); a write returns only
-//! once its transaction is durable.
+//! [`Store`] is a closed enum of backends (embedded SQLite, and PostgreSQL for several nodes on one
+//! database); each method is a match over the backends, so handlers see one concrete type. All
+//! writes go through each backend's single writer (one per node), which batches concurrent writes
+//! into one transaction (group commit); a write returns only once its transaction is durable. On
+//! PostgreSQL the write transactions of all nodes take one advisory lock, so they run one at a time
+//! and every read-modify-write decision is linearizable across nodes.
 
+pub mod copy;
+mod postgres;
 mod sqlite;
 
 use std::path::Path;
@@ -12,6 +16,7 @@ use std::path::Path;
 use serde_json::Value;
 use usher_proto::{SasError, SasToken, SymmetricKey};
 
+pub use postgres::{PgStore, is_postgres_url, redact_url};
 pub use sqlite::SqliteStore;
 
 /// What went wrong in storage. These are server faults, never the client's.
@@ -393,6 +398,7 @@ pub struct Bootstrap {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 /// Dispatches a method to the backend.
@@ -400,6 +406,7 @@ macro_rules! dispatch {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
             Store::Sqlite($store) => $call,
+            Store::Postgres($store) => $call,
         }
     };
 }
@@ -409,6 +416,12 @@ impl Store {
     /// unwraps its data key with `kek`.
     pub fn open_sqlite(path: &Path, kek: &crate::secrets::Kek) -> Result<Self, StoreError> {
         Ok(Self::Sqlite(SqliteStore::open(path, kek)?))
+    }
+
+    /// Connects to the PostgreSQL database at `url` (a `postgres://` URL), brings its schema up to
+    /// date and unwraps its data key with `kek`; several nodes may open the same database.
+    pub async fn open_postgres(url: &str, kek: &crate::secrets::Kek) -> Result<Self, StoreError> {
+        Ok(Self::Postgres(PgStore::open(url, kek).await?))
     }
 
     /// Records each transaction's latency and batch size in `metrics` from now on (the first
@@ -526,6 +539,11 @@ impl Store {
 
     pub async fn hub_policy(&self, hub: &str, name: &str) -> Result<Option<Policy>, StoreError> {
         dispatch!(self, s => s.hub_policy(hub, name).await)
+    }
+
+    /// A built-in hub's policies, by name.
+    pub async fn hub_policies(&self, hub: &str) -> Result<Vec<Policy>, StoreError> {
+        dispatch!(self, s => s.hub_policies(hub).await)
     }
 
     /// Adds each policy the hub does not have yet (by name); existing ones are left as they are.
@@ -706,6 +724,16 @@ impl Store {
     /// one's hash as the chain's anchor; returns how many went.
     pub async fn prune_audit(&self, before: String) -> Result<u64, StoreError> {
         dispatch!(self, s => s.prune_audit(before).await)
+    }
+
+    /// Writes audit entries as they are (positions and hashes kept), after setting the chain's
+    /// anchor: for copying a log into an empty store (`usher migrate`).
+    pub async fn restore_audit(
+        &self,
+        anchor: (u64, String),
+        entries: Vec<usher_proto::audit::Entry>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.restore_audit(anchor, entries).await)
     }
 
     /// Deletes a registration record if `allow` agrees; `Ok(None)` if there was none.

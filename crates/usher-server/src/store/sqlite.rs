@@ -836,6 +836,54 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn hub_policies(&self, hub: &str) -> Result<Vec<Policy>, StoreError> {
+        let hub = hub.to_owned();
+        let sealer = Arc::clone(&self.sealer);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, primary_key, secondary_key, rights FROM hub_policies WHERE hub = ?1 ORDER BY name",
+            )?;
+            let rows: Vec<RawPolicy> = stmt.query_map([hub], raw_policy)?.collect::<Result<_, _>>()?;
+            rows.into_iter().map(|p| open_policy(&sealer, p)).collect()
+        })
+        .await
+    }
+
+    pub(super) async fn restore_audit(
+        &self,
+        (anchor_seq, anchor_hash): (u64, String),
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            if anchor_seq > 0 {
+                c.exec(
+                    "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    params![clamp(anchor_seq), anchor_hash],
+                )?;
+            }
+            let mut stmt = c.prepare_cached(
+                "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for e in entries {
+                stmt.execute(params![
+                    clamp(e.seq),
+                    e.at,
+                    e.actor,
+                    e.address,
+                    e.action,
+                    e.target,
+                    e.result,
+                    e.prev,
+                    e.hash
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub(super) async fn delete_registration<E>(
         &self,
         registration_id: &str,
@@ -946,7 +994,7 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
 }
 
 /// An existing identity's document with the capabilities the enrollment now gives it.
-fn merge_capabilities(mut doc: Value, new: &Value) -> Value {
+pub(super) fn merge_capabilities(mut doc: Value, new: &Value) -> Value {
     if let (Some(obj), Some(caps)) = (doc.as_object_mut(), new.get("capabilities")) {
         obj.insert("capabilities".into(), caps.clone());
     }
@@ -1011,7 +1059,7 @@ fn parse_hub_device(sealer: &Sealer, d: RawHubDevice) -> Result<HubDevice, Store
 }
 
 /// Opens a sealed key column.
-fn open_key(sealer: &Sealer, sealed: &str) -> Result<SymmetricKey, StoreError> {
+pub(super) fn open_key(sealer: &Sealer, sealed: &str) -> Result<SymmetricKey, StoreError> {
     SymmetricKey::from_base64(&sealer.open(sealed)?)
         .map_err(|e| StoreError::Corrupt(format!("a stored key: {e}")))
 }
@@ -1251,7 +1299,7 @@ fn load_allocation(c: &Connection) -> Result<AllocationSettings, StoreError> {
 }
 
 /// A policy row before its keys are opened.
-type RawPolicy = (String, String, String, i64);
+pub(super) type RawPolicy = (String, String, String, i64);
 
 fn raw_policy(r: &Row<'_>) -> rusqlite::Result<RawPolicy> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -1305,7 +1353,7 @@ fn clamp(n: u64) -> i64 {
 const DOC_COLUMNS: &str = "id, doc, etag, primary_key, secondary_key";
 
 /// A document row: (id, JSON without keys, etag, sealed primary key, sealed secondary key).
-type RawDoc = (String, String, String, Option<String>, Option<String>);
+pub(super) type RawDoc = (String, String, String, Option<String>, Option<String>);
 
 fn raw_doc_at(r: &Row<'_>, at: usize) -> rusqlite::Result<RawDoc> {
     Ok((
@@ -1318,7 +1366,7 @@ fn raw_doc_at(r: &Row<'_>, at: usize) -> rusqlite::Result<RawDoc> {
 }
 
 /// A document as the domain sees it: its keys opened and put back into its attestation.
-fn parse_doc(
+pub(super) fn parse_doc(
     sealer: &Sealer,
     (id, json, etag, primary, secondary): RawDoc,
 ) -> Result<Doc, StoreError> {
@@ -1487,7 +1535,7 @@ fn put_row(
     Ok(changed == 1)
 }
 
-fn open_policy(
+pub(super) fn open_policy(
     sealer: &Sealer,
     (name, primary, secondary, bits): RawPolicy,
 ) -> Result<Policy, StoreError> {
@@ -1619,7 +1667,7 @@ fn seal_plaintext(c: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
 }
 
 /// A registration row before its enums, times and payload are read.
-type RawRegistration = (
+pub(super) type RawRegistration = (
     Registration,
     String,
     Option<String>,
@@ -1654,7 +1702,7 @@ fn raw_registration(r: &Row<'_>) -> rusqlite::Result<RawRegistration> {
     ))
 }
 
-fn parse_registration(
+pub(super) fn parse_registration(
     (mut reg, status, substatus, created, updated, payload): RawRegistration,
 ) -> Result<Registration, StoreError> {
     let corrupt =

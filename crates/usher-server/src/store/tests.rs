@@ -3,11 +3,83 @@
 use super::*;
 use serde_json::json;
 
-fn open() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("usher.db"), &test_kek()).unwrap();
-    (dir, store)
+/// Which backend a contract test runs against.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
+
+/// One test's database: a SQLite file in a temporary directory, or a fresh PostgreSQL database on
+/// the test server (`USHER_TEST_POSTGRES`, else `postgres://postgres@127.0.0.1:5432/postgres`),
+/// dropped when the test ends.
+struct Db {
+    dir: tempfile::TempDir,
+    postgres: Option<crate::test_postgres::TestDatabase>,
+}
+
+impl Db {
+    async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(crate::test_postgres::TestDatabase::create().await),
+        };
+        Self { dir, postgres }
+    }
+
+    /// Opens (again) the test's database.
+    async fn open(&self) -> Store {
+        self.open_with(&test_kek()).await.unwrap()
+    }
+
+    async fn open_with(&self, kek: &crate::secrets::Kek) -> Result<Store, StoreError> {
+        match &self.postgres {
+            None => Store::open_sqlite(&self.dir.path().join("usher.db"), kek),
+            Some(db) => Store::open_postgres(db.url(), kek).await,
+        }
+    }
+}
+
+async fn open(backend: Backend) -> (Db, Store) {
+    let db = Db::new(backend).await;
+    let store = db.open().await;
+    (db, store)
+}
+
+/// Runs each named contract test (an `async fn(Backend)`) against both backends.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+contract!(
+    bootstrap_happens_once,
+    documents_are_case_insensitive_and_read_modify_write,
+    concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch,
+    assignment_writes_registration_and_hub_device_together_and_survives_reopen,
+    hub_registry_read_modify_write_and_policies,
+    policies_add_rotate_delete,
+    hubs_are_unique_by_name_and_hostname,
+    counts_registration_pages_and_recent_records,
+    a_data_key_opens_only_with_its_kek,
+    the_audit_chain_survives_pruning_from_its_anchor,
+    hub_devices_and_group_records_page_by_keyset,
+    many_documents_in_one_write_each_deciding_alone,
+    bulk_inserts_keep_existing_documents,
+);
 
 fn doc(id: &str, etag: &str) -> Doc {
     Doc {
@@ -29,9 +101,8 @@ impl From<StoreError> for Refused {
     }
 }
 
-#[tokio::test]
-async fn bootstrap_happens_once() {
-    let (_dir, store) = open();
+async fn bootstrap_happens_once(backend: Backend) {
+    let (_db, store) = open(backend).await;
     assert_eq!(store.instance().await.unwrap(), None);
     let first = Bootstrap {
         instance: Instance {
@@ -70,9 +141,8 @@ async fn bootstrap_happens_once() {
     assert_eq!(store.hubs().await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn documents_are_case_insensitive_and_read_modify_write() {
-    let (_dir, store) = open();
+async fn documents_are_case_insensitive_and_read_modify_write(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let created = store
         .upsert_doc(Collection::Enrollments, "Dev-1", |cur| {
             assert!(cur.is_none());
@@ -132,9 +202,10 @@ async fn documents_are_case_insensitive_and_read_modify_write() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch() {
-    let (_dir, store) = open();
+async fn concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch(
+    backend: Backend,
+) {
+    let (_db, store) = open(backend).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let store = store.clone();
@@ -171,12 +242,12 @@ async fn concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batc
     assert_eq!(page.len(), 10);
 }
 
-#[tokio::test]
-async fn assignment_writes_registration_and_hub_device_together_and_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("usher.db");
+async fn assignment_writes_registration_and_hub_device_together_and_survives_reopen(
+    backend: Backend,
+) {
+    let db = Db::new(backend).await;
     {
-        let store = Store::open_sqlite(&path, &test_kek()).unwrap();
+        let store = db.open().await;
         store
             .add_hub(Hub {
                 name: "h".into(),
@@ -235,7 +306,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             "no half-written record"
         );
     }
-    let store = Store::open_sqlite(&path, &test_kek()).unwrap();
+    let store = db.open().await;
     let reg = store.registration("DEV-1").await.unwrap().unwrap();
     assert_eq!(reg.payload, Some(json!({"a": 1})));
     assert_eq!(
@@ -313,9 +384,8 @@ fn builtin(name: &str, hostname: &str) -> Hub {
     }
 }
 
-#[tokio::test]
-async fn hub_registry_read_modify_write_and_policies() {
-    let (_dir, store) = open();
+async fn hub_registry_read_modify_write_and_policies(backend: Backend) {
+    let (_db, store) = open(backend).await;
     store.add_hub(builtin("h", "h.example")).await.unwrap();
     let created = store
         .upsert_hub_device("h", "Dev-1", |cur| {
@@ -433,9 +503,8 @@ async fn hub_registry_read_modify_write_and_policies() {
     );
 }
 
-#[tokio::test]
-async fn policies_add_rotate_delete() {
-    let (_dir, store) = open();
+async fn policies_add_rotate_delete(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let p = Policy {
         name: "reader".into(),
         primary_key: key(1),
@@ -465,9 +534,8 @@ async fn policies_add_rotate_delete() {
     assert!(!store.delete_policy("reader").await.unwrap());
 }
 
-#[tokio::test]
-async fn hubs_are_unique_by_name_and_hostname() {
-    let (_dir, store) = open();
+async fn hubs_are_unique_by_name_and_hostname(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let hub = Hub {
         name: "a".into(),
         hostname: "A.example".into(),
@@ -530,9 +598,8 @@ fn registration(id: &str, group: Option<&str>, updated: Time) -> Registration {
     }
 }
 
-#[tokio::test]
-async fn counts_registration_pages_and_recent_records() {
-    let (_dir, store) = open();
+async fn counts_registration_pages_and_recent_records(backend: Backend) {
+    let (_db, store) = open(backend).await;
     store.add_hub(builtin("h", "h.example")).await.unwrap();
     store.add_hub(builtin("empty", "e.example")).await.unwrap();
     store
@@ -685,10 +752,9 @@ async fn plaintext_keys_from_before_encryption_are_sealed_on_open() {
     ));
 }
 
-#[tokio::test]
-async fn the_audit_chain_survives_pruning_from_its_anchor() {
+async fn the_audit_chain_survives_pruning_from_its_anchor(backend: Backend) {
     use usher_proto::audit::{GENESIS, Record, verify};
-    let (_dir, store) = open();
+    let (_db, store) = open(backend).await;
     let record = |at: &str, target: &str| Record {
         at: at.into(),
         actor: "policy:owner".into(),
@@ -747,9 +813,8 @@ async fn the_audit_chain_survives_pruning_from_its_anchor() {
     assert_eq!(verify(anchor_seq, &anchor_hash, &rest), Ok(21));
 }
 
-#[tokio::test]
-async fn hub_devices_and_group_records_page_by_keyset() {
-    let (_dir, store) = open();
+async fn hub_devices_and_group_records_page_by_keyset(backend: Backend) {
+    let (_db, store) = open(backend).await;
     store.add_hub(builtin("h", "h.example")).await.unwrap();
     store.add_hub(builtin("other", "o.example")).await.unwrap();
     for i in 0..7 {
@@ -813,9 +878,8 @@ async fn hub_devices_and_group_records_page_by_keyset() {
     assert_eq!(ids, ["d4", "d6"]);
 }
 
-#[tokio::test]
-async fn many_documents_in_one_write_each_deciding_alone() {
-    let (_dir, store) = open();
+async fn many_documents_in_one_write_each_deciding_alone(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let generation = store.groups_generation();
     let create = |id: &str| -> (String, Decide<Refused>) {
         let id = id.to_owned();
@@ -849,9 +913,166 @@ async fn many_documents_in_one_write_each_deciding_alone() {
     );
 }
 
+async fn a_data_key_opens_only_with_its_kek(backend: Backend) {
+    let db = Db::new(backend).await;
+    {
+        let store = db.open().await;
+        assert!(
+            store
+                .add_policy(Policy {
+                    name: "p".into(),
+                    primary_key: key(7),
+                    secondary_key: key(8),
+                    rights: vec![Right::EnrollmentRead],
+                })
+                .await
+                .unwrap()
+        );
+    }
+    let other = crate::secrets::Kek::generate("other").unwrap();
+    assert!(matches!(
+        db.open_with(&other).await.err(),
+        Some(StoreError::Secret(
+            crate::secrets::SecretError::WrongKek { .. }
+        ))
+    ));
+    let store = db.open().await;
+    assert_eq!(
+        store.policy("p").await.unwrap().unwrap().primary_key,
+        key(7)
+    );
+}
+
+/// An instance with a little of everything: policies, a built-in hub with policies and devices,
+/// enrollments (one deleted, leaving a gap), a group, registration records, a pruned audit log.
+async fn populate(store: &Store) {
+    store
+        .bootstrap(Bootstrap {
+            instance: Instance {
+                id_scope: "0ne00000042".into(),
+                service_host: "dps.example".into(),
+                created: at(1),
+            },
+            policies: vec![Policy {
+                name: "owner".into(),
+                primary_key: key(1),
+                secondary_key: key(2),
+                rights: Right::ALL.to_vec(),
+            }],
+            hubs: vec![builtin("h", "h.example")],
+        })
+        .await
+        .unwrap();
+    store
+        .ensure_hub_policies(
+            "h",
+            vec![Policy {
+                name: "iothubowner".into(),
+                primary_key: key(3),
+                secondary_key: key(4),
+                rights: Right::HUB.to_vec(),
+            }],
+        )
+        .await
+        .unwrap();
+    let settings = AllocationSettings {
+        default_policy: usher_proto::service::AllocationPolicy::GeoLatency,
+        ..AllocationSettings::default()
+    };
+    store.set_allocation_settings(settings).await.unwrap();
+    for i in 0..30 {
+        let id = format!("Dev-{i}");
+        let mut d = doc(&id, &format!("e{i}"));
+        d.json["attestation"] = json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": key(5).to_base64(), "secondaryKey": key(6).to_base64()}});
+        store
+            .upsert_doc(Collection::Enrollments, &id, move |_| Ok::<_, Refused>(d))
+            .await
+            .unwrap();
+        record(
+            &store.clone(),
+            Assignment {
+                registration: Some(registration(&id, None, at(i))),
+                device: Some(keep(hub_device("h", &id))),
+                ..Assignment::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    store
+        .delete_doc(Collection::Enrollments, "dev-3", |_| Ok::<_, Refused>(()))
+        .await
+        .unwrap();
+    store
+        .upsert_doc(Collection::EnrollmentGroups, "G1", |_| {
+            Ok::<_, Refused>(doc("G1", "g"))
+        })
+        .await
+        .unwrap();
+    let entry = |at: &str, target: &str| usher_proto::audit::Record {
+        at: at.into(),
+        actor: "policy:owner".into(),
+        address: "127.0.0.1".into(),
+        action: "enrollment.put".into(),
+        target: target.into(),
+        result: "ok".into(),
+    };
+    store
+        .append_audit(vec![
+            entry("2026-01-01T00:00:00.0000000Z", "a"),
+            entry("2026-03-01T00:00:00.0000000Z", "b"),
+            entry("2026-04-01T00:00:00.0000000Z", "c"),
+        ])
+        .await
+        .unwrap();
+    store
+        .prune_audit("2026-02-01T00:00:00.0000000Z".into())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn bulk_inserts_keep_existing_documents() {
-    let (_dir, store) = open();
+async fn a_copy_to_postgres_and_back_exports_the_same() {
+    let (_a, sqlite) = open(Backend::Sqlite).await;
+    populate(&sqlite).await;
+    let original = copy::export(&sqlite).await.unwrap();
+    assert!(original.len() > 60, "{}", original.len());
+    let (_b, postgres) = open(Backend::Postgres).await;
+    let mut seen = Vec::new();
+    let copied = copy::copy(&sqlite, &postgres, &mut |what, done, _| {
+        seen.push((what.to_owned(), done));
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (copied.enrollments, copied.registrations, copied.hub_devices),
+        (29, 30, 30)
+    );
+    assert!(
+        seen.contains(&("registration records".to_owned(), 30)),
+        "{seen:?}"
+    );
+    assert_eq!(copy::export(&postgres).await.unwrap(), original);
+    // A copy goes only into an empty store.
+    assert!(matches!(
+        copy::copy(&sqlite, &postgres, &mut |_, _, _| {}).await,
+        Err(copy::CopyError::TargetNotEmpty(_))
+    ));
+    let (_c, back) = open(Backend::Sqlite).await;
+    copy::copy(&postgres, &back, &mut |_, _, _| {})
+        .await
+        .unwrap();
+    let round_trip = copy::export(&back).await.unwrap();
+    assert_eq!(copy::digest(&round_trip), copy::digest(&original));
+    // The copied audit chain still verifies from its anchor.
+    let (seq, hash) = back.audit_anchor().await.unwrap();
+    assert_eq!(seq, 1);
+    let entries = back.audit_entries(0, 10).await.unwrap();
+    assert_eq!(usher_proto::audit::verify(seq, &hash, &entries), Ok(2));
+}
+
+async fn bulk_inserts_keep_existing_documents(backend: Backend) {
+    let (_db, store) = open(backend).await;
     store
         .upsert_doc(Collection::Enrollments, "old", |_| {
             Ok::<_, Refused>(doc("old", "e0"))

@@ -38,6 +38,23 @@ pub(crate) struct TestServer {
     pub(crate) http: reqwest::Client,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The server's PostgreSQL database when the suite runs on PostgreSQL (`USHER_IT_POSTGRES`),
+    /// dropped with the server.
+    postgres: Option<usher_server::test_postgres::TestDatabase>,
+}
+
+/// Databases of stopped servers, by data directory, until a server is started on it again.
+static PARKED: std::sync::Mutex<
+    Vec<(
+        std::path::PathBuf,
+        usher_server::test_postgres::TestDatabase,
+    )>,
+> = std::sync::Mutex::new(Vec::new());
+
+/// Whether the suite runs on PostgreSQL (`USHER_IT_POSTGRES=1`; a database per server on the
+/// test server, see `usher_server::test_postgres`) instead of SQLite.
+fn on_postgres() -> bool {
+    std::env::var_os("USHER_IT_POSTGRES").is_some()
 }
 
 impl TestServer {
@@ -99,8 +116,27 @@ impl TestServer {
         own_tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
         metrics: bool,
     ) -> Self {
+        let postgres = if on_postgres() {
+            // The KEK must be given with PostgreSQL: a file in the data directory.
+            let kek = dir.path().join("kek");
+            if !kek.exists() {
+                std::fs::write(&kek, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+            }
+            let parked = {
+                let mut parked = PARKED.lock().unwrap();
+                let at = parked.iter().position(|(d, _)| d == dir.path());
+                at.map(|i| parked.remove(i).1)
+            };
+            Some(match parked {
+                Some(db) => db,
+                None => usher_server::test_postgres::TestDatabase::create().await,
+            })
+        } else {
+            None
+        };
         let config = ServeConfig {
             data_dir: dir.path().to_owned(),
+            store: postgres.as_ref().map(|db| db.url().to_owned()),
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
             tls_cert: own_tls.as_ref().map(|(c, k, _)| (c.clone(), k.clone())),
             settings,
@@ -168,6 +204,7 @@ impl TestServer {
             dir,
             shutdown,
             task: Some(task),
+            postgres,
         }
     }
 
@@ -195,6 +232,12 @@ impl TestServer {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap();
+        }
+        if let Some(db) = self.postgres.take() {
+            PARKED
+                .lock()
+                .unwrap()
+                .push((self.dir.path().to_owned(), db));
         }
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)

@@ -72,7 +72,8 @@ pub(super) fn rotate_kek(
     new_file: Option<&Path>,
 ) -> anyhow::Result<()> {
     let db = data_dir.join(usher_server::app::DB_FILE);
-    if !db.exists() {
+    let postgres = std::fs::read_to_string(data_dir.join(usher_server::app::STORE_FILE)).ok();
+    if !db.exists() && postgres.is_none() {
         bail!("{} holds no Usher instance", data_dir.display());
     }
     let source = kek.source();
@@ -101,7 +102,17 @@ pub(super) fn rotate_kek(
     // Keep the new key where it is to live before the database depends on it.
     let staged = target.with_extension("rotating");
     write_kek_file(&staged, &new)?;
-    usher_server::store::SqliteStore::rewrap(&db, &current, &new)?;
+    match &postgres {
+        None => usher_server::store::SqliteStore::rewrap(&db, &current, &new)?,
+        Some(url) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(usher_server::store::PgStore::rewrap(
+                url.trim(),
+                &current,
+                &new,
+            ))?,
+    }
     std::fs::rename(&staged, &target).with_context(|| {
         format!(
             "cannot move the new key-encryption key to {}",

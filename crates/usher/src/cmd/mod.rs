@@ -5,6 +5,7 @@ mod bench;
 mod instance;
 mod key;
 mod manage;
+mod migrate;
 mod provision;
 mod sas_token;
 mod seed;
@@ -61,6 +62,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hub(cmd) => runtime()?.block_on(manage::hub(cmd)),
         Command::Policy(cmd) => runtime()?.block_on(manage::policy(cmd)),
         Command::Provision(args) => runtime()?.block_on(provision::run(args)),
+        Command::Migrate(args) => runtime()?.block_on(migrate::run(args)),
         Command::Bench(args) => match args.command {
             Some(BenchCommand::Seed(seed)) => runtime()?.block_on(seed::run(seed)),
             None => runtime()?.block_on(bench::run(*args)),

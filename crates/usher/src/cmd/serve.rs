@@ -37,6 +37,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = ServeConfig {
         data_dir: args.data_dir.clone(),
+        store: args.store.clone(),
         hostnames,
         tls_cert,
         settings: Settings {
@@ -83,7 +84,14 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let o = &prepared.overview;
-    println!("Usher is serving {}", args.data_dir.display());
+    match &args.store {
+        None => println!("Usher is serving {}", args.data_dir.display()),
+        Some(url) => println!(
+            "Usher is serving {} (data directory {})",
+            usher_server::store::redact_url(url),
+            args.data_dir.display()
+        ),
+    }
     println!("  ID scope:                   {}", o.id_scope);
     println!(
         "  Device endpoint:            {} (HTTPS, MQTT and AMQP over WebSockets on {}, MQTT on {}, AMQP on {})",

@@ -42,6 +42,7 @@ pub mod throttle;
 pub mod tls;
 pub mod webhook;
 pub mod websocket;
+pub mod x509;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

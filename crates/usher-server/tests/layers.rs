@@ -36,6 +36,7 @@ const DOMAIN: &[&str] = &[
     "testing",
     "metrics",
     "pki",
+    "x509",
 ];
 
 fn files_of(module: &str) -> Vec<PathBuf> {

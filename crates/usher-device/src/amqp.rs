@@ -46,7 +46,7 @@ impl AmqpLink {
     pub(crate) async fn connect(
         client: &Client,
         credential: &Credential,
-        token: &str,
+        token: Option<&str>,
     ) -> Result<Self, ProvisionError> {
         let endpoint = &client.endpoint;
         let port = endpoint.port(client.transport);
@@ -59,7 +59,8 @@ impl AmqpLink {
         let _ = tcp.set_nodelay(true);
         let over_ws = client.transport == Transport::AmqpWs;
         let alpn: &[&[u8]] = if over_ws { &[b"http/1.1"] } else { &[] };
-        let tls_config = crate::tls::client_config(endpoint.ca_pem.as_deref(), alpn)?;
+        let tls_config =
+            crate::tls::client_config(endpoint.ca_pem.as_deref(), alpn, credential.certificate())?;
         let name = rustls_pki_types::ServerName::try_from(endpoint.hostname().to_owned())
             .map_err(|e| ProvisionError::Transport(format!("invalid host name: {e}")))?;
         let tls = TlsConnector::from(tls_config)
@@ -73,9 +74,13 @@ impl AmqpLink {
             .container_id(format!("usher-device-{id}"))
             .hostname(endpoint.hostname())
             .scheme("amqp")
-            .sasl_profile(SaslProfile::Plain {
-                username: address.clone(),
-                password: token.to_owned(),
+            // A device with a certificate has authenticated in the TLS handshake already.
+            .sasl_profile(match token {
+                Some(token) => SaslProfile::Plain {
+                    username: address.clone(),
+                    password: token.to_owned(),
+                },
+                None => SaslProfile::External,
             });
         let opening = async {
             if over_ws {

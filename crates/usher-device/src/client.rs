@@ -77,6 +77,8 @@ impl Endpoint {
 pub enum ProvisionError {
     #[error("invalid CA certificate: {0}")]
     BadCa(String),
+    #[error("the device certificate or key cannot be used: {0}")]
+    BadCertificate(String),
     #[error("cannot reach the service: {0}")]
     Transport(String),
     #[error("the MQTT connection was refused with CONNACK code {0}")]
@@ -164,10 +166,14 @@ impl Client {
         let mut link = match self.transport {
             Transport::Https => Link::Http(Box::new(HttpLink::new(self, credential, token)?)),
             Transport::Mqtt | Transport::MqttWs => {
-                Link::Mqtt(Box::new(MqttLink::connect(self, credential, &token).await?))
+                Link::Mqtt(Box::new(
+                    MqttLink::connect(self, credential, token.as_deref()).await?,
+                ))
             }
             Transport::Amqp | Transport::AmqpWs => {
-                Link::Amqp(Box::new(AmqpLink::connect(self, credential, &token).await?))
+                Link::Amqp(Box::new(
+                    AmqpLink::connect(self, credential, token.as_deref()).await?,
+                ))
             }
         };
         let id = credential.registration_id().as_str();

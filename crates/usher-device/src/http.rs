@@ -11,17 +11,21 @@ pub(crate) struct HttpLink {
     http: reqwest::Client,
     /// `https://host:port/{scope}/registrations/{id}`.
     base: String,
-    token: String,
+    token: Option<String>,
 }
 
 impl HttpLink {
     pub(crate) fn new(
         client: &Client,
         credential: &Credential,
-        token: String,
+        token: Option<String>,
     ) -> Result<Self, ProvisionError> {
         let endpoint = &client.endpoint;
-        let tls = crate::tls::client_config(endpoint.ca_pem.as_deref(), &[b"http/1.1"])?;
+        let tls = crate::tls::client_config(
+            endpoint.ca_pem.as_deref(),
+            &[b"http/1.1"],
+            credential.certificate(),
+        )?;
         let mut builder = reqwest::Client::builder()
             .timeout(client.timeout)
             .https_only(true)
@@ -61,8 +65,11 @@ impl HttpLink {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, ProvisionError> {
+        let request = match &self.token {
+            Some(token) => request.header("Authorization", token),
+            None => request,
+        };
         let response = request
-            .header("Authorization", &self.token)
             .header("Accept", "application/json")
             .send()
             .await

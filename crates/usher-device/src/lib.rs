@@ -16,4 +16,4 @@ mod tls;
 pub use client::{
     API_VERSION, Client, DEFAULT_RETRY_AFTER, Endpoint, Progress, ProvisionError, Transport,
 };
-pub use credential::{Credential, CredentialError};
+pub use credential::{ClientCertificate, Credential, CredentialError};

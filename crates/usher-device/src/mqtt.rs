@@ -41,7 +41,7 @@ impl MqttLink {
     pub(crate) async fn connect(
         client: &Client,
         credential: &Credential,
-        token: &str,
+        token: Option<&str>,
     ) -> Result<Self, ProvisionError> {
         let endpoint = &client.endpoint;
         let port = endpoint.port(client.transport);
@@ -57,7 +57,8 @@ impl MqttLink {
         } else {
             &[]
         };
-        let tls_config = crate::tls::client_config(endpoint.ca_pem.as_deref(), alpn)?;
+        let tls_config =
+            crate::tls::client_config(endpoint.ca_pem.as_deref(), alpn, credential.certificate())?;
         let name = rustls_pki_types::ServerName::try_from(endpoint.hostname().to_owned())
             .map_err(|e| ProvisionError::Transport(format!("invalid host name: {e}")))?;
         let tls = TlsConnector::from(tls_config)
@@ -124,7 +125,7 @@ impl MqttLink {
                 client.id_scope,
                 utf8_percent_encode(user_agent, NON_ALPHANUMERIC)
             )),
-            password: Some(token.as_bytes().to_vec()),
+            password: token.map(|t| t.as_bytes().to_vec()),
         })))
         .await?;
         match link.recv().await? {

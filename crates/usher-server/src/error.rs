@@ -32,6 +32,8 @@ pub enum AuthError {
     WrongPolicyKey,
     #[error("the AMQP link address names another device than the SASL user name")]
     AddressOfAnotherDevice,
+    #[error("certificate refused: {0}")]
+    Certificate(#[from] crate::x509::X509Error),
 }
 
 /// Everything a request can fail with. Variants name what happened; [`ApiError::code`] maps them.

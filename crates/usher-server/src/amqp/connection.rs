@@ -1,4 +1,5 @@
-//! One AMQP connection: SASL PLAIN, the open deadline, the device's credentials checked by the
+//! One AMQP connection: SASL PLAIN (or, for a device that presented a client certificate,
+//! EXTERNAL or ANONYMOUS), the open deadline, the device's credentials checked by the
 //! registration core, and a task per session.
 
 use std::net::SocketAddr;
@@ -24,18 +25,23 @@ use crate::registration::{self, DeviceRequest};
 
 /// The only SASL mechanism DPS offers devices with symmetric keys.
 const PLAIN: &str = "PLAIN";
+/// What a device that authenticated with its TLS client certificate may ask for instead.
+const EXTERNAL: &str = "EXTERNAL";
+const ANONYMOUS: &str = "ANONYMOUS";
 /// Frames (and session frames) buffered between fe2o3's engine tasks and ours. Small, so that a
 /// peer that floods is slowed down by TCP back-pressure instead of filling memory.
 pub(super) const BUFFER: usize = 64;
 /// How long a close may wait for the peer's Close or Detach.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What a device presented at SASL (who it says it is, its SAS token), and where it connected
-/// from.
+/// What a device presented at SASL (who it says it is, its SAS token) or in its TLS handshake (its
+/// certificate chain), and where it connected from.
 #[derive(Clone)]
 pub(super) struct Device {
     pub(super) identity: DeviceIdentity,
-    pub(super) token: String,
+    /// `None` for a device that attests with its certificate.
+    pub(super) token: Option<String>,
+    pub(super) chain: crate::x509::ClientChain,
     pub(super) peer: SocketAddr,
     pub(super) protocol: Protocol,
 }
@@ -55,7 +61,8 @@ impl Device {
         DeviceRequest {
             id_scope: &self.identity.id_scope,
             registration_id: &self.identity.registration_id,
-            authorization: Some(&self.token),
+            authorization: self.token.as_deref(),
+            client_chain: &self.chain,
             peer: Some(self.peer.ip()),
             protocol: self.protocol,
         }
@@ -73,12 +80,32 @@ impl Device {
 /// for the connection task, which checks it once the connection is open. fe2o3-amqp's acceptor
 /// asks synchronously, so no token can be verified here (that needs the store); a user name that
 /// is not `{idScope}/registrations/{registrationId}` is refused at once.
+///
+/// A device that presented a client certificate may use EXTERNAL or ANONYMOUS instead: its
+/// identity is then its certificate's common name in this instance's ID scope (the link address
+/// must name the same device).
 #[derive(Clone, Default)]
-struct DeviceSasl(Arc<Mutex<Option<(DeviceIdentity, String)>>>);
+struct DeviceSasl {
+    slot: Arc<Mutex<Option<Sasl>>>,
+    /// Whether the TLS handshake carried a client certificate.
+    certificate: bool,
+}
+
+/// What SASL settled.
+enum Sasl {
+    Plain(DeviceIdentity, String),
+    Certificate,
+}
 
 impl DeviceSasl {
-    fn take(&self) -> Option<(DeviceIdentity, String)> {
-        self.0.lock().ok().and_then(|mut d| d.take())
+    fn take(&self) -> Option<Sasl> {
+        self.slot.lock().ok().and_then(|mut d| d.take())
+    }
+
+    fn set(&self, sasl: Sasl) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(sasl);
+        }
     }
 
     fn outcome(code: SaslCode) -> SaslServerFrame {
@@ -91,11 +118,24 @@ impl DeviceSasl {
 
 impl SaslAcceptor for DeviceSasl {
     fn mechanisms(&self) -> Array<Symbol> {
-        Array::from(vec![Symbol::from(PLAIN)])
+        if self.certificate {
+            Array::from(vec![
+                Symbol::from(EXTERNAL),
+                Symbol::from(PLAIN),
+                Symbol::from(ANONYMOUS),
+            ])
+        } else {
+            Array::from(vec![Symbol::from(PLAIN)])
+        }
     }
 
     fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
-        if init.mechanism.as_str() != PLAIN {
+        let mechanism = init.mechanism.as_str();
+        if self.certificate && (mechanism == EXTERNAL || mechanism == ANONYMOUS) {
+            self.set(Sasl::Certificate);
+            return Self::outcome(SaslCode::Ok);
+        }
+        if mechanism != PLAIN {
             tracing::debug!(mechanism = %init.mechanism.as_str(), "SASL mechanism refused");
             return Self::outcome(SaslCode::Auth);
         }
@@ -110,10 +150,8 @@ impl SaslAcceptor for DeviceSasl {
             ))
         });
         match device {
-            Ok(device) => {
-                if let Ok(mut slot) = self.0.lock() {
-                    *slot = Some(device);
-                }
+            Ok((identity, token)) => {
+                self.set(Sasl::Plain(identity, token));
                 Self::outcome(SaslCode::Ok)
             }
             Err(e) => {
@@ -136,6 +174,7 @@ pub async fn serve<Io>(
     endpoint: &super::Endpoint,
     io: Io,
     peer: SocketAddr,
+    chain: crate::x509::ClientChain,
     protocol: Protocol,
     shutdown: CancellationToken,
 ) where
@@ -147,7 +186,10 @@ pub async fn serve<Io>(
     };
     let _open = app.metrics.amqp_connection(protocol);
     let limits = endpoint.limits;
-    let sasl = DeviceSasl::default();
+    let sasl = DeviceSasl {
+        slot: Arc::default(),
+        certificate: chain.is_present(),
+    };
     let acceptor = ConnectionAcceptor::builder()
         .container_id("usher")
         .max_frame_size(limits.max_frame_size)
@@ -169,7 +211,24 @@ pub async fn serve<Io>(
             return;
         }
     };
-    let Some((identity, token)) = sasl.take() else {
+    let settled = match sasl.take() {
+        Some(Sasl::Plain(identity, token)) => Some((identity, Some(token))),
+        // The device is its certificate's common name; the link address must agree.
+        Some(Sasl::Certificate) => chain
+            .leaf()
+            .and_then(|leaf| crate::x509::common_name(leaf).ok())
+            .map(|cn| {
+                (
+                    DeviceIdentity {
+                        id_scope: app.instance.id_scope.clone(),
+                        registration_id: cn,
+                    },
+                    None,
+                )
+            }),
+        None => None,
+    };
+    let Some((identity, token)) = settled else {
         // The acceptor only opens after a successful SASL outcome, which stores the device.
         close(
             &mut connection,
@@ -181,6 +240,7 @@ pub async fn serve<Io>(
     let device = Device {
         identity,
         token,
+        chain,
         peer,
         protocol,
     };

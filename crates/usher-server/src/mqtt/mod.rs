@@ -47,6 +47,7 @@ pub async fn serve_tls_connection(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let chain = crate::x509::ClientChain::new(tls.get_ref().1.peer_certificates());
     let (read, write) = tokio::io::split(tls);
     let input = FramedRead::new(read, BytesCodec::new()).map(|r| r.map(bytes::BytesMut::freeze));
     let output = FramedWrite::new(write, BytesCodec::new());
@@ -56,6 +57,7 @@ pub async fn serve_tls_connection(
         input,
         output,
         peer,
+        chain,
         Protocol::Mqtt,
         shutdown,
     )

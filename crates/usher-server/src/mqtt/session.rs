@@ -107,6 +107,7 @@ pub async fn run_session<I, O>(
     mut input: I,
     mut output: O,
     peer: SocketAddr,
+    client_chain: crate::x509::ClientChain,
     protocol: Protocol,
     shutdown: CancellationToken,
 ) where
@@ -123,6 +124,7 @@ pub async fn run_session<I, O>(
     let mut session = Session {
         app,
         peer,
+        client_chain,
         protocol,
         connected: None,
         granted: None,
@@ -157,6 +159,8 @@ async fn refuse_busy<O: Sink<Bytes, Error = std::io::Error> + Unpin>(mut output:
 struct Session {
     app: App,
     peer: SocketAddr,
+    /// The certificate chain the device presented at the TLS handshake (X.509 devices).
+    client_chain: crate::x509::ClientChain,
     protocol: Protocol,
     connected: Option<Connected>,
     /// The QoS granted to the response subscription; answers go out at it (never above 1).
@@ -384,6 +388,7 @@ impl Session {
             id_scope: &connected.username.id_scope,
             registration_id: &connected.username.registration_id,
             authorization: connected.password.as_deref(),
+            client_chain: &self.client_chain,
             protocol: self.protocol,
             peer: Some(self.peer.ip()),
         };

@@ -17,6 +17,7 @@ pub(crate) async fn session(
     endpoint: super::Endpoint,
     socket: WebSocket,
     peer: SocketAddr,
+    chain: crate::x509::ClientChain,
 ) {
     let (sink, stream) = socket.split();
     let output = sink
@@ -39,6 +40,7 @@ pub(crate) async fn session(
         Box::pin(input),
         Box::pin(output),
         peer,
+        chain,
         Protocol::MqttWs,
         shutdown,
     )

@@ -80,7 +80,7 @@ impl AmqpLink {
                     username: address.clone(),
                     password: token.to_owned(),
                 },
-                None => SaslProfile::External,
+                None => SaslProfile::Anonymous,
             });
         let opening = async {
             if over_ws {

@@ -165,16 +165,12 @@ impl Client {
         let token = credential.token(&self.id_scope, unix_now() + self.token_ttl.as_secs());
         let mut link = match self.transport {
             Transport::Https => Link::Http(Box::new(HttpLink::new(self, credential, token)?)),
-            Transport::Mqtt | Transport::MqttWs => {
-                Link::Mqtt(Box::new(
-                    MqttLink::connect(self, credential, token.as_deref()).await?,
-                ))
-            }
-            Transport::Amqp | Transport::AmqpWs => {
-                Link::Amqp(Box::new(
-                    AmqpLink::connect(self, credential, token.as_deref()).await?,
-                ))
-            }
+            Transport::Mqtt | Transport::MqttWs => Link::Mqtt(Box::new(
+                MqttLink::connect(self, credential, token.as_deref()).await?,
+            )),
+            Transport::Amqp | Transport::AmqpWs => Link::Amqp(Box::new(
+                AmqpLink::connect(self, credential, token.as_deref()).await?,
+            )),
         };
         let id = credential.registration_id().as_str();
         let body = serde_json::to_vec(&DeviceRegistration {

@@ -156,6 +156,10 @@ pub struct DeviceRegistrationResult {
     pub payload: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
+    /// Present on X.509 registrations: `{certificateInfo, enrollmentGroupId,
+    /// signingCertificateInfo}` (`X509RegistrationResult`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<Value>,
 }
 
 impl DeviceRegistrationResult {
@@ -174,6 +178,7 @@ impl DeviceRegistrationResult {
             etag: None,
             payload: None,
             symmetric_key: None,
+            x509: None,
         }
     }
 }

@@ -91,9 +91,9 @@ impl GroupIndex {
                     ApiError::Store(StoreError::Corrupt(format!("group {}: {e}", doc.id)))
                 })?;
                 let credential = match group.attestation.kind {
-                    AttestationType::SymmetricKey => GroupCredential::Keys(
-                        crate::registration::stored_keys(&group.attestation)?,
-                    ),
+                    AttestationType::SymmetricKey => {
+                        GroupCredential::Keys(crate::registration::stored_keys(&group.attestation)?)
+                    }
                     AttestationType::X509 => GroupCredential::Signing(
                         crate::registration::stored_certificates(&group.attestation)?
                             .into_iter()

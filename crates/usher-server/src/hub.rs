@@ -114,7 +114,8 @@ pub fn assigned_device(
         generation_id: new_generation_id(),
         doc: {
             let (kind, thumbprints) = auth.doc();
-            let mut doc = json!({"authenticationType": kind, "capabilities": {"iotEdge": iot_edge}});
+            let mut doc =
+                json!({"authenticationType": kind, "capabilities": {"iotEdge": iot_edge}});
             if !thumbprints.is_null() {
                 doc["x509Thumbprint"] = thumbprints;
             }

@@ -259,7 +259,9 @@ impl PreparedPut {
                 serde_json::to_value(keys).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
         }
         if attestation.kind == AttestationType::X509 {
-            let stored = current.as_ref().and_then(|d| d.json.pointer("/attestation/x509"));
+            let stored = current
+                .as_ref()
+                .and_then(|d| d.json.pointer("/attestation/x509"));
             complete_certificates(kind, &mut json["attestation"]["x509"], stored)?;
         }
         let now = now_text();
@@ -1246,10 +1248,14 @@ fn complete_certificates(
         }
         let text = entry["certificate"].as_str().unwrap_or_default();
         let der = crate::x509::parse_stored(text).map_err(|e| {
-            ApiError::InvalidArgument(format!("attestation.x509.{set_name}.{which}.certificate: {e}"))
+            ApiError::InvalidArgument(format!(
+                "attestation.x509.{set_name}.{which}.certificate: {e}"
+            ))
         })?;
         entry["info"] = crate::x509::info(&der).map_err(|e| {
-            ApiError::InvalidArgument(format!("attestation.x509.{set_name}.{which}.certificate: {e}"))
+            ApiError::InvalidArgument(format!(
+                "attestation.x509.{set_name}.{which}.certificate: {e}"
+            ))
         })?;
     }
     let has_primary = x509

@@ -17,10 +17,10 @@ use crate::audit;
 use crate::clock::{new_etag, unix_now};
 use crate::error::{ApiError, AuthError};
 use crate::metrics::{Operation, RegistrationOutcome};
-use crate::x509::ClientChain;
 use crate::store::{
     Assignment, Collection, DeviceWrite, Doc, RegisterView, Registration, StoreError, TwinWrite,
 };
+use crate::x509::ClientChain;
 
 /// Who a device request claims to be, as the transport received it.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +74,9 @@ struct Attested {
     /// How the hub identity authenticates: `sas`, or the certificates' (`selfSigned`,
     /// `certificateAuthority`).
     hub_auth: crate::hub::DeviceAuth,
+    /// For a certificate: the registration result's `x509` (the device's and the signing
+    /// certificate's info).
+    x509: Option<serde_json::Value>,
 }
 
 /// What the device attested with, kept to check it again if the enrollment changes before the
@@ -373,6 +376,7 @@ fn decide_in_transaction(
         operation_id,
         payload: None,
         initial_hub: view.previous.as_ref().and_then(|p| p.initial_hub.clone()),
+        x509: attested.x509.clone(),
     };
     let mut assignment = Assignment::default();
     let decided = match outcome {
@@ -736,9 +740,10 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
         last_updated_date_time_utc: Some(usher_proto::model::format_timestamp(r.updated)),
         etag: Some(r.etag.clone()),
         payload: r.payload.clone(),
-        symmetric_key: Some(SymmetricKeyRegistrationResult {
+        symmetric_key: r.x509.is_none().then(|| SymmetricKeyRegistrationResult {
             enrollment_group_id: r.enrollment_group_id.clone(),
         }),
+        x509: r.x509.clone(),
         ..DeviceRegistrationResult::bare(r.registration_id.clone(), status)
     }
 }
@@ -829,6 +834,7 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
                     enrollment: Enrollment::Individual(Box::new(enrollment)),
                     keys,
                     hub_auth: crate::hub::DeviceAuth::Sas,
+                    x509: None,
                 });
             }
             // A disabled individual enrollment is how one device of a group is blocked: a device
@@ -854,6 +860,7 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
                 enrollment: Enrollment::Group(Box::new(g.group.clone())),
                 keys,
                 hub_auth: crate::hub::DeviceAuth::Sas,
+                x509: None,
             });
         }
     }
@@ -908,7 +915,12 @@ async fn check_certificate(
         .await?
     {
         let enrollment: IndividualEnrollment = parse_doc(&doc)?;
-        match check_chain(chain, registration_id.as_str(), &enrollment.attestation, false) {
+        match check_chain(
+            chain,
+            registration_id.as_str(),
+            &enrollment.attestation,
+            false,
+        ) {
             Ok(hub_auth) => {
                 tracing::debug!(registration_id = %registration_id, "individual X.509 enrollment attested");
                 return Ok(Attested {
@@ -916,6 +928,7 @@ async fn check_certificate(
                     enrollment: Enrollment::Individual(Box::new(enrollment)),
                     keys: random_keys()?,
                     hub_auth,
+                    x509: Some(x509_result(chain, None, None)),
                 });
             }
             Err(_) if !enrollment.settings.is_enabled() => {}
@@ -934,6 +947,11 @@ async fn check_certificate(
                 Ok(()) => {
                     tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, "X.509 group member attested");
                     return Ok(Attested {
+                        x509: Some(x509_result(
+                            chain,
+                            Some(&g.group.enrollment_group_id),
+                            Some(cert),
+                        )),
                         registration_id,
                         enrollment: Enrollment::Group(Box::new(g.group.clone())),
                         keys: random_keys()?,
@@ -944,8 +962,29 @@ async fn check_certificate(
             }
         }
     }
-    Err(refusal.map_or(AuthError::NoMatchingEnrollment, AuthError::Certificate)
+    Err(refusal
+        .map_or(AuthError::NoMatchingEnrollment, AuthError::Certificate)
         .into())
+}
+
+/// The registration result's `x509`: the device certificate's info, and for a group member the
+/// group and its signing certificate's info.
+fn x509_result(
+    chain: &ClientChain,
+    group: Option<&str>,
+    signing: Option<&rustls_pki_types::CertificateDer<'_>>,
+) -> serde_json::Value {
+    let info = |c: &rustls_pki_types::CertificateDer<'_>| crate::x509::info(c).ok();
+    let mut result = serde_json::json!({
+        "certificateInfo": chain.leaf().and_then(info),
+    });
+    if let Some(group) = group {
+        result["enrollmentGroupId"] = group.into();
+    }
+    if let Some(signing) = signing.and_then(info) {
+        result["signingCertificateInfo"] = signing;
+    }
+    result
 }
 
 /// Checks a device's chain against one enrollment's X.509 attestation: an individual
@@ -972,8 +1011,13 @@ fn check_chain(
         }
         return Err(AuthError::Certificate(last).into());
     }
-    crate::x509::check_individual(chain, registration_id, [certs[0].as_ref(), certs[1].as_ref()], now)
-        .map_err(AuthError::Certificate)?;
+    crate::x509::check_individual(
+        chain,
+        registration_id,
+        [certs[0].as_ref(), certs[1].as_ref()],
+        now,
+    )
+    .map_err(AuthError::Certificate)?;
     Ok(crate::hub::DeviceAuth::SelfSigned {
         primary: certs[0]
             .as_ref()
@@ -1000,7 +1044,9 @@ pub(crate) fn stored_certificates(
             .and_then(serde_json::Value::as_str)
             .map(|text| {
                 crate::x509::parse_stored(text).map_err(|e| {
-                    ApiError::Store(StoreError::Corrupt(format!("stored {which} certificate: {e}")))
+                    ApiError::Store(StoreError::Corrupt(format!(
+                        "stored {which} certificate: {e}"
+                    )))
                 })
             })
             .transpose()

@@ -74,11 +74,11 @@ pub async fn websocket_route(
         .max_message_size(max)
         .max_frame_size(max);
     match protocol {
-        Protocol::Mqtt => {
-            ws.on_upgrade(move |socket| crate::mqtt::websocket_session(app, mqtt, socket, peer, chain))
-        }
-        Protocol::Amqp => {
-            ws.on_upgrade(move |socket| crate::amqp::websocket_session(app, amqp, socket, peer, chain))
-        }
+        Protocol::Mqtt => ws.on_upgrade(move |socket| {
+            crate::mqtt::websocket_session(app, mqtt, socket, peer, chain)
+        }),
+        Protocol::Amqp => ws.on_upgrade(move |socket| {
+            crate::amqp::websocket_session(app, amqp, socket, peer, chain)
+        }),
     }
 }

@@ -90,9 +90,7 @@ pub fn parse_stored(text: &str) -> Result<CertificateDer<'static>, X509Error> {
         let compact: String = trimmed.chars().filter(|c| !c.is_whitespace()).collect();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(compact)
-            .map_err(|e| {
-                X509Error::Malformed(format!("neither PEM nor base64 DER ({e})"))
-            })?;
+            .map_err(|e| X509Error::Malformed(format!("neither PEM nor base64 DER ({e})")))?;
         CertificateDer::from(bytes)
     };
     parse(&der)?;

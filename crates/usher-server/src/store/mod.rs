@@ -335,6 +335,9 @@ pub struct Registration {
     pub payload: Option<Value>,
     /// The hub the device was first assigned to.
     pub initial_hub: Option<String>,
+    /// For a device that attested with a certificate: the `x509` registration result
+    /// (`certificateInfo`, `enrollmentGroupId`, `signingCertificateInfo`).
+    pub x509: Option<Value>,
 }
 
 /// One registration's durable effects, written in one transaction.

@@ -204,6 +204,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             operation_id: "op".into(),
             payload: Some(json!({"a": 1})),
             initial_hub: None,
+            x509: None,
         };
         let device = HubDevice {
             primary_key: key(4),
@@ -353,6 +354,7 @@ async fn hub_registry_read_modify_write_and_policies() {
         operation_id: "op".into(),
         payload: None,
         initial_hub: None,
+        x509: None,
     };
     let again = HubDevice {
         primary_key: key(6),
@@ -527,6 +529,7 @@ fn registration(id: &str, group: Option<&str>, updated: Time) -> Registration {
         operation_id: "op".into(),
         payload: None,
         initial_hub: Some("h.example".into()),
+        x509: None,
     }
 }
 

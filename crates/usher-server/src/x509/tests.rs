@@ -22,7 +22,10 @@ fn params(cn: &str, ca: bool, days: (i64, i64)) -> CertificateParams {
     p.not_after = now + Duration::days(days.1);
     if ca {
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
     } else {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     }
@@ -82,10 +85,16 @@ fn info_reads_as_dps_shows_it() {
     assert_eq!(info["version"], 3);
     let sha1 = info["sha1Thumbprint"].as_str().unwrap();
     assert_eq!(sha1.len(), 40);
-    assert!(sha1.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+    assert!(
+        sha1.chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    );
     assert_eq!(info["sha256Thumbprint"].as_str().unwrap().len(), 64);
     let not_after = info["notAfterUtc"].as_str().unwrap();
-    assert!(not_after.ends_with('Z') && !not_after.contains('.'), "{not_after}");
+    assert!(
+        not_after.ends_with('Z') && !not_after.contains('.'),
+        "{not_after}"
+    );
     let serial = info["serialNumber"].as_str().unwrap();
     assert!(!serial.is_empty() && !serial.starts_with("00"), "{serial}");
 }
@@ -112,7 +121,12 @@ fn individual_matches_the_enrolled_certificate_by_thumbprint() {
         Err(X509Error::CommonNameMismatch { .. })
     ));
     assert_eq!(
-        check_individual(&ClientChain::default(), "dev-1", [Some(&device.der), None], now()),
+        check_individual(
+            &ClientChain::default(),
+            "dev-1",
+            [Some(&device.der), None],
+            now()
+        ),
         Err(X509Error::NoCertificate)
     );
 }
@@ -154,7 +168,12 @@ fn expired_or_not_yet_valid_certificates_are_refused() {
         Err(X509Error::NotValidNow { .. })
     ));
     assert!(matches!(
-        check_individual(&chain(&[&expired]), "old", [Some(&expired.der), None], now()),
+        check_individual(
+            &chain(&[&expired]),
+            "old",
+            [Some(&expired.der), None],
+            now()
+        ),
         Err(X509Error::NotValidNow { .. })
     ));
     let future = signed("new", false, (2, 30), &root);

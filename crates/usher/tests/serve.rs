@@ -1405,3 +1405,189 @@ fn bench_seed_creates_enrollments_and_groups_in_bulk() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --prefix"));
 }
+
+/// A certificate (PEM) and its key (PEM), written to `dir` as `{name}.pem` and `{name}.key`.
+struct TestCert {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl TestCert {
+    fn new(dir: &Path, name: &str, ca: bool, by: Option<&Self>) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(30);
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match by {
+            None => params.self_signed(&key).unwrap(),
+            Some(i) => params
+                .signed_by(&key, &rcgen::Issuer::from_params(&i.params, &i.key))
+                .unwrap(),
+        };
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        Self {
+            pem: cert.pem(),
+            params,
+            key,
+        }
+    }
+}
+
+#[test]
+fn x509_enrollments_and_groups_from_the_cli_and_provision_with_a_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let https = listener(dir, "httpsAddr");
+    let mqtt = listener(dir, "mqttAddr");
+    let amqp = listener(dir, "amqpAddr");
+
+    // An individual enrollment with a self-signed device certificate.
+    TestCert::new(dir, "cli-x509-dev", false, None);
+    let created = json(&usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "cli-x509-dev",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "cli-x509-dev.pem",
+        ],
+    ));
+    let info = &created["attestation"]["x509"]["clientCertificates"]["primary"]["info"];
+    assert_eq!(info["subjectName"], "CN=cli-x509-dev", "{created}");
+    let shown = ok(&usher(dir, &["enrollment", "show", "cli-x509-dev"]));
+    assert!(shown.contains("CN=cli-x509-dev"), "{shown}");
+    assert!(
+        shown.contains(info["sha1Thumbprint"].as_str().unwrap()),
+        "{shown}"
+    );
+    for (transport, host) in [("https", &https), ("mqtt", &mqtt), ("amqp", &amqp)] {
+        let out = ok(&usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--cert",
+                "cli-x509-dev.pem",
+                "--cert-key",
+                "cli-x509-dev.key",
+                "--host",
+                host,
+                "--ca",
+                &ca,
+                "--transport",
+                transport,
+            ],
+        ));
+        assert!(
+            out.contains("with an X.509 certificate")
+                && out.contains("deviceId cli-x509-dev, status assigned"),
+            "{transport}: {out}"
+        );
+    }
+
+    // A group signed by an intermediate; the device presents its certificate and the intermediate.
+    let root = TestCert::new(dir, "cli-root", true, None);
+    let intermediate = TestCert::new(dir, "cli-intermediate", true, Some(&root));
+    let device = TestCert::new(dir, "cli-grp-dev", false, Some(&intermediate));
+    std::fs::write(
+        dir.join("chain.pem"),
+        format!("{}{}", device.pem, intermediate.pem),
+    )
+    .unwrap();
+    ok(&usher(
+        dir,
+        &[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "cli-x509-group",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "cli-root.pem",
+        ],
+    ));
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--cert",
+            "chain.pem",
+            "--cert-key",
+            "cli-grp-dev.key",
+            "--host",
+            &https,
+            "--ca",
+            &ca,
+        ],
+    ));
+    assert!(
+        out.contains("deviceId cli-grp-dev, status assigned"),
+        "{out}"
+    );
+    // Without the intermediate the chain does not reach the group's root.
+    let out = usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--cert",
+            "cli-grp-dev.pem",
+            "--cert-key",
+            "cli-grp-dev.key",
+            "--host",
+            &https,
+            "--ca",
+            &ca,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401002"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad input is explained before anything is sent.
+    std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
+    let out = usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "junk",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "junk.pem",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,10 +6,19 @@ use usher_device::{
 use crate::cli::{ProvisionArgs, TransportArg};
 
 pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
-    let credential = match (&args.key, &args.group_key) {
-        (Some(key), _) => Credential::individual(&args.registration_id, key),
-        (None, Some(group)) => Credential::from_group_key(&args.registration_id, group),
-        (None, None) => anyhow::bail!("give --key or --group-key"),
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    let id = args.registration_id.as_deref();
+    let credential = match (&args.key, &args.group_key, &args.cert, &args.cert_key, id) {
+        (_, _, Some(cert), Some(key), id) => {
+            Credential::x509(&read("--cert", cert)?, &read("--cert-key", key)?, id)
+        }
+        (Some(key), _, _, _, Some(id)) => Credential::individual(id, key),
+        (None, Some(group), _, _, Some(id)) => Credential::from_group_key(id, group),
+        _ => anyhow::bail!(
+            "give --registration-id with --key or --group-key, or --cert and --cert-key"
+        ),
     }
     .context("invalid device credential")?;
     let ca_pem = match &args.ca {
@@ -37,8 +46,15 @@ pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
     let client = Client::new(&endpoint, &args.id_scope, transport);
     println!("Provisioning API version: {API_VERSION}");
     println!(
-        "Registering device {} with ID scope {} at {} over {transport:?}",
-        args.registration_id, args.id_scope, args.host
+        "Registering device {} with ID scope {} at {} over {transport:?}{}",
+        credential.registration_id(),
+        args.id_scope,
+        args.host,
+        if credential.certificate().is_some() {
+            " with an X.509 certificate"
+        } else {
+            ""
+        }
     );
     let result = client
         .provision(&credential, payload, |p| match p {
@@ -55,7 +71,7 @@ pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         Ok(status) => {
             let state = status.registration_state.unwrap_or_else(|| {
                 usher_proto::model::DeviceRegistrationResult::bare(
-                    args.registration_id.clone(),
+                    credential.registration_id().to_string(),
                     status.status,
                 )
             });

@@ -58,9 +58,7 @@ impl AmqpLink {
         .map_err(|e| transport(&e))?;
         let _ = tcp.set_nodelay(true);
         let over_ws = client.transport == Transport::AmqpWs;
-        let alpn: &[&[u8]] = if over_ws { &[b"http/1.1"] } else { &[] };
-        let tls_config =
-            crate::tls::client_config(endpoint.ca_pem.as_deref(), alpn, credential.certificate())?;
+        let tls_config = client.tls_config(Some(credential))?;
         let name = rustls_pki_types::ServerName::try_from(endpoint.hostname().to_owned())
             .map_err(|e| ProvisionError::Transport(format!("invalid host name: {e}")))?;
         let tls = TlsConnector::from(tls_config)

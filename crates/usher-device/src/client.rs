@@ -1,8 +1,11 @@
 //! The registration flow, written once for every transport.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::ClientConfig;
+use usher_proto::RegistrationId;
 use usher_proto::model::{
     DeviceRegistration, ErrorBody, RegistrationOperationStatus, RegistrationStatus,
 };
@@ -99,6 +102,12 @@ pub enum ProvisionError {
     NotAssigned(Box<RegistrationOperationStatus>),
     #[error("still assigning after {0} polls")]
     TooManyPolls(u32),
+    #[error(
+        "this connection is authenticated as {bound}, not {asked} (MQTT and AMQP connections serve one device)"
+    )]
+    OtherDevice { bound: String, asked: String },
+    #[error("not supported over {0:?}: {1}")]
+    Unsupported(Transport, &'static str),
 }
 
 fn describe(body: Option<&ErrorBody>, text: &str) -> String {
@@ -134,6 +143,8 @@ pub struct Client {
     pub max_polls: u32,
     /// How long to wait for any one answer.
     pub timeout: Duration,
+    /// The TLS configuration, built on first use and shared by every connection of this client.
+    tls: Arc<OnceLock<Arc<ClientConfig>>>,
 }
 
 enum Link {
@@ -151,28 +162,140 @@ impl Client {
             token_ttl: Duration::from_secs(3600),
             max_polls: 60,
             timeout: Duration::from_secs(30),
+            tls: Arc::default(),
         }
     }
 
-    /// Registers the device and polls until the service gives a final answer. Succeeds only on
-    /// `assigned`; every other final status is [`ProvisionError::NotAssigned`].
+    /// The transport this client speaks.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The TLS client configuration for this client's transport (ALPN `http/1.1` for HTTPS and
+    /// WebSockets, none for MQTT and AMQP over TLS), built once; for a device with an X.509
+    /// certificate, built for its connection with the certificate to present.
+    pub(crate) fn tls_config(
+        &self,
+        credential: Option<&Credential>,
+    ) -> Result<Arc<ClientConfig>, ProvisionError> {
+        let alpn: &[&[u8]] = match self.transport {
+            Transport::Https | Transport::MqttWs | Transport::AmqpWs => &[b"http/1.1"],
+            Transport::Mqtt | Transport::Amqp => &[],
+        };
+        if let Some(certificate) = credential.and_then(Credential::certificate) {
+            return crate::tls::client_config(
+                self.endpoint.ca_pem.as_deref(),
+                alpn,
+                Some(certificate),
+            );
+        }
+        if let Some(config) = self.tls.get() {
+            return Ok(Arc::clone(config));
+        }
+        let config = crate::tls::client_config(self.endpoint.ca_pem.as_deref(), alpn, None)?;
+        Ok(Arc::clone(self.tls.get_or_init(|| config)))
+    }
+
+    /// Registers the device and polls until the service gives a final answer, on a connection of
+    /// its own. Succeeds only on `assigned`; every other final status is
+    /// [`ProvisionError::NotAssigned`].
     pub async fn provision(
         &self,
         credential: &Credential,
         payload: Option<serde_json::Value>,
+        progress: impl FnMut(Progress),
+    ) -> Result<RegistrationOperationStatus, ProvisionError> {
+        let mut connection = self.connect(credential).await?;
+        let result = connection.provision(credential, payload, progress).await;
+        connection.close().await;
+        result
+    }
+
+    /// Opens a connection to the service that can register devices one after another.
+    ///
+    /// Over HTTPS every request carries its own token, so one connection serves any device: the
+    /// connection is opened by the first request and kept alive between them (a device with an
+    /// X.509 certificate presents it on this connection, which then serves that device). MQTT and AMQP
+    /// authenticate one registration ID per connection: the connection is opened now, as
+    /// `credential`'s device, and serves only that device (which may register again on it).
+    pub async fn connect(&self, credential: &Credential) -> Result<Connection, ProvisionError> {
+        let (link, bound) = match self.transport {
+            Transport::Https => (
+                Link::Http(Box::new(HttpLink::new(self, credential)?)),
+                credential
+                    .certificate()
+                    .map(|_| credential.registration_id().clone()),
+            ),
+            Transport::Mqtt | Transport::MqttWs => {
+                let token = self.token(credential);
+                let link = MqttLink::connect(self, credential, token.as_deref()).await?;
+                (
+                    Link::Mqtt(Box::new(link)),
+                    Some(credential.registration_id().clone()),
+                )
+            }
+            Transport::Amqp | Transport::AmqpWs => {
+                let token = self.token(credential);
+                let link = AmqpLink::connect(self, credential, token.as_deref()).await?;
+                (
+                    Link::Amqp(Box::new(link)),
+                    Some(credential.registration_id().clone()),
+                )
+            }
+        };
+        Ok(Connection {
+            client: self.clone(),
+            link,
+            bound,
+        })
+    }
+
+    /// A SAS token for a symmetric-key device; none for a device with a certificate.
+    fn token(&self, credential: &Credential) -> Option<String> {
+        credential.token(&self.id_scope, unix_now() + self.token_ttl.as_secs())
+    }
+}
+
+/// A connection to the service (see [`Client::connect`]).
+pub struct Connection {
+    client: Client,
+    link: Link,
+    /// The device an MQTT or AMQP connection authenticated as.
+    bound: Option<RegistrationId>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("transport", &self.client.transport)
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Registers the device and polls until the service gives a final answer, on this
+    /// connection. Succeeds only on `assigned`. Over MQTT and AMQP, `credential` must be the
+    /// device the connection authenticated as ([`ProvisionError::OtherDevice`] otherwise).
+    pub async fn provision(
+        &mut self,
+        credential: &Credential,
+        payload: Option<serde_json::Value>,
         mut progress: impl FnMut(Progress),
     ) -> Result<RegistrationOperationStatus, ProvisionError> {
-        let token = credential.token(&self.id_scope, unix_now() + self.token_ttl.as_secs());
-        let mut link = match self.transport {
-            Transport::Https => Link::Http(Box::new(HttpLink::new(self, credential, token)?)),
-            Transport::Mqtt | Transport::MqttWs => Link::Mqtt(Box::new(
-                MqttLink::connect(self, credential, token.as_deref()).await?,
-            )),
-            Transport::Amqp | Transport::AmqpWs => Link::Amqp(Box::new(
-                AmqpLink::connect(self, credential, token.as_deref()).await?,
-            )),
-        };
         let id = credential.registration_id().as_str();
+        if let Some(bound) = &self.bound
+            && bound.as_str() != id
+        {
+            return Err(ProvisionError::OtherDevice {
+                bound: bound.as_str().to_owned(),
+                asked: id.to_owned(),
+            });
+        }
+        let token = match self.link {
+            Link::Http(_) => self.client.token(credential),
+            Link::Mqtt(_) | Link::Amqp(_) => None,
+        };
         let body = serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(id.to_owned()),
             payload,
@@ -180,36 +303,60 @@ impl Client {
         })
         .map_err(|e| ProvisionError::BadResponse(e.to_string()))?;
         progress(Progress::Registering);
-        let answer = match &mut link {
-            Link::Http(l) => l.register(body).await?,
+        let answer = match &mut self.link {
+            Link::Http(l) => l.register(&self.client, id, token.as_deref(), body).await?,
             Link::Mqtt(l) => l.register(body).await?,
             Link::Amqp(l) => l.register(body).await?,
         };
         let (mut status, mut retry_after) = interpret(answer)?;
         let mut polls = 0;
         while status.status == RegistrationStatus::Assigning {
-            if polls == self.max_polls {
+            if polls == self.client.max_polls {
                 return Err(ProvisionError::TooManyPolls(polls));
             }
             polls += 1;
             progress(Progress::Assigning { retry_after });
             tokio::time::sleep(retry_after).await;
-            let answer = match &mut link {
-                Link::Http(l) => l.poll(&status.operation_id).await?,
-                Link::Mqtt(l) => l.poll(&status.operation_id).await?,
-                Link::Amqp(l) => l.poll(&status.operation_id).await?,
+            let operation_id = &status.operation_id;
+            let answer = match &mut self.link {
+                Link::Http(l) => {
+                    l.poll(&self.client, id, token.as_deref(), operation_id)
+                        .await?
+                }
+                Link::Mqtt(l) => l.poll(operation_id).await?,
+                Link::Amqp(l) => l.poll(operation_id).await?,
             };
             (status, retry_after) = interpret(answer)?;
-        }
-        match link {
-            Link::Mqtt(mut l) => l.disconnect().await,
-            Link::Amqp(l) => l.disconnect().await,
-            Link::Http(_) => {}
         }
         if status.status == RegistrationStatus::Assigned {
             Ok(status)
         } else {
             Err(ProvisionError::NotAssigned(Box::new(status)))
+        }
+    }
+
+    /// The cheapest round trip the transport has, on this connection, for measuring what the
+    /// connection pattern alone costs: HTTPS `GET /healthz` (opening the connection if it is not
+    /// yet), MQTT PINGREQ. AMQP has none this client can send
+    /// ([`ProvisionError::Unsupported`]); opening and closing the connection is its probe.
+    pub async fn ping(&mut self) -> Result<(), ProvisionError> {
+        match &mut self.link {
+            Link::Http(l) => l.healthz().await,
+            Link::Mqtt(l) => l.ping().await,
+            Link::Amqp(_) => Err(ProvisionError::Unsupported(
+                self.client.transport,
+                "no ping on an AMQP connection",
+            )),
+        }
+    }
+
+    /// Closes the connection politely (MQTT DISCONNECT, AMQP close); an HTTPS connection closes
+    /// when dropped.
+    pub async fn close(self) {
+        match self.link {
+            Link::Mqtt(mut l) => l.disconnect().await,
+            Link::Amqp(l) => l.disconnect().await,
+            Link::Http(_) => {}
         }
     }
 }

@@ -14,6 +14,7 @@ mod mqtt;
 mod tls;
 
 pub use client::{
-    API_VERSION, Client, DEFAULT_RETRY_AFTER, Endpoint, Progress, ProvisionError, Transport,
+    API_VERSION, Client, Connection, DEFAULT_RETRY_AFTER, Endpoint, Progress, ProvisionError,
+    Transport,
 };
 pub use credential::{ClientCertificate, Credential, CredentialError};

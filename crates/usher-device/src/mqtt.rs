@@ -33,11 +33,13 @@ pub(crate) struct MqttLink {
     next_packet_id: u16,
     next_rid: u64,
     timeout: Duration,
+    /// Whether the response topic is subscribed (before the first request).
+    subscribed: bool,
 }
 
 impl MqttLink {
-    /// Opens the connection (TLS, and the WebSocket upgrade for `MqttWs`), sends CONNECT and
-    /// SUBSCRIBE, and waits for their acknowledgements.
+    /// Opens the connection (TLS, and the WebSocket upgrade for `MqttWs`), sends CONNECT and waits
+    /// for CONNACK. The response topic is subscribed before the first request.
     pub(crate) async fn connect(
         client: &Client,
         credential: &Credential,
@@ -52,13 +54,7 @@ impl MqttLink {
         }
         .map_err(|e| transport(&e))?;
         let _ = tcp.set_nodelay(true);
-        let alpn: &[&[u8]] = if client.transport == Transport::MqttWs {
-            &[b"http/1.1"]
-        } else {
-            &[]
-        };
-        let tls_config =
-            crate::tls::client_config(endpoint.ca_pem.as_deref(), alpn, credential.certificate())?;
+        let tls_config = client.tls_config(Some(credential))?;
         let name = rustls_pki_types::ServerName::try_from(endpoint.hostname().to_owned())
             .map_err(|e| ProvisionError::Transport(format!("invalid host name: {e}")))?;
         let tls = TlsConnector::from(tls_config)
@@ -109,6 +105,7 @@ impl MqttLink {
             next_packet_id: 0,
             next_rid: 0,
             timeout: client.timeout,
+            subscribed: false,
         };
 
         let id = credential.registration_id().as_str();
@@ -141,23 +138,6 @@ impl MqttLink {
                 )));
             }
         }
-        let packet_id = link.packet_id();
-        link.send(&Packet::Subscribe {
-            packet_id,
-            filters: vec![(RESPONSE_FILTER.into(), QoS::AtLeastOnce)],
-        })
-        .await?;
-        match link.recv().await? {
-            Packet::SubAck {
-                packet_id: p,
-                return_codes,
-            } if p == packet_id && return_codes.first().is_some_and(|c| *c <= 2) => {}
-            other => {
-                return Err(ProvisionError::Protocol(format!(
-                    "SUBSCRIBE not granted: {other:?}"
-                )));
-            }
-        }
         Ok(link)
     }
 
@@ -184,6 +164,40 @@ impl MqttLink {
         .await
     }
 
+    /// PINGREQ, answered by PINGRESP.
+    pub(crate) async fn ping(&mut self) -> Result<(), ProvisionError> {
+        self.send(&Packet::PingReq).await?;
+        match self.recv().await? {
+            Packet::PingResp => Ok(()),
+            other => Err(ProvisionError::Protocol(format!(
+                "expected PINGRESP, got {}",
+                other.name()
+            ))),
+        }
+    }
+
+    async fn subscribe(&mut self) -> Result<(), ProvisionError> {
+        let packet_id = self.packet_id();
+        self.send(&Packet::Subscribe {
+            packet_id,
+            filters: vec![(RESPONSE_FILTER.into(), QoS::AtLeastOnce)],
+        })
+        .await?;
+        match self.recv().await? {
+            Packet::SubAck {
+                packet_id: p,
+                return_codes,
+            } if p == packet_id && return_codes.first().is_some_and(|c| *c <= 2) => {}
+            other => {
+                return Err(ProvisionError::Protocol(format!(
+                    "SUBSCRIBE not granted: {other:?}"
+                )));
+            }
+        }
+        self.subscribed = true;
+        Ok(())
+    }
+
     pub(crate) async fn disconnect(&mut self) {
         let _ = self.send(&Packet::Disconnect).await;
         let _ = self.output.close().await;
@@ -196,6 +210,9 @@ impl MqttLink {
         rid: String,
         payload: Vec<u8>,
     ) -> Result<Answer, ProvisionError> {
+        if !self.subscribed {
+            self.subscribe().await?;
+        }
         let packet_id = self.packet_id();
         self.send(&Packet::Publish(Publish {
             dup: false,

@@ -53,5 +53,8 @@ pub(crate) fn client_config(
         }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Every connection makes a full handshake, as a device that keeps no TLS session does (and
+    // as a load test of the service must).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }

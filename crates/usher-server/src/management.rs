@@ -248,7 +248,7 @@ impl PreparedPut {
             .and_then(|a| serde_json::from_value::<AttestationMechanism>(a).ok())
             .and_then(|a| a.symmetric_key);
         if attestation.kind == AttestationType::SymmetricKey {
-            let given = attestation.symmetric_key.clone().unwrap_or_default();
+            let given = attestation.symmetric_key.unwrap_or_default();
             let stored = stored_keys.unwrap_or_default();
             let [p, s] = fresh;
             let keys = SymmetricKeyAttestation {

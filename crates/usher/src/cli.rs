@@ -64,8 +64,62 @@ pub(crate) enum Command {
 pub(crate) struct BenchArgs {
     #[command(subcommand)]
     pub(crate) command: Option<BenchCommand>,
+    /// How the simulated devices talk to the service.
+    #[arg(long, value_enum, default_value_t = TransportArg::Https)]
+    pub(crate) transport: TransportArg,
+    /// `fresh`: a new TLS connection per registration, as real devices do. `keepalive`: one
+    /// connection per concurrent worker, kept for the whole run (over MQTT and AMQP, which
+    /// authenticate one device per connection, each worker's device registers again and again).
+    #[arg(long, value_enum, default_value_t = BenchMode::Fresh)]
+    pub(crate) mode: BenchMode,
+    /// How many registrations to make at most (devices `bench-RUN-N`; in MQTT and AMQP
+    /// keepalive mode one device per worker).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) devices: u64,
+    /// How many registrations (and ceiling operations) run at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub(crate) concurrency: u64,
+    /// Stop each phase after this long even if --devices are not all done (`10s`, `2m`).
+    #[arg(long, value_parser = duration_arg)]
+    pub(crate) duration: Option<Duration>,
+    /// Registrations (and ceiling operations) to make before measuring, not counted.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) warmup: u64,
+    /// Skip the ceiling phase (the same connection pattern against a trivial endpoint).
+    #[arg(long)]
+    pub(crate) no_ceiling: bool,
+    /// The server's process ID, on this machine: report its CPU time per operation and its peak
+    /// memory (from /proc).
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
+    /// Delete the registration records of the run's devices at the end too (their identities in
+    /// the built-in hub stay).
+    #[arg(long)]
+    pub(crate) remove_registrations: bool,
+    /// Give the run's enrollment group a registration ID pattern (`usherRegistrationIdPattern`)
+    /// that only its devices match.
+    #[arg(long)]
+    pub(crate) group_pattern: bool,
+    /// The ID scope (read from the data directory when no --login is given).
+    #[arg(long, env = "USHER_ID_SCOPE")]
+    pub(crate) id_scope: Option<String>,
+    /// The device endpoint, host[:port] (default: the connection string's host, or the local
+    /// instance's listeners; ports default to 443, 8883 for mqtt, 5671 for amqp).
+    #[arg(long)]
+    pub(crate) device_host: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) login: Login,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchMode {
+    /// A new TLS connection per registration.
+    Fresh,
+    /// Connections kept for the whole run, one per concurrent worker.
+    Keepalive,
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,6 +19,17 @@ pub(crate) struct ServiceClient {
     host: String,
     policy: String,
     key: SymmetricKey,
+    ca: Option<std::path::PathBuf>,
+    local: Option<LocalInstance>,
+}
+
+/// What the data directory of a running local instance says about its device side.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalInstance {
+    pub(crate) id_scope: String,
+    pub(crate) https: SocketAddr,
+    pub(crate) mqtt: Option<SocketAddr>,
+    pub(crate) amqp: Option<SocketAddr>,
 }
 
 /// A successful answer: status, headers, JSON body (Null when empty).
@@ -30,9 +41,12 @@ pub(crate) struct Answer {
 impl ServiceClient {
     /// Connects with `--login`/`USHER_CONNECTION_STRING`, or else with what the data directory says.
     pub(crate) async fn connect(login: &Login) -> anyhow::Result<Self> {
-        let (connection_string, mut ca, address) = match &login.login {
+        let (connection_string, mut ca, local) = match &login.login {
             Some(cs) => (cs.clone(), None, None),
-            None => from_data_dir(&login.data_dir, &login.kek.source()).await?,
+            None => {
+                let (cs, ca, local) = from_data_dir(&login.data_dir, &login.kek.source()).await?;
+                (cs, ca, Some(local))
+            }
         };
         if let Some(path) = &login.ca {
             ca = Some(path.clone());
@@ -52,7 +66,7 @@ impl ServiceClient {
             let cert = reqwest::Certificate::from_pem(&pem).context("invalid CA certificate")?;
             builder = builder.tls_certs_only([cert]);
         }
-        let base = match address {
+        let base = match local.as_ref().map(|l| l.https) {
             Some(addr) => {
                 builder = builder.resolve(&host, addr);
                 format!("https://{host}:{}", addr.port())
@@ -65,7 +79,24 @@ impl ServiceClient {
             host,
             policy: fields.policy,
             key: fields.key,
+            ca,
+            local,
         })
+    }
+
+    /// The service's host name (the connection string's, without a port).
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The CA certificate this client trusts, if one was given or found.
+    pub(crate) fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
+    /// The local instance this client found through its data directory (no `--login`).
+    pub(crate) fn local(&self) -> Option<&LocalInstance> {
+        self.local.as_ref()
     }
 
     /// Sends a request and returns the answer, or an error naming the DPS code and message.
@@ -205,11 +236,11 @@ fn parse_connection_string(text: &str) -> anyhow::Result<ConnectionString> {
     })
 }
 
-/// Reads a local instance's connection string, CA and listening address.
+/// Reads a local instance's connection string, CA, ID scope and listening addresses.
 async fn from_data_dir(
     dir: &Path,
     kek: &usher_server::secrets::KekSource,
-) -> anyhow::Result<(String, Option<std::path::PathBuf>, Option<SocketAddr>)> {
+) -> anyhow::Result<(String, Option<std::path::PathBuf>, LocalInstance)> {
     let (store, instance) = usher_server::app::open_existing(dir, kek)
         .await
         .with_context(|| {
@@ -229,20 +260,31 @@ async fn from_data_dir(
     })?;
     let runtime: Value =
         serde_json::from_str(&text).with_context(|| format!("invalid {}", runtime.display()))?;
-    let mut addr: SocketAddr = runtime["httpsAddr"]
-        .as_str()
-        .context("runtime file without httpsAddr")?
-        .parse()?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
+    let addr = |field: &str| -> anyhow::Result<Option<SocketAddr>> {
+        let Some(text) = runtime[field].as_str() else {
+            return Ok(None);
+        };
+        let mut addr: SocketAddr = text
+            .parse()
+            .with_context(|| format!("invalid {field} in the runtime file"))?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        Ok(Some(addr))
+    };
+    let local = LocalInstance {
+        id_scope: overview.id_scope,
+        https: addr("httpsAddr")?.context("runtime file without httpsAddr")?,
+        mqtt: addr("mqttAddr")?,
+        amqp: addr("amqpAddr")?,
+    };
     Ok((
         overview.service_connection_string,
         overview.ca_certificate.map(Into::into),
-        Some(addr),
+        local,
     ))
 }

@@ -99,7 +99,7 @@ pub fn parse_stored(text: &str) -> Result<CertificateDer<'static>, X509Error> {
 
 fn parse<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, X509Error> {
     match X509Certificate::from_der(der.as_ref()) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(X509Error::Malformed(
             "trailing bytes after the certificate".into(),
         )),

@@ -17,7 +17,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-pub use session::{Limits, MAX_KEEP_ALIVE, MAX_PACKET, run_session};
+pub use session::{Limits, MAX_KEEP_ALIVE, MAX_PACKET, Peer, run_session};
 pub(crate) use ws::session as websocket_session;
 
 /// What every MQTT session shares, over TLS and WebSockets alike: the limits, and the count of
@@ -56,8 +56,7 @@ pub async fn serve_tls_connection(
         &endpoint,
         input,
         output,
-        peer,
-        chain,
+        Peer { addr: peer, chain },
         Protocol::Mqtt,
         shutdown,
     )

@@ -98,6 +98,14 @@ struct Connected {
     keep_alive: u16,
 }
 
+/// Who is at the other end of a session: the client's address, and the certificate chain it
+/// presented in its TLS handshake (X.509 devices; empty otherwise).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub chain: crate::x509::ClientChain,
+}
+
 /// Runs a session until the client disconnects, misbehaves or `shutdown` is cancelled. Over the
 /// session limit (`Limits::max_sessions`, shared by every transport) the client gets CONNACK 3
 /// (server unavailable) and the connection is closed.
@@ -106,8 +114,10 @@ pub async fn run_session<I, O>(
     endpoint: &super::Endpoint,
     mut input: I,
     mut output: O,
-    peer: SocketAddr,
-    client_chain: crate::x509::ClientChain,
+    Peer {
+        addr: peer,
+        chain: client_chain,
+    }: Peer,
     protocol: Protocol,
     shutdown: CancellationToken,
 ) where

@@ -39,8 +39,7 @@ pub(crate) async fn session(
         &endpoint,
         Box::pin(input),
         Box::pin(output),
-        peer,
-        chain,
+        super::Peer { addr: peer, chain },
         Protocol::MqttWs,
         shutdown,
     )

@@ -29,6 +29,7 @@ pub mod groups;
 pub mod health;
 pub mod http;
 pub mod hub;
+pub mod issuance;
 pub mod management;
 pub mod metrics;
 pub mod mqtt;

@@ -37,6 +37,7 @@ const DOMAIN: &[&str] = &[
     "metrics",
     "pki",
     "x509",
+    "issuance",
 ];
 
 fn files_of(module: &str) -> Vec<PathBuf> {

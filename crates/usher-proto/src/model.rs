@@ -160,6 +160,10 @@ pub struct DeviceRegistrationResult {
     /// signingCertificateInfo}` (`X509RegistrationResult`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<Value>,
+    /// The certificate Usher issued for the register request's `csr` (base64 DER, the device's
+    /// first, then the issuing CA's chain); only in the answers about that operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_certificate_chain: Option<Vec<String>>,
 }
 
 impl DeviceRegistrationResult {
@@ -179,6 +183,7 @@ impl DeviceRegistrationResult {
             payload: None,
             symmetric_key: None,
             x509: None,
+            issued_certificate_chain: None,
         }
     }
 }

@@ -216,7 +216,7 @@ fn csr_message(field: &str) -> String {
     } else {
         format!(
             "The register body carries {field} (a certificate signing request), but certificate \
-             issuance is not configured in this Usher version; register without {field}."
+             issuance is not configured in this Usher (no issuing CA); register without {field}."
         )
     }
 }

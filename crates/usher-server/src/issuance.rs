@@ -97,8 +97,9 @@ impl IssuingCa {
         let der = b64
             .decode(compact)
             .map_err(|e| IssuanceError::NotBase64(e.to_string()))?;
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
-            .map_err(|e| IssuanceError::BadRequest(e.to_string()))?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
+                .map_err(|e| IssuanceError::BadRequest(e.to_string()))?;
         let cn = csr
             .params
             .distinguished_name

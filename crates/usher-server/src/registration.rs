@@ -135,18 +135,21 @@ async fn assign(
         )));
     }
     let attested = attest(app, req).await?;
-    if let Err(e) = refuse_unsupported(body) {
-        audit::append(
-            app,
-            vec![device_record(
-                req,
-                "registration.register",
-                audit::refused(&e),
-            )],
-        )
-        .await;
-        return Err(e);
-    }
+    let issued = match issue_certificate(app, &attested, body) {
+        Ok(issued) => issued,
+        Err(e) => {
+            audit::append(
+                app,
+                vec![device_record(
+                    req,
+                    "registration.register",
+                    audit::refused(&e),
+                )],
+            )
+            .await;
+            return Err(e);
+        }
+    };
     let modes = testing_modes(app, &attested);
     app.testing.admit(
         &modes,
@@ -157,6 +160,7 @@ async fn assign(
     let job = RegisterJob {
         attested,
         presented: Presented::of(&req),
+        issued,
         operation_id: operation_id.clone(),
         payload: body.payload.clone(),
         device_address: req.peer,
@@ -170,7 +174,7 @@ async fn assign(
     }
     let record = decided.record();
     let state = match record {
-        Some(r) => registration_result(r),
+        Some(r) => operation_result(r),
         None => DeviceRegistrationResult::bare(req.registration_id, RegistrationStatus::Disabled),
     };
     let held = app.testing.started(&modes, &operation_id);
@@ -204,6 +208,8 @@ pub(crate) struct RegisterJob {
     /// The device's token or certificate chain, to re-check against the enrollment if it changed
     /// since attestation.
     presented: Presented,
+    /// The certificate chain issued for the request's CSR.
+    issued: Option<Vec<String>>,
     pub(crate) operation_id: String,
     /// The device's custom payload (for a webhook).
     payload: Option<serde_json::Value>,
@@ -278,6 +284,7 @@ fn decide_in_transaction(
     let RegisterJob {
         attested,
         presented,
+        issued,
         operation_id,
         payload,
         device_address,
@@ -377,6 +384,7 @@ fn decide_in_transaction(
         payload: None,
         initial_hub: view.previous.as_ref().and_then(|p| p.initial_hub.clone()),
         x509: attested.x509.clone(),
+        issued_chain: issued.clone(),
     };
     let mut assignment = Assignment::default();
     let decided = match outcome {
@@ -403,6 +411,7 @@ fn decide_in_transaction(
                 job: RegisterJob {
                     attested: attested.clone(),
                     presented,
+                    issued,
                     operation_id: record.operation_id.clone(),
                     payload: payload.clone(),
                     device_address,
@@ -616,7 +625,7 @@ async fn find_operation(
             )),
         });
     }
-    let state = registration_result(&record);
+    let state = operation_result(&record);
     Ok(RegistrationOperationStatus {
         operation_id: record.operation_id,
         status: state.status,
@@ -695,18 +704,33 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Refuses what Usher does not do rather than pretending to: a register body asking for a device
-/// certificate (`csr`, api-version 2025-07-01-preview; `clientCertificateCsr`,
-/// 2021-11-01-preview) would otherwise be `assigned` with no certificate.
-fn refuse_unsupported(body: &DeviceRegistration) -> Result<(), ApiError> {
-    let field = if body.client_certificate_csr.is_some() {
-        "clientCertificateCsr"
-    } else if body.csr.is_some() {
-        "csr"
-    } else {
-        return Ok(());
+/// A device certificate for the register body's `csr` (api-version 2025-07-01-preview), signed by
+/// the configured issuing CA. Refuses what Usher does not do rather than pretending to: a `csr`
+/// with no issuing CA configured, or a `clientCertificateCsr` (2021-11-01-preview), would
+/// otherwise be `assigned` with no certificate.
+fn issue_certificate(
+    app: &App,
+    attested: &Attested,
+    body: &DeviceRegistration,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if body.client_certificate_csr.is_some() {
+        return Err(ApiError::CertificateIssuanceNotConfigured {
+            field: "clientCertificateCsr",
+        });
+    }
+    let Some(csr) = &body.csr else {
+        return Ok(None);
     };
-    Err(ApiError::CertificateIssuanceNotConfigured { field })
+    let Some(ca) = &app.settings.issuing_ca else {
+        return Err(ApiError::CertificateIssuanceNotConfigured { field: "csr" });
+    };
+    ca.issue(
+        attested.registration_id.as_str(),
+        csr,
+        time::OffsetDateTime::now_utc(),
+    )
+    .map(Some)
+    .map_err(|e| ApiError::InvalidArgument(e.to_string()))
 }
 
 /// The status code and retry-after every transport answers a successful request with: `202` and
@@ -725,6 +749,16 @@ pub fn response_status(app: &App, status: &RegistrationOperationStatus) -> (u16,
         (RegistrationStatus::Assigning, crate::app::RegisterResponse::Assigned) => (202, Some(2)),
         _ => (200, None),
     }
+}
+
+/// The answer about a register operation: the record, and the certificate issued for its CSR
+/// (which a status lookup does not show).
+fn operation_result(r: &Registration) -> DeviceRegistrationResult {
+    let mut result = registration_result(r);
+    if r.status == RegistrationStatus::Assigned {
+        result.issued_certificate_chain = r.issued_chain.clone();
+    }
+    result
 }
 
 /// The device's view of a registration record.

@@ -264,6 +264,13 @@ pub(crate) struct ServeArgs {
     /// Extra CA certificates (PEM) to trust for custom allocation webhooks, besides the system's.
     #[arg(long, env = "USHER_WEBHOOK_CA", value_name = "FILE")]
     pub(crate) webhook_ca: Option<PathBuf>,
+    /// The CA (PEM: its certificate, then optionally the chain above it) that signs device
+    /// certificates requested with a register body's `csr`. Needs --issuing-ca-key.
+    #[arg(long, env = "USHER_ISSUING_CA_CERT", value_name = "FILE")]
+    pub(crate) issuing_ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of --issuing-ca-cert.
+    #[arg(long, env = "USHER_ISSUING_CA_KEY", value_name = "FILE")]
+    pub(crate) issuing_ca_key: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) testing: TestingArgs,
     #[command(flatten)]

@@ -44,9 +44,7 @@ fn an_issued_certificate_chains_to_the_ca_and_names_the_device() {
     assert_eq!(chain.len(), 2);
     let ders: Vec<CertificateDer<'static>> = chain
         .iter()
-        .map(|c| {
-            CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(c).unwrap())
-        })
+        .map(|c| CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(c).unwrap()))
         .collect();
     assert_eq!(&ders[1], issuing.certificate());
     assert_eq!(crate::x509::common_name(&ders[0]).unwrap(), "DEV-9");

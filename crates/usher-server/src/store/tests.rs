@@ -205,6 +205,7 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             payload: Some(json!({"a": 1})),
             initial_hub: None,
             x509: None,
+            issued_chain: None,
         };
         let device = HubDevice {
             primary_key: key(4),
@@ -355,6 +356,7 @@ async fn hub_registry_read_modify_write_and_policies() {
         payload: None,
         initial_hub: None,
         x509: None,
+        issued_chain: None,
     };
     let again = HubDevice {
         primary_key: key(6),
@@ -530,6 +532,7 @@ fn registration(id: &str, group: Option<&str>, updated: Time) -> Registration {
         payload: None,
         initial_hub: Some("h.example".into()),
         x509: None,
+        issued_chain: None,
     }
 }
 

@@ -380,3 +380,136 @@ async fn malformed_certificates_are_refused_with_400_and_info_round_trips() {
         .await
         .unwrap();
 }
+
+/// A CSR (base64 DER, as api-version 2025-07-01-preview sends it) for `cn`, and its key.
+fn csr(cn: &str) -> (String, rcgen::KeyPair) {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let request = params.serialize_request(&key).unwrap();
+    (
+        base64::engine::general_purpose::STANDARD.encode(request.der()),
+        key,
+    )
+}
+
+fn pem_of(b64: &str) -> String {
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+#[tokio::test]
+async fn a_csr_gets_a_certificate_the_device_then_registers_with() {
+    let ca = Cert::new("Usher Issuing CA", true, (-1, 365), None);
+    let issuing = usher_server::issuance::IssuingCa::from_pem(
+        &ca.pem,
+        &ca.key.serialize_pem(),
+        crate::support::unix_now(),
+    )
+    .unwrap();
+    let s = TestServer::start_with(usher_server::Settings {
+        issuing_ca: Some(std::sync::Arc::new(issuing)),
+        ..usher_server::Settings::default()
+    })
+    .await;
+    let (key, _) = s.enroll("csr-dev", json!({})).await;
+    let token = s.token("csr-dev", &key);
+    let register = format!(
+        "/{}/registrations/csr-dev/register?api-version=2025-07-01-preview",
+        s.scope
+    );
+
+    // A CSR for another name, or not a CSR at all, is refused and nothing is recorded.
+    for bad in [
+        csr("someone-else").0,
+        "bm90IGEgY3Ny".to_owned(),
+        "%%%".to_owned(),
+    ] {
+        let body = json!({"registrationId": "csr-dev", "csr": bad});
+        let (status, _, answer) = s
+            .device_request(
+                Method::PUT,
+                &register,
+                Some(&token),
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["errorCode"], 400_004, "{answer}");
+    }
+    assert_eq!(s.registration("csr-dev").await.0, StatusCode::NOT_FOUND);
+
+    // A symmetric-key device asks for a certificate: 202 assigning, then the operation's status
+    // carries the chain (the device's certificate, then the issuing CA).
+    let (request, device_key) = csr("csr-dev");
+    let body = json!({"registrationId": "csr-dev", "csr": request});
+    let (status, _, answer) = s
+        .device_request(
+            Method::PUT,
+            &register,
+            Some(&token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let operation = answer["operationId"].as_str().unwrap().to_owned();
+    let (status, _, polled) = s
+        .device_request(
+            Method::GET,
+            &format!(
+                "/{}/registrations/csr-dev/operations/{operation}?api-version=2025-07-01-preview",
+                s.scope
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{polled}");
+    assert_eq!(polled["status"], "assigned");
+    let chain: Vec<String> =
+        serde_json::from_value(polled["registrationState"]["issuedCertificateChain"].clone())
+            .unwrap();
+    assert_eq!(chain.len(), 2, "{polled}");
+    assert_eq!(pem_of(&chain[1]), ca.pem.replace("\r\n", "\n"));
+    // A status lookup does not repeat it.
+    let (_, _, lookup) = s
+        .device_request(
+            Method::POST,
+            &format!(
+                "/{}/registrations/csr-dev?api-version=2025-07-01-preview",
+                s.scope
+            ),
+            Some(&token),
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert!(lookup.get("issuedCertificateChain").is_none(), "{lookup}");
+
+    // The issued certificate attests the device in a group whose signing certificate is the
+    // issuing CA, over MQTT.
+    enroll_x509_group(&s, "issued-devices", &ca).await;
+    s.call(Method::DELETE, "/enrollments/csr-dev", None, &[])
+        .await;
+    let credential = Credential::x509(
+        pem_of(&chain[0]).as_bytes(),
+        device_key.serialize_pem().as_bytes(),
+        None,
+    )
+    .unwrap();
+    let result = s
+        .client_over(Transport::Mqtt)
+        .provision(&credential, None, |_| {})
+        .await
+        .unwrap();
+    let state = result.registration_state.unwrap();
+    assert_eq!(state.device_id.as_deref(), Some("csr-dev"));
+    assert_eq!(state.x509.unwrap()["enrollmentGroupId"], "issued-devices");
+}

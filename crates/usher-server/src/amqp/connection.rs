@@ -28,6 +28,10 @@ const PLAIN: &str = "PLAIN";
 /// What a device that authenticated with its TLS client certificate may ask for instead.
 const EXTERNAL: &str = "EXTERNAL";
 const ANONYMOUS: &str = "ANONYMOUS";
+/// The AMQP protocol header without a SASL layer (protocol ID 0): what a device that
+/// authenticated in the TLS handshake may send first instead of the SASL header (the C SDK's
+/// X.509 transport does).
+const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 /// Frames (and session frames) buffered between fe2o3's engine tasks and ours. Small, so that a
 /// peer that floods is slowed down by TCP back-pressure instead of filling memory.
 pub(super) const BUFFER: usize = 64;
@@ -198,9 +202,39 @@ pub async fn serve<Io>(
         .buffer_size(BUFFER)
         .sasl_acceptor(sasl.clone())
         .build();
-    let io = super::guard::Guarded::new(io);
-    let mut connection = match tokio::time::timeout(limits.open_timeout, acceptor.accept(io)).await
-    {
+    // A device with a certificate may skip SASL: its first eight bytes say which it does, and
+    // are replayed, through the guard, to the acceptor that speaks that.
+    let bare_acceptor = ConnectionAcceptor::builder()
+        .container_id("usher")
+        .max_frame_size(limits.max_frame_size)
+        .session_max(limits.max_sessions)
+        .idle_time_out(u32::try_from(limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
+        .buffer_size(BUFFER)
+        .build();
+    let mut without_sasl = false;
+    let opening = async {
+        if !chain.is_present() {
+            return acceptor.accept(super::guard::Guarded::new(io)).await;
+        }
+        let mut io = io;
+        let mut header = [0u8; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut io, &mut header)
+            .await
+            .map_err(fe2o3_amqp::connection::OpenError::Io)?;
+        let (read, write) = tokio::io::split(io);
+        let replayed = tokio::io::join(
+            tokio::io::AsyncReadExt::chain(std::io::Cursor::new(header.to_vec()), read),
+            write,
+        );
+        let replayed = super::guard::Guarded::new(replayed);
+        if header == AMQP_HEADER {
+            without_sasl = true;
+            bare_acceptor.accept(replayed).await
+        } else {
+            acceptor.accept(replayed).await
+        }
+    };
+    let mut connection = match tokio::time::timeout(limits.open_timeout, opening).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "AMQP connection not opened");
@@ -211,7 +245,12 @@ pub async fn serve<Io>(
             return;
         }
     };
-    let settled = match sasl.take() {
+    let sasl_outcome = if without_sasl {
+        Some(Sasl::Certificate)
+    } else {
+        sasl.take()
+    };
+    let settled = match sasl_outcome {
         Some(Sasl::Plain(identity, token)) => Some((identity, Some(token))),
         // The device is its certificate's common name; the link address must agree.
         Some(Sasl::Certificate) => chain

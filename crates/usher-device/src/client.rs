@@ -143,6 +143,10 @@ pub struct Client {
     pub max_polls: u32,
     /// How long to wait for any one answer.
     pub timeout: Duration,
+    /// A certificate signing request (base64 DER PKCS#10, its common name the registration ID)
+    /// sent in the register body as `csr`: the service answers with `issuedCertificateChain`
+    /// (api-version 2025-07-01-preview).
+    pub certificate_request: Option<String>,
     /// The TLS configuration, built on first use and shared by every connection of this client.
     tls: Arc<OnceLock<Arc<ClientConfig>>>,
 }
@@ -162,6 +166,7 @@ impl Client {
             token_ttl: Duration::from_secs(3600),
             max_polls: 60,
             timeout: Duration::from_secs(30),
+            certificate_request: None,
             tls: Arc::default(),
         }
     }
@@ -299,6 +304,7 @@ impl Connection {
         let body = serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(id.to_owned()),
             payload,
+            csr: self.client.certificate_request.clone(),
             ..DeviceRegistration::default()
         })
         .map_err(|e| ProvisionError::BadResponse(e.to_string()))?;

@@ -837,6 +837,14 @@ pub(crate) struct ProvisionArgs {
     /// X.509: the device certificate's private key (PEM).
     #[arg(long, value_name = "PEM", requires = "cert")]
     pub(crate) cert_key: Option<PathBuf>,
+    /// Ask for a device certificate: a certificate signing request (PEM or DER PKCS#10, its
+    /// common name the registration ID), sent as the register body's `csr`. The server needs an
+    /// issuing CA (`usher serve --issuing-ca-cert`). Needs --issued-cert-out.
+    #[arg(long, value_name = "FILE", requires = "issued_cert_out")]
+    pub(crate) csr: Option<PathBuf>,
+    /// Where to write the issued certificate chain (PEM: the device's certificate, then the CA's).
+    #[arg(long, value_name = "FILE", requires = "csr")]
+    pub(crate) issued_cert_out: Option<PathBuf>,
     /// The service host, optionally with :port (default port: 443, 8883 for mqtt, 5671 for amqp).
     #[arg(long, default_value = "localhost")]
     pub(crate) host: String,

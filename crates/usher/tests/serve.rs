@@ -1591,3 +1591,102 @@ fn x509_enrollments_and_groups_from_the_cli_and_provision_with_a_certificate() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn provision_with_a_csr_writes_the_issued_certificate_which_then_provisions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = TestCert::new(dir, "issuing-ca", true, None);
+    let _server = start(
+        dir,
+        &[
+            "--issuing-ca-cert",
+            "issuing-ca.pem",
+            "--issuing-ca-key",
+            "issuing-ca.key",
+        ],
+    );
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let server_ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let https = listener(dir, "httpsAddr");
+    let created = json(&usher(
+        dir,
+        &["enrollment", "create", "--enrollment-id", "csr-cli-dev"],
+    ));
+    let key = created["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The device's key pair and its request, as `openssl req -new` would make them.
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "csr-cli-dev");
+    let request = params.serialize_request(&device_key).unwrap();
+    std::fs::write(dir.join("device.csr"), request.pem().unwrap()).unwrap();
+    std::fs::write(dir.join("device.key"), device_key.serialize_pem()).unwrap();
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            "csr-cli-dev",
+            "--key",
+            &key,
+            "--host",
+            &https,
+            "--ca",
+            &server_ca,
+            "--csr",
+            "device.csr",
+            "--issued-cert-out",
+            "issued.pem",
+        ],
+    ));
+    assert!(
+        out.contains("Issued certificate chain (2 certificates) written to issued.pem"),
+        "{out}"
+    );
+    let issued = std::fs::read_to_string(dir.join("issued.pem")).unwrap();
+    assert!(issued.ends_with(&ca.pem.replace("\r\n", "\n")), "{issued}");
+
+    // The issued certificate attests the device in a group trusting the issuing CA.
+    ok(&usher(
+        dir,
+        &[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "issued",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "issuing-ca.pem",
+        ],
+    ));
+    ok(&usher(dir, &["enrollment", "delete", "csr-cli-dev"]));
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--cert",
+            "issued.pem",
+            "--cert-key",
+            "device.key",
+            "--host",
+            &https,
+            "--ca",
+            &server_ca,
+        ],
+    ));
+    assert!(
+        out.contains("deviceId csr-cli-dev, status assigned"),
+        "{out}"
+    );
+}

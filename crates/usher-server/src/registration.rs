@@ -906,7 +906,7 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
 /// registration-ID pattern admits it.
 async fn candidate_groups<'g>(
     app: &App,
-    groups: &'g [crate::groups::Group],
+    groups: &'g crate::groups::Groups,
     registration_id: &RegistrationId,
 ) -> Result<Vec<&'g crate::groups::Group>, ApiError> {
     let known = app
@@ -914,16 +914,12 @@ async fn candidate_groups<'g>(
         .registration(registration_id.as_str())
         .await?
         .and_then(|r| r.enrollment_group_id);
-    let first = known.as_deref().and_then(|id| {
-        groups
-            .iter()
-            .find(|g| g.group.enrollment_group_id.eq_ignore_ascii_case(id))
-    });
-    let rest = groups.iter().filter(|g| {
-        g.may_hold(registration_id.as_str())
-            && known
-                .as_deref()
-                .is_none_or(|id| !g.group.enrollment_group_id.eq_ignore_ascii_case(id))
+    let first = known.as_deref().and_then(|id| groups.get(id));
+    let candidates = groups.candidates(registration_id.as_str());
+    let rest = candidates.into_iter().filter(|g| {
+        known
+            .as_deref()
+            .is_none_or(|id| !g.group.enrollment_group_id.eq_ignore_ascii_case(id))
     });
     Ok(first.into_iter().chain(rest).collect())
 }

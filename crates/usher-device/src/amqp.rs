@@ -46,7 +46,7 @@ impl AmqpLink {
     pub(crate) async fn connect(
         client: &Client,
         credential: &Credential,
-        token: &str,
+        token: Option<&str>,
     ) -> Result<Self, ProvisionError> {
         let endpoint = &client.endpoint;
         let port = endpoint.port(client.transport);
@@ -58,7 +58,7 @@ impl AmqpLink {
         .map_err(|e| transport(&e))?;
         let _ = tcp.set_nodelay(true);
         let over_ws = client.transport == Transport::AmqpWs;
-        let tls_config = client.tls_config()?;
+        let tls_config = client.tls_config(Some(credential))?;
         let name = rustls_pki_types::ServerName::try_from(endpoint.hostname().to_owned())
             .map_err(|e| ProvisionError::Transport(format!("invalid host name: {e}")))?;
         let tls = TlsConnector::from(tls_config)
@@ -71,11 +71,18 @@ impl AmqpLink {
         let builder = Connection::builder()
             .container_id(format!("usher-device-{id}"))
             .hostname(endpoint.hostname())
-            .scheme("amqp")
-            .sasl_profile(SaslProfile::Plain {
+            .scheme("amqp");
+        let builder = match token {
+            Some(token) => builder.sasl_profile(SaslProfile::Plain {
                 username: address.clone(),
                 password: token.to_owned(),
-            });
+            }),
+            // A device with a certificate has authenticated in the TLS handshake already: over
+            // TLS it speaks AMQP at once, as the C SDK's X.509 transport does; over WebSockets it
+            // goes through SASL ANONYMOUS, so both ways are exercised.
+            None if over_ws => builder.sasl_profile(SaslProfile::Anonymous),
+            None => builder,
+        };
         let opening = async {
             if over_ws {
                 let mut request = format!("wss://{}:{port}/$iothub/websocket", endpoint.hostname())

@@ -80,6 +80,8 @@ impl Endpoint {
 pub enum ProvisionError {
     #[error("invalid CA certificate: {0}")]
     BadCa(String),
+    #[error("the device certificate or key cannot be used: {0}")]
+    BadCertificate(String),
     #[error("cannot reach the service: {0}")]
     Transport(String),
     #[error("the MQTT connection was refused with CONNACK code {0}")]
@@ -141,6 +143,10 @@ pub struct Client {
     pub max_polls: u32,
     /// How long to wait for any one answer.
     pub timeout: Duration,
+    /// A certificate signing request (base64 DER PKCS#10, its common name the registration ID)
+    /// sent in the register body as `csr`: the service answers with `issuedCertificateChain`
+    /// (api-version 2025-07-01-preview).
+    pub certificate_request: Option<String>,
     /// The TLS configuration, built on first use and shared by every connection of this client.
     tls: Arc<OnceLock<Arc<ClientConfig>>>,
 }
@@ -160,6 +166,7 @@ impl Client {
             token_ttl: Duration::from_secs(3600),
             max_polls: 60,
             timeout: Duration::from_secs(30),
+            certificate_request: None,
             tls: Arc::default(),
         }
     }
@@ -170,16 +177,27 @@ impl Client {
     }
 
     /// The TLS client configuration for this client's transport (ALPN `http/1.1` for HTTPS and
-    /// WebSockets, none for MQTT and AMQP over TLS), built once.
-    pub(crate) fn tls_config(&self) -> Result<Arc<ClientConfig>, ProvisionError> {
-        if let Some(config) = self.tls.get() {
-            return Ok(Arc::clone(config));
-        }
+    /// WebSockets, none for MQTT and AMQP over TLS), built once; for a device with an X.509
+    /// certificate, built for its connection with the certificate to present.
+    pub(crate) fn tls_config(
+        &self,
+        credential: Option<&Credential>,
+    ) -> Result<Arc<ClientConfig>, ProvisionError> {
         let alpn: &[&[u8]] = match self.transport {
             Transport::Https | Transport::MqttWs | Transport::AmqpWs => &[b"http/1.1"],
             Transport::Mqtt | Transport::Amqp => &[],
         };
-        let config = crate::tls::client_config(self.endpoint.ca_pem.as_deref(), alpn)?;
+        if let Some(certificate) = credential.and_then(Credential::certificate) {
+            return crate::tls::client_config(
+                self.endpoint.ca_pem.as_deref(),
+                alpn,
+                Some(certificate),
+            );
+        }
+        if let Some(config) = self.tls.get() {
+            return Ok(Arc::clone(config));
+        }
+        let config = crate::tls::client_config(self.endpoint.ca_pem.as_deref(), alpn, None)?;
         Ok(Arc::clone(self.tls.get_or_init(|| config)))
     }
 
@@ -201,15 +219,21 @@ impl Client {
     /// Opens a connection to the service that can register devices one after another.
     ///
     /// Over HTTPS every request carries its own token, so one connection serves any device: the
-    /// connection is opened by the first request and kept alive between them. MQTT and AMQP
+    /// connection is opened by the first request and kept alive between them (a device with an
+    /// X.509 certificate presents it on this connection, which then serves that device). MQTT and AMQP
     /// authenticate one registration ID per connection: the connection is opened now, as
     /// `credential`'s device, and serves only that device (which may register again on it).
     pub async fn connect(&self, credential: &Credential) -> Result<Connection, ProvisionError> {
         let (link, bound) = match self.transport {
-            Transport::Https => (Link::Http(Box::new(HttpLink::new(self)?)), None),
+            Transport::Https => (
+                Link::Http(Box::new(HttpLink::new(self, credential)?)),
+                credential
+                    .certificate()
+                    .map(|_| credential.registration_id().clone()),
+            ),
             Transport::Mqtt | Transport::MqttWs => {
                 let token = self.token(credential);
-                let link = MqttLink::connect(self, credential, &token).await?;
+                let link = MqttLink::connect(self, credential, token.as_deref()).await?;
                 (
                     Link::Mqtt(Box::new(link)),
                     Some(credential.registration_id().clone()),
@@ -217,7 +241,7 @@ impl Client {
             }
             Transport::Amqp | Transport::AmqpWs => {
                 let token = self.token(credential);
-                let link = AmqpLink::connect(self, credential, &token).await?;
+                let link = AmqpLink::connect(self, credential, token.as_deref()).await?;
                 (
                     Link::Amqp(Box::new(link)),
                     Some(credential.registration_id().clone()),
@@ -231,7 +255,8 @@ impl Client {
         })
     }
 
-    fn token(&self, credential: &Credential) -> String {
+    /// A SAS token for a symmetric-key device; none for a device with a certificate.
+    fn token(&self, credential: &Credential) -> Option<String> {
         credential.token(&self.id_scope, unix_now() + self.token_ttl.as_secs())
     }
 }
@@ -274,17 +299,18 @@ impl Connection {
         }
         let token = match self.link {
             Link::Http(_) => self.client.token(credential),
-            Link::Mqtt(_) | Link::Amqp(_) => String::new(),
+            Link::Mqtt(_) | Link::Amqp(_) => None,
         };
         let body = serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(id.to_owned()),
             payload,
+            csr: self.client.certificate_request.clone(),
             ..DeviceRegistration::default()
         })
         .map_err(|e| ProvisionError::BadResponse(e.to_string()))?;
         progress(Progress::Registering);
         let answer = match &mut self.link {
-            Link::Http(l) => l.register(&self.client, id, &token, body).await?,
+            Link::Http(l) => l.register(&self.client, id, token.as_deref(), body).await?,
             Link::Mqtt(l) => l.register(body).await?,
             Link::Amqp(l) => l.register(body).await?,
         };
@@ -299,7 +325,10 @@ impl Connection {
             tokio::time::sleep(retry_after).await;
             let operation_id = &status.operation_id;
             let answer = match &mut self.link {
-                Link::Http(l) => l.poll(&self.client, id, &token, operation_id).await?,
+                Link::Http(l) => {
+                    l.poll(&self.client, id, token.as_deref(), operation_id)
+                        .await?
+                }
                 Link::Mqtt(l) => l.poll(operation_id).await?,
                 Link::Amqp(l) => l.poll(operation_id).await?,
             };

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::ProvisionError;
 use crate::client::{API_VERSION, Answer, Client, Transport, error_chain};
+use crate::{Credential, ProvisionError};
 
 /// One HTTP/1.1 connection, opened by the first request and kept alive between requests (every
 /// request carries its own device's token).
@@ -16,9 +16,11 @@ pub(crate) struct HttpLink {
 }
 
 impl HttpLink {
-    pub(crate) fn new(client: &Client) -> Result<Self, ProvisionError> {
+    /// A link for any symmetric-key device, or for `credential`'s if it has a certificate (which
+    /// is presented on this link's connection).
+    pub(crate) fn new(client: &Client, credential: &Credential) -> Result<Self, ProvisionError> {
         let endpoint = &client.endpoint;
-        let tls = client.tls_config()?;
+        let tls = client.tls_config(Some(credential))?;
         let mut builder = reqwest::Client::builder()
             .timeout(client.timeout)
             .https_only(true)
@@ -54,7 +56,7 @@ impl HttpLink {
         &mut self,
         client: &Client,
         registration_id: &str,
-        token: &str,
+        token: Option<&str>,
         body: Vec<u8>,
     ) -> Result<Answer, ProvisionError> {
         let request = self
@@ -63,17 +65,16 @@ impl HttpLink {
                 "{}/register?api-version={API_VERSION}",
                 self.base(client, registration_id)
             ))
-            .header("Authorization", token)
             .header("Content-Type", "application/json; charset=utf-8")
             .body(body);
-        self.send(request).await
+        self.send(authorized(request, token)).await
     }
 
     pub(crate) async fn poll(
         &mut self,
         client: &Client,
         registration_id: &str,
-        token: &str,
+        token: Option<&str>,
         operation_id: &str,
     ) -> Result<Answer, ProvisionError> {
         let url = format!(
@@ -81,8 +82,7 @@ impl HttpLink {
             self.base(client, registration_id),
             enc(operation_id)
         );
-        self.send(self.http.get(url).header("Authorization", token))
-            .await
+        self.send(authorized(self.http.get(url), token)).await
     }
 
     /// `GET /healthz`, which must answer 200.
@@ -129,4 +129,12 @@ impl HttpLink {
 
 fn enc(segment: &str) -> String {
     utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
+}
+
+/// The request with its device's SAS token; a device with a certificate sends none.
+fn authorized(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.header("Authorization", token),
+        None => request,
+    }
 }

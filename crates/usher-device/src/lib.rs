@@ -17,4 +17,4 @@ pub use client::{
     API_VERSION, Client, Connection, DEFAULT_RETRY_AFTER, Endpoint, Progress, ProvisionError,
     Transport,
 };
-pub use credential::{Credential, CredentialError};
+pub use credential::{ClientCertificate, Credential, CredentialError};

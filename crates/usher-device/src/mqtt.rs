@@ -43,7 +43,7 @@ impl MqttLink {
     pub(crate) async fn connect(
         client: &Client,
         credential: &Credential,
-        token: &str,
+        token: Option<&str>,
     ) -> Result<Self, ProvisionError> {
         let endpoint = &client.endpoint;
         let port = endpoint.port(client.transport);
@@ -54,7 +54,7 @@ impl MqttLink {
         }
         .map_err(|e| transport(&e))?;
         let _ = tcp.set_nodelay(true);
-        let tls_config = client.tls_config()?;
+        let tls_config = client.tls_config(Some(credential))?;
         let name = rustls_pki_types::ServerName::try_from(endpoint.hostname().to_owned())
             .map_err(|e| ProvisionError::Transport(format!("invalid host name: {e}")))?;
         let tls = TlsConnector::from(tls_config)
@@ -122,7 +122,7 @@ impl MqttLink {
                 client.id_scope,
                 utf8_percent_encode(user_agent, NON_ALPHANUMERIC)
             )),
-            password: Some(token.as_bytes().to_vec()),
+            password: token.map(|t| t.as_bytes().to_vec()),
         })))
         .await?;
         match link.recv().await? {

@@ -10,9 +10,12 @@ use rustls_platform_verifier::BuilderVerifierExt as _;
 
 use crate::ProvisionError;
 
+/// The client configuration: the server verified against `ca_pem` (or the platform's roots), and
+/// the device's certificate presented when it has one.
 pub(crate) fn client_config(
     ca_pem: Option<&[u8]>,
     alpn: &[&[u8]],
+    certificate: Option<&crate::credential::ClientCertificate>,
 ) -> Result<Arc<ClientConfig>, ProvisionError> {
     let bad_ca = |e: String| ProvisionError::BadCa(e);
     let builder = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
@@ -29,12 +32,25 @@ pub(crate) fn client_config(
             if roots.is_empty() {
                 return Err(bad_ca("no certificate in the PEM".into()));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let builder = builder.with_root_certificates(roots);
+            match certificate {
+                Some(c) => builder
+                    .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+                    .map_err(|e| ProvisionError::BadCertificate(e.to_string()))?,
+                None => builder.with_no_client_auth(),
+            }
         }
-        None => builder
-            .with_platform_verifier()
-            .map_err(|e| bad_ca(e.to_string()))?
-            .with_no_client_auth(),
+        None => {
+            let builder = builder
+                .with_platform_verifier()
+                .map_err(|e| bad_ca(e.to_string()))?;
+            match certificate {
+                Some(c) => builder
+                    .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+                    .map_err(|e| ProvisionError::BadCertificate(e.to_string()))?,
+                None => builder.with_no_client_auth(),
+            }
+        }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Every connection makes a full handshake, as a device that keeps no TLS session does (and

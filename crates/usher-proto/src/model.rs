@@ -156,6 +156,14 @@ pub struct DeviceRegistrationResult {
     pub payload: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
+    /// Present on X.509 registrations: `{certificateInfo, enrollmentGroupId,
+    /// signingCertificateInfo}` (`X509RegistrationResult`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<Value>,
+    /// The certificate Usher issued for the register request's `csr` (base64 DER, the device's
+    /// first, then the issuing CA's chain); only in the answers about that operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_certificate_chain: Option<Vec<String>>,
 }
 
 impl DeviceRegistrationResult {
@@ -174,6 +182,8 @@ impl DeviceRegistrationResult {
             etag: None,
             payload: None,
             symmetric_key: None,
+            x509: None,
+            issued_certificate_chain: None,
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct Settings {
     pub testing: crate::testing::TestingModes,
     /// The instance's registrations per minute under the `quotas` testing mode.
     pub testing_registrations_per_minute: u32,
+    /// The CA that signs devices' certificates from a register request's `csr`; without one such
+    /// a request is refused.
+    pub issuing_ca: Option<Arc<crate::issuance::IssuingCa>>,
 }
 
 impl Default for Settings {
@@ -100,6 +103,7 @@ impl Default for Settings {
             webhook: crate::webhook::WebhookSettings::default(),
             testing: crate::testing::TestingModes::default(),
             testing_registrations_per_minute: 1000,
+            issuing_ca: None,
         }
     }
 }

@@ -32,6 +32,8 @@ pub enum AuthError {
     WrongPolicyKey,
     #[error("the AMQP link address names another device than the SASL user name")]
     AddressOfAnotherDevice,
+    #[error("certificate refused: {0}")]
+    Certificate(#[from] crate::x509::X509Error),
 }
 
 /// Everything a request can fail with. Variants name what happened; [`ApiError::code`] maps them.
@@ -214,7 +216,7 @@ fn csr_message(field: &str) -> String {
     } else {
         format!(
             "The register body carries {field} (a certificate signing request), but certificate \
-             issuance is not configured in this Usher version; register without {field}."
+             issuance is not configured in this Usher (no issuing CA); register without {field}."
         )
     }
 }

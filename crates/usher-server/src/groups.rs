@@ -1,5 +1,6 @@
-//! The symmetric-key enrollment groups as attestation needs them: parsed once, keys decoded once,
-//! kept in memory until a group is written (the store's `groups_generation` changes).
+//! The enrollment groups as attestation needs them: parsed once, keys decoded (symmetric-key
+//! groups) or signing certificates parsed (X.509 groups) once, kept in memory until a group is
+//! written (the store's `groups_generation` changes).
 //!
 //! A device without an individual enrollment is checked against the group its registration record
 //! names first (a device that registered before costs one group), then against the groups whose
@@ -9,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use rustls_pki_types::CertificateDer;
 use usher_proto::SymmetricKey;
 use usher_proto::service::{AttestationType, EnrollmentGroup};
 
@@ -23,11 +25,20 @@ pub const PATTERN_FIELD: &str = "usherRegistrationIdPattern";
 #[derive(Debug)]
 pub struct Group {
     pub group: EnrollmentGroup,
-    /// Primary and secondary group keys, decoded.
-    pub keys: [SymmetricKey; 2],
+    pub credential: GroupCredential,
     pub pattern: Option<regex::bytes::Regex>,
     /// The stored document's etag: an unchanged group is reused when the cache reloads.
     etag: String,
+}
+
+/// What a group's devices prove membership with.
+#[derive(Debug)]
+pub enum GroupCredential {
+    /// Primary and secondary group keys, decoded (devices sign with keys derived from them).
+    Keys([SymmetricKey; 2]),
+    /// The primary and secondary signing certificates (root or intermediate) the devices'
+    /// certificate chains lead to.
+    Signing(Vec<CertificateDer<'static>>),
 }
 
 impl Group {
@@ -158,7 +169,7 @@ pub struct GroupIndex {
 }
 
 impl GroupIndex {
-    /// The symmetric-key groups as they are now: from memory, or reloaded if any changed. A reload
+    /// The symmetric-key and X.509 groups as they are now: from memory, or reloaded if any changed. A reload
     /// reuses every group whose etag is unchanged (its keys decoded and its pattern compiled).
     pub async fn groups(&self, store: &Store) -> Result<Arc<Groups>, ApiError> {
         if let Some(groups) = self.current(store.groups_generation()) {
@@ -197,10 +208,18 @@ impl GroupIndex {
                 let group: EnrollmentGroup = serde_json::from_value(doc.json).map_err(|e| {
                     ApiError::Store(StoreError::Corrupt(format!("group {}: {e}", doc.id)))
                 })?;
-                if group.attestation.kind != AttestationType::SymmetricKey {
-                    continue;
-                }
-                let keys = crate::registration::stored_keys(&group.attestation)?;
+                let credential = match group.attestation.kind {
+                    AttestationType::SymmetricKey => {
+                        GroupCredential::Keys(crate::registration::stored_keys(&group.attestation)?)
+                    }
+                    AttestationType::X509 => GroupCredential::Signing(
+                        crate::registration::stored_certificates(&group.attestation)?
+                            .into_iter()
+                            .flatten()
+                            .collect(),
+                    ),
+                    AttestationType::Tpm | AttestationType::None => continue,
+                };
                 let pattern = group
                     .settings
                     .other
@@ -209,7 +228,7 @@ impl GroupIndex {
                     .and_then(|p| compile_pattern(p).ok());
                 loaded.push(Arc::new(Group {
                     group,
-                    keys,
+                    credential,
                     pattern,
                     etag: doc.etag,
                 }));
@@ -272,7 +291,9 @@ mod tests {
         }
         Arc::new(Group {
             group: serde_json::from_value(json).unwrap(),
-            keys: [0, 1].map(|_| SymmetricKey::from_base64("AAAAAAAAAAAAAAAAAAAAAA==").unwrap()),
+            credential: GroupCredential::Keys(
+                [0, 1].map(|_| SymmetricKey::from_base64("AAAAAAAAAAAAAAAAAAAAAA==").unwrap()),
+            ),
             pattern: pattern.map(|p| compile_pattern(p).unwrap()),
             etag: String::new(),
         })

@@ -50,12 +50,41 @@ pub fn new_generation_id() -> String {
     format!("{n:018}")
 }
 
-/// A hub device created by a DPS assignment: SAS keys, the enrollment's capabilities and initial
-/// twin.
+/// How a device created by a DPS assignment authenticates to its hub, as IoT Hub names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAuth {
+    /// `sas`: the device's own symmetric keys (for a group member, the derived ones).
+    Sas,
+    /// `selfSigned`: the thumbprints of the individual enrollment's certificates.
+    SelfSigned {
+        primary: String,
+        secondary: Option<String>,
+    },
+    /// `certificateAuthority`: any certificate chaining to a CA the hub trusts (a group member).
+    CertificateAuthority,
+}
+
+impl DeviceAuth {
+    fn doc(&self) -> (&'static str, Value) {
+        match self {
+            Self::Sas => ("sas", Value::Null),
+            Self::SelfSigned { primary, secondary } => (
+                "selfSigned",
+                json!({"primaryThumbprint": primary, "secondaryThumbprint": secondary}),
+            ),
+            Self::CertificateAuthority => ("certificateAuthority", Value::Null),
+        }
+    }
+}
+
+/// A hub device created by a DPS assignment: its authentication (SAS keys, or the certificates'
+/// thumbprints; a certificate-authenticated device's `keys` are random and never shown), the
+/// enrollment's capabilities and initial twin.
 pub fn assigned_device(
     hub: &str,
     device_id: &str,
     keys: [SymmetricKey; 2],
+    auth: &DeviceAuth,
     capabilities: Option<&Value>,
     initial_twin: Option<&Value>,
 ) -> HubDevice {
@@ -83,7 +112,15 @@ pub fn assigned_device(
         updated: now,
         etag: new_etag(),
         generation_id: new_generation_id(),
-        doc: json!({"authenticationType": "sas", "capabilities": {"iotEdge": iot_edge}}),
+        doc: {
+            let (kind, thumbprints) = auth.doc();
+            let mut doc =
+                json!({"authenticationType": kind, "capabilities": {"iotEdge": iot_edge}});
+            if !thumbprints.is_null() {
+                doc["x509Thumbprint"] = thumbprints;
+            }
+            doc
+        },
         twin: json!({"tags": clean(&tags), "desired": clean(&desired), "reported": {}, "desiredVersion": 1}),
         twin_version: 1,
     }
@@ -494,6 +531,7 @@ mod tests {
             "h",
             "d",
             [key(1), key(2)],
+            &DeviceAuth::Sas,
             None,
             Some(&json!({"tags": {"t": 1, "u": 2}, "properties": {"desired": {"x": {"y": 1}}}})),
         );

@@ -29,6 +29,7 @@ pub mod groups;
 pub mod health;
 pub mod http;
 pub mod hub;
+pub mod issuance;
 pub mod management;
 pub mod metrics;
 pub mod mqtt;
@@ -43,6 +44,7 @@ pub mod throttle;
 pub mod tls;
 pub mod webhook;
 pub mod websocket;
+pub mod x509;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -167,7 +167,7 @@ pub async fn put(
     app.store
         .upsert_doc(kind.collection(), &key, move |current| put.decide(current))
         .await
-        .map(|doc| doc.json)
+        .map(|doc| without_certificates(doc.json))
 }
 
 /// A validated create-or-replace of one enrollment or group, ready to run against the stored
@@ -200,7 +200,7 @@ fn prepare_put(
             kind.id_field()
         )));
     }
-    validate_attestation(&attestation)?;
+    validate_attestation(kind, &attestation)?;
     validate_hubs(&settings, hubs)?;
     if let Some(v) = settings.other.get(crate::groups::PATTERN_FIELD) {
         let pattern = v.as_str().ok_or_else(|| {
@@ -257,6 +257,12 @@ impl PreparedPut {
             };
             json["attestation"]["symmetricKey"] =
                 serde_json::to_value(keys).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        }
+        if attestation.kind == AttestationType::X509 {
+            let stored = current
+                .as_ref()
+                .and_then(|d| d.json.pointer("/attestation/x509"));
+            complete_certificates(kind, &mut json["attestation"]["x509"], stored)?;
         }
         let now = now_text();
         let etag = new_etag();
@@ -1174,10 +1180,97 @@ fn redacted(mut json: Value) -> Value {
     if let Some(att) = json.get_mut("attestation").and_then(Value::as_object_mut) {
         att.remove("symmetricKey");
     }
+    without_certificates(json)
+}
+
+/// The certificate set an X.509 enrollment (`clientCertificates`) or group
+/// (`signingCertificates`) holds.
+fn certificate_set(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Enrollment => "clientCertificates",
+        Kind::Group => "signingCertificates",
+    }
+}
+
+const CERTIFICATE_SETS: [&str; 2] = ["clientCertificates", "signingCertificates"];
+
+/// A document as DPS shows it: X.509 certificates appear as their `info` only, never echoed.
+fn without_certificates(mut json: Value) -> Value {
+    if let Some(x509) = json.pointer_mut("/attestation/x509") {
+        for set in CERTIFICATE_SETS {
+            for which in ["primary", "secondary"] {
+                if let Some(entry) = x509
+                    .get_mut(set)
+                    .and_then(|s| s.get_mut(which))
+                    .and_then(Value::as_object_mut)
+                {
+                    entry.remove("certificate");
+                }
+            }
+        }
+    }
     json
 }
 
-fn validate_attestation(att: &AttestationMechanism) -> Result<(), ApiError> {
+/// Fills in an X.509 attestation before it is stored: an entry given with `info` but no
+/// `certificate` (a client putting back what it read) keeps the stored certificate, and every
+/// certificate gets its `info` as DPS shows it. The primary certificate is required unless the
+/// attestation names CAs (`caReferences`).
+fn complete_certificates(
+    kind: Kind,
+    x509: &mut Value,
+    stored: Option<&Value>,
+) -> Result<(), ApiError> {
+    let set_name = certificate_set(kind);
+    let has_ca_references = x509.get("caReferences").is_some_and(|r| !r.is_null());
+    for which in ["primary", "secondary"] {
+        let Some(entry) = x509
+            .get_mut(set_name)
+            .and_then(|s| s.get_mut(which))
+            .filter(|e| !e.is_null())
+        else {
+            continue;
+        };
+        if entry.get("certificate").is_none_or(Value::is_null) {
+            let kept = stored
+                .and_then(|s| s.get(set_name))
+                .and_then(|s| s.get(which))
+                .and_then(|e| e.get("certificate"))
+                .cloned();
+            match kept {
+                Some(cert) => entry["certificate"] = cert,
+                None => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "attestation.x509.{set_name}.{which} has no certificate"
+                    )));
+                }
+            }
+        }
+        let text = entry["certificate"].as_str().unwrap_or_default();
+        let der = crate::x509::parse_stored(text).map_err(|e| {
+            ApiError::InvalidArgument(format!(
+                "attestation.x509.{set_name}.{which}.certificate: {e}"
+            ))
+        })?;
+        entry["info"] = crate::x509::info(&der).map_err(|e| {
+            ApiError::InvalidArgument(format!(
+                "attestation.x509.{set_name}.{which}.certificate: {e}"
+            ))
+        })?;
+    }
+    let has_primary = x509
+        .get(set_name)
+        .and_then(|s| s.get("primary"))
+        .is_some_and(|e| !e.is_null());
+    if !has_primary && !has_ca_references {
+        return Err(ApiError::InvalidArgument(format!(
+            "X.509 attestation needs x509.{set_name}.primary.certificate (or caReferences)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_attestation(kind: Kind, att: &AttestationMechanism) -> Result<(), ApiError> {
     match att.kind {
         AttestationType::SymmetricKey => {
             if let Some(sk) = &att.symmetric_key {
@@ -1202,12 +1295,51 @@ fn validate_attestation(att: &AttestationMechanism) -> Result<(), ApiError> {
                 "TPM attestation needs tpm.endorsementKey".into(),
             )),
         },
-        AttestationType::X509 => match &att.x509 {
-            Some(Value::Object(_)) => Ok(()),
-            _ => Err(ApiError::InvalidArgument(
-                "X.509 attestation needs an x509 object".into(),
-            )),
-        },
+        AttestationType::X509 => {
+            let Some(x509 @ Value::Object(_)) = &att.x509 else {
+                return Err(ApiError::InvalidArgument(
+                    "X.509 attestation needs an x509 object".into(),
+                ));
+            };
+            let set_name = certificate_set(kind);
+            let other = match kind {
+                Kind::Enrollment => "signingCertificates",
+                Kind::Group => "clientCertificates",
+            };
+            if x509.get(other).is_some_and(|s| !s.is_null()) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{} use x509.{set_name}, not x509.{other}",
+                    match kind {
+                        Kind::Enrollment => "individual enrollments",
+                        Kind::Group => "enrollment groups",
+                    }
+                )));
+            }
+            for which in ["primary", "secondary"] {
+                let Some(text) = x509
+                    .get(set_name)
+                    .and_then(|s| s.get(which))
+                    .and_then(|e| e.get("certificate"))
+                    .filter(|c| !c.is_null())
+                else {
+                    continue;
+                };
+                let field = format!("attestation.x509.{set_name}.{which}.certificate");
+                let text = text.as_str().ok_or_else(|| {
+                    ApiError::InvalidArgument(format!("{field} must be a PEM or base64 string"))
+                })?;
+                let der = crate::x509::parse_stored(text)
+                    .map_err(|e| ApiError::InvalidArgument(format!("{field}: {e}")))?;
+                if kind == Kind::Group {
+                    crate::x509::check_can_sign(&der).map_err(|e| {
+                        ApiError::InvalidArgument(format!(
+                            "{field}: a group's signing certificate must be a CA certificate: {e}"
+                        ))
+                    })?;
+                }
+            }
+            Ok(())
+        }
         AttestationType::None => Ok(()),
     }
 }

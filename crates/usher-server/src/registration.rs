@@ -20,6 +20,7 @@ use crate::metrics::{Operation, RegistrationOutcome};
 use crate::store::{
     Assignment, Collection, DeviceWrite, Doc, RegisterView, Registration, StoreError, TwinWrite,
 };
+use crate::x509::ClientChain;
 
 /// Who a device request claims to be, as the transport received it.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +30,9 @@ pub struct DeviceRequest<'a> {
     pub registration_id: &'a str,
     /// The SAS token (HTTP `Authorization`, MQTT password).
     pub authorization: Option<&'a str>,
+    /// The certificate chain the device presented in its TLS handshake (X.509 attestation);
+    /// empty if none. A request with a token is attested by the token.
+    pub client_chain: &'a ClientChain,
     /// The transport the request arrived on (for metrics).
     pub protocol: Protocol,
     /// The client's address, for the failure budget (`throttle`).
@@ -64,8 +68,42 @@ struct Attested {
     registration_id: RegistrationId,
     enrollment: Enrollment,
     /// The device's primary and secondary keys (derived, for group members); they become the hub
-    /// identity's keys so the device connects to its hub with the key it already has.
+    /// identity's keys so the device connects to its hub with the key it already has. Random (and
+    /// never shown) for a device that attested with a certificate.
     keys: [SymmetricKey; 2],
+    /// How the hub identity authenticates: `sas`, or the certificates' (`selfSigned`,
+    /// `certificateAuthority`).
+    hub_auth: crate::hub::DeviceAuth,
+    /// For a certificate: the registration result's `x509` (the device's and the signing
+    /// certificate's info).
+    x509: Option<serde_json::Value>,
+}
+
+/// What the device attested with, kept to check it again if the enrollment changes before the
+/// registration commits.
+#[derive(Clone)]
+enum Presented {
+    Token(String),
+    Chain(ClientChain),
+}
+
+impl std::fmt::Debug for Presented {
+    /// The token never reaches `Debug` output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(..)"),
+            Self::Chain(c) => c.fmt(f),
+        }
+    }
+}
+
+impl Presented {
+    fn of(req: &DeviceRequest<'_>) -> Self {
+        match req.authorization {
+            None if req.client_chain.is_present() => Self::Chain(req.client_chain.clone()),
+            token => Self::Token(token.unwrap_or_default().to_owned()),
+        }
+    }
 }
 
 /// `PUT …/register`: attest, then decide and record in one write transaction over the rows as
@@ -97,18 +135,21 @@ async fn assign(
         )));
     }
     let attested = attest(app, req).await?;
-    if let Err(e) = refuse_unsupported(body) {
-        audit::append(
-            app,
-            vec![device_record(
-                req,
-                "registration.register",
-                audit::refused(&e),
-            )],
-        )
-        .await;
-        return Err(e);
-    }
+    let issued = match issue_certificate(app, &attested, body) {
+        Ok(issued) => issued,
+        Err(e) => {
+            audit::append(
+                app,
+                vec![device_record(
+                    req,
+                    "registration.register",
+                    audit::refused(&e),
+                )],
+            )
+            .await;
+            return Err(e);
+        }
+    };
     let modes = testing_modes(app, &attested);
     app.testing.admit(
         &modes,
@@ -118,7 +159,8 @@ async fn assign(
     let operation_id = new_operation_id();
     let job = RegisterJob {
         attested,
-        token: req.authorization.unwrap_or_default().to_owned(),
+        presented: Presented::of(&req),
+        issued,
         operation_id: operation_id.clone(),
         payload: body.payload.clone(),
         device_address: req.peer,
@@ -132,7 +174,7 @@ async fn assign(
     }
     let record = decided.record();
     let state = match record {
-        Some(r) => registration_result(r),
+        Some(r) => operation_result(r),
         None => DeviceRegistrationResult::bare(req.registration_id, RegistrationStatus::Disabled),
     };
     let held = app.testing.started(&modes, &operation_id);
@@ -163,8 +205,11 @@ async fn assign(
 #[derive(Debug, Clone)]
 pub(crate) struct RegisterJob {
     attested: Attested,
-    /// The device's token, to re-check against the enrollment if it changed since attestation.
-    token: String,
+    /// The device's token or certificate chain, to re-check against the enrollment if it changed
+    /// since attestation.
+    presented: Presented,
+    /// The certificate chain issued for the request's CSR.
+    issued: Option<Vec<String>>,
     pub(crate) operation_id: String,
     /// The device's custom payload (for a webhook).
     payload: Option<serde_json::Value>,
@@ -238,7 +283,8 @@ fn decide_in_transaction(
 ) -> Result<(Assignment, Decided), ApiError> {
     let RegisterJob {
         attested,
-        token,
+        presented,
+        issued,
         operation_id,
         payload,
         device_address,
@@ -255,7 +301,7 @@ fn decide_in_transaction(
     {
         return Ok((Assignment::default(), Decided::Superseded));
     }
-    let enrollment = current_enrollment(scope, &attested, &token, skew_secs, &view)?;
+    let enrollment = current_enrollment(scope, &attested, &presented, skew_secs, &view)?;
     let Some(enrollment) = enrollment else {
         audit.result = "disabled".into();
         return Ok((
@@ -337,6 +383,8 @@ fn decide_in_transaction(
         operation_id,
         payload: None,
         initial_hub: view.previous.as_ref().and_then(|p| p.initial_hub.clone()),
+        x509: attested.x509.clone(),
+        issued_chain: issued.clone(),
     };
     let mut assignment = Assignment::default();
     let decided = match outcome {
@@ -362,7 +410,8 @@ fn decide_in_transaction(
             let call = crate::webhook::Call {
                 job: RegisterJob {
                     attested: attested.clone(),
-                    token,
+                    presented,
+                    issued,
                     operation_id: record.operation_id.clone(),
                     payload: payload.clone(),
                     device_address,
@@ -416,6 +465,7 @@ fn decide_in_transaction(
                     &hub_name,
                     &to.device_id,
                     attested.keys.clone(),
+                    &attested.hub_auth,
                     settings.other.get("capabilities"),
                     initial.as_ref(),
                 );
@@ -443,12 +493,19 @@ fn decide_in_transaction(
 fn current_enrollment(
     scope: &str,
     attested: &Attested,
-    token: &str,
+    presented: &Presented,
     skew_secs: u64,
     view: &RegisterView,
 ) -> Result<Option<Enrollment>, ApiError> {
     let gone = || ApiError::Unauthorized(AuthError::NoMatchingEnrollment);
     let recheck = |attestation: &usher_proto::service::AttestationMechanism, group: bool| {
+        let token = match presented {
+            Presented::Token(token) => token,
+            Presented::Chain(chain) => {
+                return check_chain(chain, attested.registration_id.as_str(), attestation, group)
+                    .map(|_| ());
+            }
+        };
         let token = SasToken::parse(token).map_err(AuthError::from)?;
         token
             .check_device_claims(
@@ -568,7 +625,7 @@ async fn find_operation(
             )),
         });
     }
-    let state = registration_result(&record);
+    let state = operation_result(&record);
     Ok(RegistrationOperationStatus {
         operation_id: record.operation_id,
         status: state.status,
@@ -647,18 +704,33 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Refuses what Usher does not do rather than pretending to: a register body asking for a device
-/// certificate (`csr`, api-version 2025-07-01-preview; `clientCertificateCsr`,
-/// 2021-11-01-preview) would otherwise be `assigned` with no certificate.
-fn refuse_unsupported(body: &DeviceRegistration) -> Result<(), ApiError> {
-    let field = if body.client_certificate_csr.is_some() {
-        "clientCertificateCsr"
-    } else if body.csr.is_some() {
-        "csr"
-    } else {
-        return Ok(());
+/// A device certificate for the register body's `csr` (api-version 2025-07-01-preview), signed by
+/// the configured issuing CA. Refuses what Usher does not do rather than pretending to: a `csr`
+/// with no issuing CA configured, or a `clientCertificateCsr` (2021-11-01-preview), would
+/// otherwise be `assigned` with no certificate.
+fn issue_certificate(
+    app: &App,
+    attested: &Attested,
+    body: &DeviceRegistration,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if body.client_certificate_csr.is_some() {
+        return Err(ApiError::CertificateIssuanceNotConfigured {
+            field: "clientCertificateCsr",
+        });
+    }
+    let Some(csr) = &body.csr else {
+        return Ok(None);
     };
-    Err(ApiError::CertificateIssuanceNotConfigured { field })
+    let Some(ca) = &app.settings.issuing_ca else {
+        return Err(ApiError::CertificateIssuanceNotConfigured { field: "csr" });
+    };
+    ca.issue(
+        attested.registration_id.as_str(),
+        csr,
+        time::OffsetDateTime::now_utc(),
+    )
+    .map(Some)
+    .map_err(|e| ApiError::InvalidArgument(e.to_string()))
 }
 
 /// The status code and retry-after every transport answers a successful request with: `202` and
@@ -679,6 +751,16 @@ pub fn response_status(app: &App, status: &RegistrationOperationStatus) -> (u16,
     }
 }
 
+/// The answer about a register operation: the record, and the certificate issued for its CSR
+/// (which a status lookup does not show).
+fn operation_result(r: &Registration) -> DeviceRegistrationResult {
+    let mut result = registration_result(r);
+    if r.status == RegistrationStatus::Assigned {
+        result.issued_certificate_chain = r.issued_chain.clone();
+    }
+    result
+}
+
 /// The device's view of a registration record.
 pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
     let status = r.status;
@@ -692,9 +774,10 @@ pub fn registration_result(r: &Registration) -> DeviceRegistrationResult {
         last_updated_date_time_utc: Some(usher_proto::model::format_timestamp(r.updated)),
         etag: Some(r.etag.clone()),
         payload: r.payload.clone(),
-        symmetric_key: Some(SymmetricKeyRegistrationResult {
+        symmetric_key: r.x509.is_none().then(|| SymmetricKeyRegistrationResult {
             enrollment_group_id: r.enrollment_group_id.clone(),
         }),
+        x509: r.x509.clone(),
         ..DeviceRegistrationResult::bare(r.registration_id.clone(), status)
     }
 }
@@ -748,6 +831,7 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
         id_scope,
         registration_id,
         authorization,
+        client_chain,
         protocol: _,
         peer: _,
     } = req;
@@ -755,6 +839,9 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
         RegistrationId::parse(registration_id).map_err(ApiError::InvalidRegistrationId)?;
     if !app.instance.id_scope.eq_ignore_ascii_case(id_scope) {
         return Err(AuthError::UnknownIdScope(id_scope.to_owned()).into());
+    }
+    if authorization.is_none() && client_chain.is_present() {
+        return check_certificate(app, registration_id, client_chain).await;
     }
     let token = SasToken::parse(authorization.ok_or(AuthError::MissingAuthorization)?)
         .map_err(AuthError::from)?;
@@ -780,6 +867,8 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
                     registration_id,
                     enrollment: Enrollment::Individual(Box::new(enrollment)),
                     keys,
+                    hub_auth: crate::hub::DeviceAuth::Sas,
+                    x509: None,
                 });
             }
             // A disabled individual enrollment is how one device of a group is blocked: a device
@@ -789,9 +878,37 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
         }
     }
 
-    // Groups: the one the device's registration record names first (a device that registered
-    // before costs one group), then those whose registration-ID pattern admits it.
     let groups = app.groups.groups(&app.store).await?;
+    for g in candidate_groups(app, &groups, &registration_id).await? {
+        let crate::groups::GroupCredential::Keys(group_keys) = &g.credential else {
+            continue;
+        };
+        let keys = [
+            group_keys[0].derive_device_key(registration_id.as_str()),
+            group_keys[1].derive_device_key(registration_id.as_str()),
+        ];
+        if let Ok(index) = token.check_signature(&[&keys[0], &keys[1]]) {
+            tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, key = index, "group member attested");
+            return Ok(Attested {
+                registration_id,
+                enrollment: Enrollment::Group(Box::new(g.group.clone())),
+                keys,
+                hub_auth: crate::hub::DeviceAuth::Sas,
+                x509: None,
+            });
+        }
+    }
+    Err(AuthError::NoMatchingEnrollment.into())
+}
+
+/// The groups a device may belong to, in the order to try them: the one its registration record
+/// names first (a device that registered before costs one group), then those whose
+/// registration-ID pattern admits it.
+async fn candidate_groups<'g>(
+    app: &App,
+    groups: &'g crate::groups::Groups,
+    registration_id: &RegistrationId,
+) -> Result<Vec<&'g crate::groups::Group>, ApiError> {
     let known = app
         .store
         .registration(registration_id.as_str())
@@ -804,21 +921,167 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
             .as_deref()
             .is_none_or(|id| !g.group.enrollment_group_id.eq_ignore_ascii_case(id))
     });
-    for g in first.into_iter().chain(rest) {
-        let keys = [
-            g.keys[0].derive_device_key(registration_id.as_str()),
-            g.keys[1].derive_device_key(registration_id.as_str()),
-        ];
-        if let Ok(index) = token.check_signature(&[&keys[0], &keys[1]]) {
-            tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, key = index, "group member attested");
-            return Ok(Attested {
-                registration_id,
-                enrollment: Enrollment::Group(Box::new(g.group.clone())),
-                keys,
-            });
+    Ok(first.into_iter().chain(rest).collect())
+}
+
+/// X.509 attestation, as DPS does it: the device's registration ID is its certificate's common
+/// name. An individual enrollment of that ID decides if its certificate is the device's (a
+/// disabled one that does not match still blocks the device of a group, as it does for SAS);
+/// otherwise the first X.509 group whose signing certificate the device's chain leads to.
+async fn check_certificate(
+    app: &App,
+    registration_id: RegistrationId,
+    chain: &ClientChain,
+) -> Result<Attested, ApiError> {
+    let random_keys = || -> Result<[SymmetricKey; 2], ApiError> {
+        Ok([
+            crate::app::new_symmetric_key(32)?,
+            crate::app::new_symmetric_key(32)?,
+        ])
+    };
+    if let Some(doc) = app
+        .store
+        .doc(Collection::Enrollments, registration_id.as_str())
+        .await?
+    {
+        let enrollment: IndividualEnrollment = parse_doc(&doc)?;
+        match check_chain(
+            chain,
+            registration_id.as_str(),
+            &enrollment.attestation,
+            false,
+        ) {
+            Ok(hub_auth) => {
+                tracing::debug!(registration_id = %registration_id, "individual X.509 enrollment attested");
+                return Ok(Attested {
+                    registration_id,
+                    enrollment: Enrollment::Individual(Box::new(enrollment)),
+                    keys: random_keys()?,
+                    hub_auth,
+                    x509: Some(x509_result(chain, None, None)),
+                });
+            }
+            Err(_) if !enrollment.settings.is_enabled() => {}
+            Err(e) => return Err(e),
         }
     }
-    Err(AuthError::NoMatchingEnrollment.into())
+    let groups = app.groups.groups(&app.store).await?;
+    let mut refusal = None;
+    for g in candidate_groups(app, &groups, &registration_id).await? {
+        let crate::groups::GroupCredential::Signing(signing) = &g.credential else {
+            continue;
+        };
+        let now = unix_now();
+        for cert in signing {
+            match crate::x509::check_group(chain, registration_id.as_str(), cert, now) {
+                Ok(()) => {
+                    tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, "X.509 group member attested");
+                    return Ok(Attested {
+                        x509: Some(x509_result(
+                            chain,
+                            Some(&g.group.enrollment_group_id),
+                            Some(cert),
+                        )),
+                        registration_id,
+                        enrollment: Enrollment::Group(Box::new(g.group.clone())),
+                        keys: random_keys()?,
+                        hub_auth: crate::hub::DeviceAuth::CertificateAuthority,
+                    });
+                }
+                Err(e) => refusal = Some(e),
+            }
+        }
+    }
+    Err(refusal
+        .map_or(AuthError::NoMatchingEnrollment, AuthError::Certificate)
+        .into())
+}
+
+/// The registration result's `x509`: the device certificate's info, and for a group member the
+/// group and its signing certificate's info.
+fn x509_result(
+    chain: &ClientChain,
+    group: Option<&str>,
+    signing: Option<&rustls_pki_types::CertificateDer<'_>>,
+) -> serde_json::Value {
+    let info = |c: &rustls_pki_types::CertificateDer<'_>| crate::x509::info(c).ok();
+    let mut result = serde_json::json!({
+        "certificateInfo": chain.leaf().and_then(info),
+    });
+    if let Some(group) = group {
+        result["enrollmentGroupId"] = group.into();
+    }
+    if let Some(signing) = signing.and_then(info) {
+        result["signingCertificateInfo"] = signing;
+    }
+    result
+}
+
+/// Checks a device's chain against one enrollment's X.509 attestation: an individual
+/// enrollment's client certificates, or a group's signing certificates. Returns the hub identity's
+/// authentication.
+fn check_chain(
+    chain: &ClientChain,
+    registration_id: &str,
+    attestation: &usher_proto::service::AttestationMechanism,
+    group: bool,
+) -> Result<crate::hub::DeviceAuth, ApiError> {
+    if attestation.kind != AttestationType::X509 {
+        return Err(AuthError::UnsupportedAttestation(attestation.kind.as_str()).into());
+    }
+    let certs = stored_certificates(attestation)?;
+    let now = unix_now();
+    if group {
+        let mut last = crate::x509::X509Error::NotEnrolled;
+        for cert in certs.iter().flatten() {
+            match crate::x509::check_group(chain, registration_id, cert, now) {
+                Ok(()) => return Ok(crate::hub::DeviceAuth::CertificateAuthority),
+                Err(e) => last = e,
+            }
+        }
+        return Err(AuthError::Certificate(last).into());
+    }
+    crate::x509::check_individual(
+        chain,
+        registration_id,
+        [certs[0].as_ref(), certs[1].as_ref()],
+        now,
+    )
+    .map_err(AuthError::Certificate)?;
+    Ok(crate::hub::DeviceAuth::SelfSigned {
+        primary: certs[0]
+            .as_ref()
+            .map(crate::x509::sha1_thumbprint)
+            .unwrap_or_default(),
+        secondary: certs[1].as_ref().map(crate::x509::sha1_thumbprint),
+    })
+}
+
+/// The primary and secondary certificates of an X.509 attestation: an individual enrollment's
+/// `clientCertificates`, or a group's `signingCertificates` (a group that references a CA by
+/// name has none here). Stored certificates were validated when written.
+pub(crate) fn stored_certificates(
+    attestation: &usher_proto::service::AttestationMechanism,
+) -> Result<[Option<rustls_pki_types::CertificateDer<'static>>; 2], ApiError> {
+    let x509 = attestation.x509.as_ref();
+    let set = x509
+        .and_then(|x| x.get("clientCertificates"))
+        .filter(|v| !v.is_null())
+        .or_else(|| x509.and_then(|x| x.get("signingCertificates")));
+    let cert = |which: &str| {
+        set.and_then(|s| s.get(which))
+            .and_then(|c| c.get("certificate"))
+            .and_then(serde_json::Value::as_str)
+            .map(|text| {
+                crate::x509::parse_stored(text).map_err(|e| {
+                    ApiError::Store(StoreError::Corrupt(format!(
+                        "stored {which} certificate: {e}"
+                    )))
+                })
+            })
+            .transpose()
+    };
+    Ok([cert("primary")?, cert("secondary")?])
 }
 
 fn parse_doc<T: serde::de::DeserializeOwned>(doc: &Doc) -> Result<T, ApiError> {

@@ -213,8 +213,12 @@ pub async fn serve_http_connection(
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let service =
-        TowerToHyperService::new(router.layer(axum::Extension(crate::websocket::PeerAddr(peer))));
+    let chain = crate::x509::ClientChain::new(tls.get_ref().1.peer_certificates());
+    let service = TowerToHyperService::new(
+        router
+            .layer(axum::Extension(crate::websocket::PeerAddr(peer)))
+            .layer(axum::Extension(chain)),
+    );
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

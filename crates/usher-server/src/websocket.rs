@@ -11,6 +11,7 @@ use axum::response::Response;
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::x509::ClientChain;
 
 /// The peer address of an HTTP connection, added by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +42,7 @@ pub async fn websocket_route(
     Extension(mqtt): Extension<crate::mqtt::Endpoint>,
     Extension(amqp): Extension<crate::amqp::Endpoint>,
     peer: Option<Extension<PeerAddr>>,
+    chain: Option<Extension<ClientChain>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let offered = ws
@@ -59,6 +61,7 @@ pub async fn websocket_route(
         || SocketAddr::from(([0, 0, 0, 0], 0)),
         |Extension(PeerAddr(p))| p,
     );
+    let chain = chain.map(|Extension(c)| c).unwrap_or_default();
     let max = match protocol {
         Protocol::Mqtt => mqtt.limits.max_packet,
         // AMQP frames may be split across messages or share one; a message holds at most two.
@@ -71,11 +74,11 @@ pub async fn websocket_route(
         .max_message_size(max)
         .max_frame_size(max);
     match protocol {
-        Protocol::Mqtt => {
-            ws.on_upgrade(move |socket| crate::mqtt::websocket_session(app, mqtt, socket, peer))
-        }
-        Protocol::Amqp => {
-            ws.on_upgrade(move |socket| crate::amqp::websocket_session(app, amqp, socket, peer))
-        }
+        Protocol::Mqtt => ws.on_upgrade(move |socket| {
+            crate::mqtt::websocket_session(app, mqtt, socket, peer, chain)
+        }),
+        Protocol::Amqp => ws.on_upgrade(move |socket| {
+            crate::amqp::websocket_session(app, amqp, socket, peer, chain)
+        }),
     }
 }

@@ -36,6 +36,8 @@ const DOMAIN: &[&str] = &[
     "testing",
     "metrics",
     "pki",
+    "x509",
+    "issuance",
 ];
 
 fn files_of(module: &str) -> Vec<PathBuf> {

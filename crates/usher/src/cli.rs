@@ -288,6 +288,13 @@ pub(crate) struct ServeArgs {
     /// Extra CA certificates (PEM) to trust for custom allocation webhooks, besides the system's.
     #[arg(long, env = "USHER_WEBHOOK_CA", value_name = "FILE")]
     pub(crate) webhook_ca: Option<PathBuf>,
+    /// The CA (PEM: its certificate, then optionally the chain above it) that signs device
+    /// certificates requested with a register body's `csr`. Needs --issuing-ca-key.
+    #[arg(long, env = "USHER_ISSUING_CA_CERT", value_name = "FILE")]
+    pub(crate) issuing_ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of --issuing-ca-cert.
+    #[arg(long, env = "USHER_ISSUING_CA_KEY", value_name = "FILE")]
+    pub(crate) issuing_ca_key: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) testing: TestingArgs,
     #[command(flatten)]
@@ -464,6 +471,10 @@ pub(crate) enum InstanceCommand {
 pub(crate) enum AttestationArg {
     #[value(name = "symmetrickey")]
     SymmetricKey,
+    /// X.509 certificates: an individual enrollment's device certificate, or a group's signing
+    /// (root or intermediate CA) certificate (--certificate-path).
+    #[value(name = "x509")]
+    X509,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -540,6 +551,13 @@ pub(crate) struct EnrollmentOptions {
     /// Attestation mechanism.
     #[arg(long, value_enum, default_value_t = AttestationArg::SymmetricKey)]
     pub(crate) attestation_type: AttestationArg,
+    /// X.509: the primary certificate (PEM): the device's own certificate for an individual
+    /// enrollment, the signing (root or intermediate CA) certificate for a group.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) certificate_path: Option<PathBuf>,
+    /// X.509: the secondary certificate (PEM).
+    #[arg(long, value_name = "PEM", requires = "certificate_path")]
+    pub(crate) secondary_certificate_path: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) settings: SettingOptions,
 }
@@ -823,19 +841,34 @@ pub(crate) struct ProvisionArgs {
     /// The instance's ID scope.
     #[arg(long)]
     pub(crate) id_scope: String,
-    /// The device's registration ID.
-    #[arg(long)]
-    pub(crate) registration_id: String,
+    /// The device's registration ID (with --cert: the certificate's common name by default).
+    #[arg(long, required_unless_present = "cert")]
+    pub(crate) registration_id: Option<String>,
     /// The device's own key (base64).
     #[arg(
         long,
-        conflicts_with = "group_key",
-        required_unless_present = "group_key"
+        conflicts_with_all = ["group_key", "cert"],
+        required_unless_present_any = ["group_key", "cert"]
     )]
     pub(crate) key: Option<String>,
     /// An enrollment group's key (base64); the device key is derived from it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cert")]
     pub(crate) group_key: Option<String>,
+    /// X.509: the device's certificate chain (PEM: its own certificate first, then any
+    /// intermediates), presented in the TLS handshake. Needs --cert-key.
+    #[arg(long, value_name = "PEM", requires = "cert_key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// X.509: the device certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub(crate) cert_key: Option<PathBuf>,
+    /// Ask for a device certificate: a certificate signing request (PEM or DER PKCS#10, its
+    /// common name the registration ID), sent as the register body's `csr`. The server needs an
+    /// issuing CA (`usher serve --issuing-ca-cert`). Needs --issued-cert-out.
+    #[arg(long, value_name = "FILE", requires = "issued_cert_out")]
+    pub(crate) csr: Option<PathBuf>,
+    /// Where to write the issued certificate chain (PEM: the device's certificate, then the CA's).
+    #[arg(long, value_name = "FILE", requires = "csr")]
+    pub(crate) issued_cert_out: Option<PathBuf>,
     /// The service host, optionally with :port (default port: 443, 8883 for mqtt, 5671 for amqp).
     #[arg(long, default_value = "localhost")]
     pub(crate) host: String,

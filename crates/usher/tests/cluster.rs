@@ -154,7 +154,7 @@ impl Device {
         Self {
             scope: scope.into(),
             id: id.into(),
-            token: credential.token(scope, 4_000_000_000),
+            token: credential.token(scope, 4_000_000_000).unwrap(),
         }
     }
 

@@ -50,6 +50,8 @@ const SAMPLES: &[(&str, &str)] = &[
     ("testing-registrations-per-minute", "500"),
     ("webhook-timeout", r#""10s""#),
     ("webhook-ca", r#""/etc/usher/webhook-ca.pem""#),
+    ("issuing-ca-cert", r#""/etc/usher/issuing-ca.pem""#),
+    ("issuing-ca-key", r#""/etc/usher/issuing-ca.key""#),
     ("kek-file", r#""/etc/usher/kek""#),
 ];
 

@@ -1405,3 +1405,288 @@ fn bench_seed_creates_enrollments_and_groups_in_bulk() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --prefix"));
 }
+
+/// A certificate (PEM) and its key (PEM), written to `dir` as `{name}.pem` and `{name}.key`.
+struct TestCert {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl TestCert {
+    fn new(dir: &Path, name: &str, ca: bool, by: Option<&Self>) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(30);
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match by {
+            None => params.self_signed(&key).unwrap(),
+            Some(i) => params
+                .signed_by(&key, &rcgen::Issuer::from_params(&i.params, &i.key))
+                .unwrap(),
+        };
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        Self {
+            pem: cert.pem(),
+            params,
+            key,
+        }
+    }
+}
+
+#[test]
+fn x509_enrollments_and_groups_from_the_cli_and_provision_with_a_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let https = listener(dir, "httpsAddr");
+    let mqtt = listener(dir, "mqttAddr");
+    let amqp = listener(dir, "amqpAddr");
+
+    // An individual enrollment with a self-signed device certificate.
+    TestCert::new(dir, "cli-x509-dev", false, None);
+    let created = json(&usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "cli-x509-dev",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "cli-x509-dev.pem",
+        ],
+    ));
+    let info = &created["attestation"]["x509"]["clientCertificates"]["primary"]["info"];
+    assert_eq!(info["subjectName"], "CN=cli-x509-dev", "{created}");
+    let shown = ok(&usher(dir, &["enrollment", "show", "cli-x509-dev"]));
+    assert!(shown.contains("CN=cli-x509-dev"), "{shown}");
+    assert!(
+        shown.contains(info["sha1Thumbprint"].as_str().unwrap()),
+        "{shown}"
+    );
+    for (transport, host) in [("https", &https), ("mqtt", &mqtt), ("amqp", &amqp)] {
+        let out = ok(&usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--cert",
+                "cli-x509-dev.pem",
+                "--cert-key",
+                "cli-x509-dev.key",
+                "--host",
+                host,
+                "--ca",
+                &ca,
+                "--transport",
+                transport,
+            ],
+        ));
+        assert!(
+            out.contains("with an X.509 certificate")
+                && out.contains("deviceId cli-x509-dev, status assigned"),
+            "{transport}: {out}"
+        );
+    }
+
+    // A group signed by an intermediate; the device presents its certificate and the intermediate.
+    let root = TestCert::new(dir, "cli-root", true, None);
+    let intermediate = TestCert::new(dir, "cli-intermediate", true, Some(&root));
+    let device = TestCert::new(dir, "cli-grp-dev", false, Some(&intermediate));
+    std::fs::write(
+        dir.join("chain.pem"),
+        format!("{}{}", device.pem, intermediate.pem),
+    )
+    .unwrap();
+    ok(&usher(
+        dir,
+        &[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "cli-x509-group",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "cli-root.pem",
+        ],
+    ));
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--cert",
+            "chain.pem",
+            "--cert-key",
+            "cli-grp-dev.key",
+            "--host",
+            &https,
+            "--ca",
+            &ca,
+        ],
+    ));
+    assert!(
+        out.contains("deviceId cli-grp-dev, status assigned"),
+        "{out}"
+    );
+    // Without the intermediate the chain does not reach the group's root.
+    let out = usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--cert",
+            "cli-grp-dev.pem",
+            "--cert-key",
+            "cli-grp-dev.key",
+            "--host",
+            &https,
+            "--ca",
+            &ca,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401002"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad input is explained before anything is sent.
+    std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
+    let out = usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "junk",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "junk.pem",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn provision_with_a_csr_writes_the_issued_certificate_which_then_provisions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = TestCert::new(dir, "issuing-ca", true, None);
+    let _server = start(
+        dir,
+        &[
+            "--issuing-ca-cert",
+            "issuing-ca.pem",
+            "--issuing-ca-key",
+            "issuing-ca.key",
+        ],
+    );
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let server_ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let https = listener(dir, "httpsAddr");
+    let created = json(&usher(
+        dir,
+        &["enrollment", "create", "--enrollment-id", "csr-cli-dev"],
+    ));
+    let key = created["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The device's key pair and its request, as `openssl req -new` would make them.
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "csr-cli-dev");
+    let request = params.serialize_request(&device_key).unwrap();
+    std::fs::write(dir.join("device.csr"), request.pem().unwrap()).unwrap();
+    std::fs::write(dir.join("device.key"), device_key.serialize_pem()).unwrap();
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            "csr-cli-dev",
+            "--key",
+            &key,
+            "--host",
+            &https,
+            "--ca",
+            &server_ca,
+            "--csr",
+            "device.csr",
+            "--issued-cert-out",
+            "issued.pem",
+        ],
+    ));
+    assert!(
+        out.contains("Issued certificate chain (2 certificates) written to issued.pem"),
+        "{out}"
+    );
+    let issued = std::fs::read_to_string(dir.join("issued.pem")).unwrap();
+    assert!(issued.ends_with(&ca.pem.replace("\r\n", "\n")), "{issued}");
+
+    // The issued certificate attests the device in a group trusting the issuing CA.
+    ok(&usher(
+        dir,
+        &[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "issued",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "issuing-ca.pem",
+        ],
+    ));
+    ok(&usher(dir, &["enrollment", "delete", "csr-cli-dev"]));
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--cert",
+            "issued.pem",
+            "--cert-key",
+            "device.key",
+            "--host",
+            &https,
+            "--ca",
+            &server_ca,
+        ],
+    ));
+    assert!(
+        out.contains("deviceId csr-cli-dev, status assigned"),
+        "{out}"
+    );
+}

@@ -1,4 +1,5 @@
-//! One AMQP connection: SASL PLAIN, the open deadline, the device's credentials checked by the
+//! One AMQP connection: SASL PLAIN (or, for a device that presented a client certificate,
+//! EXTERNAL or ANONYMOUS), the open deadline, the device's credentials checked by the
 //! registration core, and a task per session.
 
 use std::net::SocketAddr;
@@ -24,18 +25,27 @@ use crate::registration::{self, DeviceRequest};
 
 /// The only SASL mechanism DPS offers devices with symmetric keys.
 const PLAIN: &str = "PLAIN";
+/// What a device that authenticated with its TLS client certificate may ask for instead.
+const EXTERNAL: &str = "EXTERNAL";
+const ANONYMOUS: &str = "ANONYMOUS";
+/// The AMQP protocol header without a SASL layer (protocol ID 0): what a device that
+/// authenticated in the TLS handshake may send first instead of the SASL header (the C SDK's
+/// X.509 transport does).
+const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 /// Frames (and session frames) buffered between fe2o3's engine tasks and ours. Small, so that a
 /// peer that floods is slowed down by TCP back-pressure instead of filling memory.
 pub(super) const BUFFER: usize = 64;
 /// How long a close may wait for the peer's Close or Detach.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What a device presented at SASL (who it says it is, its SAS token), and where it connected
-/// from.
+/// What a device presented at SASL (who it says it is, its SAS token) or in its TLS handshake (its
+/// certificate chain), and where it connected from.
 #[derive(Clone)]
 pub(super) struct Device {
     pub(super) identity: DeviceIdentity,
-    pub(super) token: String,
+    /// `None` for a device that attests with its certificate.
+    pub(super) token: Option<String>,
+    pub(super) chain: crate::x509::ClientChain,
     pub(super) peer: SocketAddr,
     pub(super) protocol: Protocol,
 }
@@ -55,7 +65,8 @@ impl Device {
         DeviceRequest {
             id_scope: &self.identity.id_scope,
             registration_id: &self.identity.registration_id,
-            authorization: Some(&self.token),
+            authorization: self.token.as_deref(),
+            client_chain: &self.chain,
             peer: Some(self.peer.ip()),
             protocol: self.protocol,
         }
@@ -73,12 +84,32 @@ impl Device {
 /// for the connection task, which checks it once the connection is open. fe2o3-amqp's acceptor
 /// asks synchronously, so no token can be verified here (that needs the store); a user name that
 /// is not `{idScope}/registrations/{registrationId}` is refused at once.
+///
+/// A device that presented a client certificate may use EXTERNAL or ANONYMOUS instead: its
+/// identity is then its certificate's common name in this instance's ID scope (the link address
+/// must name the same device).
 #[derive(Clone, Default)]
-struct DeviceSasl(Arc<Mutex<Option<(DeviceIdentity, String)>>>);
+struct DeviceSasl {
+    slot: Arc<Mutex<Option<Sasl>>>,
+    /// Whether the TLS handshake carried a client certificate.
+    certificate: bool,
+}
+
+/// What SASL settled.
+enum Sasl {
+    Plain(DeviceIdentity, String),
+    Certificate,
+}
 
 impl DeviceSasl {
-    fn take(&self) -> Option<(DeviceIdentity, String)> {
-        self.0.lock().ok().and_then(|mut d| d.take())
+    fn take(&self) -> Option<Sasl> {
+        self.slot.lock().ok().and_then(|mut d| d.take())
+    }
+
+    fn set(&self, sasl: Sasl) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(sasl);
+        }
     }
 
     fn outcome(code: SaslCode) -> SaslServerFrame {
@@ -91,11 +122,24 @@ impl DeviceSasl {
 
 impl SaslAcceptor for DeviceSasl {
     fn mechanisms(&self) -> Array<Symbol> {
-        Array::from(vec![Symbol::from(PLAIN)])
+        if self.certificate {
+            Array::from(vec![
+                Symbol::from(EXTERNAL),
+                Symbol::from(PLAIN),
+                Symbol::from(ANONYMOUS),
+            ])
+        } else {
+            Array::from(vec![Symbol::from(PLAIN)])
+        }
     }
 
     fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
-        if init.mechanism.as_str() != PLAIN {
+        let mechanism = init.mechanism.as_str();
+        if self.certificate && (mechanism == EXTERNAL || mechanism == ANONYMOUS) {
+            self.set(Sasl::Certificate);
+            return Self::outcome(SaslCode::Ok);
+        }
+        if mechanism != PLAIN {
             tracing::debug!(mechanism = %init.mechanism.as_str(), "SASL mechanism refused");
             return Self::outcome(SaslCode::Auth);
         }
@@ -110,10 +154,8 @@ impl SaslAcceptor for DeviceSasl {
             ))
         });
         match device {
-            Ok(device) => {
-                if let Ok(mut slot) = self.0.lock() {
-                    *slot = Some(device);
-                }
+            Ok((identity, token)) => {
+                self.set(Sasl::Plain(identity, token));
                 Self::outcome(SaslCode::Ok)
             }
             Err(e) => {
@@ -136,6 +178,7 @@ pub async fn serve<Io>(
     endpoint: &super::Endpoint,
     io: Io,
     peer: SocketAddr,
+    chain: crate::x509::ClientChain,
     protocol: Protocol,
     shutdown: CancellationToken,
 ) where
@@ -147,7 +190,10 @@ pub async fn serve<Io>(
     };
     let _open = app.metrics.amqp_connection(protocol);
     let limits = endpoint.limits;
-    let sasl = DeviceSasl::default();
+    let sasl = DeviceSasl {
+        slot: Arc::default(),
+        certificate: chain.is_present(),
+    };
     let acceptor = ConnectionAcceptor::builder()
         .container_id("usher")
         .max_frame_size(limits.max_frame_size)
@@ -156,9 +202,39 @@ pub async fn serve<Io>(
         .buffer_size(BUFFER)
         .sasl_acceptor(sasl.clone())
         .build();
-    let io = super::guard::Guarded::new(io);
-    let mut connection = match tokio::time::timeout(limits.open_timeout, acceptor.accept(io)).await
-    {
+    // A device with a certificate may skip SASL: its first eight bytes say which it does, and
+    // are replayed, through the guard, to the acceptor that speaks that.
+    let bare_acceptor = ConnectionAcceptor::builder()
+        .container_id("usher")
+        .max_frame_size(limits.max_frame_size)
+        .session_max(limits.max_sessions)
+        .idle_time_out(u32::try_from(limits.idle_timeout.as_millis()).unwrap_or(u32::MAX))
+        .buffer_size(BUFFER)
+        .build();
+    let mut without_sasl = false;
+    let opening = async {
+        if !chain.is_present() {
+            return acceptor.accept(super::guard::Guarded::new(io)).await;
+        }
+        let mut io = io;
+        let mut header = [0u8; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut io, &mut header)
+            .await
+            .map_err(fe2o3_amqp::connection::OpenError::Io)?;
+        let (read, write) = tokio::io::split(io);
+        let replayed = tokio::io::join(
+            tokio::io::AsyncReadExt::chain(std::io::Cursor::new(header.to_vec()), read),
+            write,
+        );
+        let replayed = super::guard::Guarded::new(replayed);
+        if header == AMQP_HEADER {
+            without_sasl = true;
+            bare_acceptor.accept(replayed).await
+        } else {
+            acceptor.accept(replayed).await
+        }
+    };
+    let mut connection = match tokio::time::timeout(limits.open_timeout, opening).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "AMQP connection not opened");
@@ -169,7 +245,29 @@ pub async fn serve<Io>(
             return;
         }
     };
-    let Some((identity, token)) = sasl.take() else {
+    let sasl_outcome = if without_sasl {
+        Some(Sasl::Certificate)
+    } else {
+        sasl.take()
+    };
+    let settled = match sasl_outcome {
+        Some(Sasl::Plain(identity, token)) => Some((identity, Some(token))),
+        // The device is its certificate's common name; the link address must agree.
+        Some(Sasl::Certificate) => chain
+            .leaf()
+            .and_then(|leaf| crate::x509::common_name(leaf).ok())
+            .map(|cn| {
+                (
+                    DeviceIdentity {
+                        id_scope: app.instance.id_scope.clone(),
+                        registration_id: cn,
+                    },
+                    None,
+                )
+            }),
+        None => None,
+    };
+    let Some((identity, token)) = settled else {
         // The acceptor only opens after a successful SASL outcome, which stores the device.
         close(
             &mut connection,
@@ -181,6 +279,7 @@ pub async fn serve<Io>(
     let device = Device {
         identity,
         token,
+        chain,
         peer,
         protocol,
     };

@@ -96,5 +96,6 @@ pub async fn serve_tls_connection(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    serve(app, &endpoint, tls, peer, Protocol::Amqp, shutdown).await;
+    let chain = crate::x509::ClientChain::new(tls.get_ref().1.peer_certificates());
+    serve(app, &endpoint, tls, peer, chain, Protocol::Amqp, shutdown).await;
 }

@@ -65,6 +65,7 @@ pub(crate) async fn session(
     endpoint: super::Endpoint,
     socket: WebSocket,
     peer: SocketAddr,
+    chain: crate::x509::ClientChain,
 ) {
     let (sink, stream) = socket.split();
     let output: Output = Box::pin(
@@ -88,5 +89,5 @@ pub(crate) async fn session(
         writer: SinkWriter::new(CopyToBytes::new(output)),
     };
     let shutdown = app.shutdown.clone();
-    super::serve(app, &endpoint, io, peer, Protocol::AmqpWs, shutdown).await;
+    super::serve(app, &endpoint, io, peer, chain, Protocol::AmqpWs, shutdown).await;
 }

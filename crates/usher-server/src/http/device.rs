@@ -26,6 +26,7 @@ pub(super) async fn route(
         id_scope: scope,
         registration_id: id,
         authorization,
+        client_chain: ctx.client_chain,
         protocol: crate::app::Protocol::Https,
         peer: ctx.peer.map(|p| p.ip()),
     };

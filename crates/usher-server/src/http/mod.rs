@@ -113,9 +113,14 @@ async fn route(
     let body = tokio::time::timeout(limits.body_timeout, read_body(body))
         .await
         .map_err(|_| ApiError::BodyTimeout(limits.body_timeout))??;
+    let no_chain = crate::x509::ClientChain::default();
     let ctx = Ctx {
         query: parts.uri.query(),
         peer,
+        client_chain: parts
+            .extensions
+            .get::<crate::x509::ClientChain>()
+            .unwrap_or(&no_chain),
         app,
         method: &parts.method,
         headers: &parts.headers,
@@ -139,6 +144,8 @@ async fn route(
 pub(crate) struct Ctx<'a> {
     pub(crate) app: &'a App,
     pub(crate) peer: Option<std::net::SocketAddr>,
+    /// The client certificate chain of the connection (X.509 devices), possibly empty.
+    pub(crate) client_chain: &'a crate::x509::ClientChain,
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) query: Option<&'a str>,

@@ -17,7 +17,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-pub use session::{Limits, MAX_KEEP_ALIVE, MAX_PACKET, run_session};
+pub use session::{Limits, MAX_KEEP_ALIVE, MAX_PACKET, Peer, run_session};
 pub(crate) use ws::session as websocket_session;
 
 /// What every MQTT session shares, over TLS and WebSockets alike: the limits, and the count of
@@ -47,6 +47,7 @@ pub async fn serve_tls_connection(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let chain = crate::x509::ClientChain::new(tls.get_ref().1.peer_certificates());
     let (read, write) = tokio::io::split(tls);
     let input = FramedRead::new(read, BytesCodec::new()).map(|r| r.map(bytes::BytesMut::freeze));
     let output = FramedWrite::new(write, BytesCodec::new());
@@ -55,7 +56,7 @@ pub async fn serve_tls_connection(
         &endpoint,
         input,
         output,
-        peer,
+        Peer { addr: peer, chain },
         Protocol::Mqtt,
         shutdown,
     )

@@ -98,6 +98,14 @@ struct Connected {
     keep_alive: u16,
 }
 
+/// Who is at the other end of a session: the client's address, and the certificate chain it
+/// presented in its TLS handshake (X.509 devices; empty otherwise).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub chain: crate::x509::ClientChain,
+}
+
 /// Runs a session until the client disconnects, misbehaves or `shutdown` is cancelled. Over the
 /// session limit (`Limits::max_sessions`, shared by every transport) the client gets CONNACK 3
 /// (server unavailable) and the connection is closed.
@@ -106,7 +114,10 @@ pub async fn run_session<I, O>(
     endpoint: &super::Endpoint,
     mut input: I,
     mut output: O,
-    peer: SocketAddr,
+    Peer {
+        addr: peer,
+        chain: client_chain,
+    }: Peer,
     protocol: Protocol,
     shutdown: CancellationToken,
 ) where
@@ -123,6 +134,7 @@ pub async fn run_session<I, O>(
     let mut session = Session {
         app,
         peer,
+        client_chain,
         protocol,
         connected: None,
         granted: None,
@@ -157,6 +169,8 @@ async fn refuse_busy<O: Sink<Bytes, Error = std::io::Error> + Unpin>(mut output:
 struct Session {
     app: App,
     peer: SocketAddr,
+    /// The certificate chain the device presented at the TLS handshake (X.509 devices).
+    client_chain: crate::x509::ClientChain,
     protocol: Protocol,
     connected: Option<Connected>,
     /// The QoS granted to the response subscription; answers go out at it (never above 1).
@@ -384,6 +398,7 @@ impl Session {
             id_scope: &connected.username.id_scope,
             registration_id: &connected.username.registration_id,
             authorization: connected.password.as_deref(),
+            client_chain: &self.client_chain,
             protocol: self.protocol,
             peer: Some(self.peer.ip()),
         };

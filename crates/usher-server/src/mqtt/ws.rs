@@ -17,6 +17,7 @@ pub(crate) async fn session(
     endpoint: super::Endpoint,
     socket: WebSocket,
     peer: SocketAddr,
+    chain: crate::x509::ClientChain,
 ) {
     let (sink, stream) = socket.split();
     let output = sink
@@ -38,7 +39,7 @@ pub(crate) async fn session(
         &endpoint,
         Box::pin(input),
         Box::pin(output),
-        peer,
+        super::Peer { addr: peer, chain },
         Protocol::MqttWs,
         shutdown,
     )

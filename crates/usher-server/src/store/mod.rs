@@ -340,6 +340,11 @@ pub struct Registration {
     pub payload: Option<Value>,
     /// The hub the device was first assigned to.
     pub initial_hub: Option<String>,
+    /// For a device that attested with a certificate: the `x509` registration result
+    /// (`certificateInfo`, `enrollmentGroupId`, `signingCertificateInfo`).
+    pub x509: Option<Value>,
+    /// The certificate chain issued for this operation's CSR (base64 DER), if it asked for one.
+    pub issued_chain: Option<Vec<String>>,
 }
 
 /// One registration's durable effects, written in one transaction.

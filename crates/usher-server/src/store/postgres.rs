@@ -56,7 +56,10 @@ const WRITE_LOCK: i64 = 0x0075_7368_6572;
 const GROUPS_CHANNEL: &str = "usher_groups";
 
 /// Schema migrations, applied in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_initial.sql"),
+    include_str!("migrations/postgres/0002_x509_registrations.sql"),
+];
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -764,7 +767,7 @@ impl PgStore {
         query(&c, &sql, &[&key, &clamp(after), &clamp(limit)])
             .await?
             .iter()
-            .map(|r| Ok((count(r.try_get(14)?), registration_row(r)?)))
+            .map(|r| Ok((count(r.try_get(16)?), registration_row(r)?)))
             .collect()
     }
 
@@ -780,7 +783,7 @@ impl PgStore {
         query(&c, &sql, &[&clamp(after), &clamp(limit)])
             .await?
             .iter()
-            .map(|r| Ok((count(r.try_get(14)?), registration_row(r)?)))
+            .map(|r| Ok((count(r.try_get(16)?), registration_row(r)?)))
             .collect()
     }
 
@@ -1589,7 +1592,7 @@ async fn insert_audit(
 }
 
 const REGISTRATION_COLUMNS: &str = "registration_id, enrollment_group_id, status, substatus, assigned_hub, device_id, \
-     error_code, error_message, created, updated, etag, operation_id, payload, initial_hub";
+     error_code, error_message, created, updated, etag, operation_id, payload, initial_hub, x509, issued_chain";
 
 fn registration_row(r: &Row) -> Result<Registration, StoreError> {
     let error_code: Option<i64> = r.try_get(6)?;
@@ -1609,12 +1612,16 @@ fn registration_row(r: &Row) -> Result<Registration, StoreError> {
             operation_id: r.try_get(11)?,
             payload: None,
             initial_hub: r.try_get(13)?,
+            x509: None,
+            issued_chain: None,
         },
         r.try_get(2)?,
         r.try_get(3)?,
         r.try_get(8)?,
         r.try_get(9)?,
         r.try_get(12)?,
+        r.try_get(14)?,
+        r.try_get(15)?,
     );
     parse_registration(raw)
 }
@@ -1728,7 +1735,7 @@ async fn write_registration(c: &Conn, r: &Registration) -> Result<(), StoreError
     let payload = r.payload.as_ref().map(Value::to_string);
     let sql = format!(
             "INSERT INTO registrations ({REGISTRATION_COLUMNS}, key, enrollment_group_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
              ON CONFLICT (key) DO UPDATE SET
                registration_id = excluded.registration_id, enrollment_group_id = excluded.enrollment_group_id,
                enrollment_group_key = excluded.enrollment_group_key, status = excluded.status,
@@ -1736,8 +1743,14 @@ async fn write_registration(c: &Conn, r: &Registration) -> Result<(), StoreError
                device_id = excluded.device_id, error_code = excluded.error_code,
                error_message = excluded.error_message, updated = excluded.updated, etag = excluded.etag,
                operation_id = excluded.operation_id, payload = excluded.payload,
-               initial_hub = excluded.initial_hub"
+               initial_hub = excluded.initial_hub, x509 = excluded.x509,
+               issued_chain = excluded.issued_chain"
         );
+    let x509 = r.x509.as_ref().map(Value::to_string);
+    let issued = r
+        .issued_chain
+        .as_ref()
+        .map(|c| serde_json::to_string(c).unwrap_or_default());
     exec(
         c,
         &sql,
@@ -1756,6 +1769,8 @@ async fn write_registration(c: &Conn, r: &Registration) -> Result<(), StoreError
             &r.operation_id,
             &payload,
             &r.initial_hub,
+            &x509,
+            &issued,
             &r.registration_id.to_ascii_lowercase(),
             &r.enrollment_group_id
                 .as_deref()

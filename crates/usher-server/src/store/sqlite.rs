@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0004_audit_log.sql"),
     include_str!("migrations/sqlite/0005_allocation.sql"),
     include_str!("migrations/sqlite/0006_typed_rows.sql"),
+    include_str!("migrations/sqlite/0007_x509_registrations.sql"),
 ];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
@@ -647,7 +648,7 @@ impl SqliteStore {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params![key, clamp(after), clamp(limit)], |r| {
-                    Ok((r.get::<_, i64>(14)?, raw_registration(r)?))
+                    Ok((r.get::<_, i64>(16)?, raw_registration(r)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
@@ -741,7 +742,7 @@ impl SqliteStore {
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
-                .query_map(params![clamp(after), clamp(limit)], |r| Ok((r.get::<_, i64>(14)?, raw_registration(r)?)))?
+                .query_map(params![clamp(after), clamp(limit)], |r| Ok((r.get::<_, i64>(16)?, raw_registration(r)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(|(seq, raw)| Ok((u64::try_from(seq).unwrap_or(0), parse_registration(raw)?))).collect()
         })
@@ -915,7 +916,7 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
         let payload = r.payload.as_ref().map(Value::to_string);
         c.prepare_cached(&format!(
             "INSERT INTO registrations ({REGISTRATION_COLUMNS}, key, enrollment_group_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
              ON CONFLICT (key) DO UPDATE SET
                registration_id = excluded.registration_id, enrollment_group_id = excluded.enrollment_group_id,
                enrollment_group_key = excluded.enrollment_group_key, status = excluded.status,
@@ -923,7 +924,8 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
                device_id = excluded.device_id, error_code = excluded.error_code,
                error_message = excluded.error_message, updated = excluded.updated, etag = excluded.etag,
                operation_id = excluded.operation_id, payload = excluded.payload,
-               initial_hub = excluded.initial_hub"
+               initial_hub = excluded.initial_hub, x509 = excluded.x509,
+               issued_chain = excluded.issued_chain"
         ))?
         .execute(params![
             r.registration_id,
@@ -940,6 +942,10 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
             r.operation_id,
             payload,
             r.initial_hub,
+            r.x509.as_ref().map(Value::to_string),
+            r.issued_chain
+                .as_ref()
+                .map(|c| serde_json::to_string(c).unwrap_or_default()),
             r.registration_id.to_ascii_lowercase(),
             r.enrollment_group_id.as_deref().map(str::to_ascii_lowercase),
         ])?;
@@ -1002,7 +1008,7 @@ pub(super) fn merge_capabilities(mut doc: Value, new: &Value) -> Value {
 }
 
 const REGISTRATION_COLUMNS: &str = "registration_id, enrollment_group_id, status, substatus, assigned_hub, device_id, \
-     error_code, error_message, created, updated, etag, operation_id, payload, initial_hub";
+     error_code, error_message, created, updated, etag, operation_id, payload, initial_hub, x509, issued_chain";
 
 const HUB_DEVICE_COLUMNS: &str = "hub, device_id, status, primary_key, secondary_key, created, updated, etag, \
      generation_id, doc, twin, twin_version";
@@ -1674,6 +1680,8 @@ pub(super) type RawRegistration = (
     i64,
     i64,
     Option<String>,
+    Option<String>,
+    Option<String>,
 );
 
 fn raw_registration(r: &Row<'_>) -> rusqlite::Result<RawRegistration> {
@@ -1693,17 +1701,21 @@ fn raw_registration(r: &Row<'_>) -> rusqlite::Result<RawRegistration> {
             operation_id: r.get(11)?,
             payload: None,
             initial_hub: r.get(13)?,
+            x509: None,
+            issued_chain: None,
         },
         r.get(2)?,
         r.get(3)?,
         r.get(8)?,
         r.get(9)?,
         r.get(12)?,
+        r.get(14)?,
+        r.get(15)?,
     ))
 }
 
 pub(super) fn parse_registration(
-    (mut reg, status, substatus, created, updated, payload): RawRegistration,
+    (mut reg, status, substatus, created, updated, payload, x509, issued): RawRegistration,
 ) -> Result<Registration, StoreError> {
     let corrupt =
         |what: &str| StoreError::Corrupt(format!("registration {}: {what}", reg.registration_id));
@@ -1714,6 +1726,14 @@ pub(super) fn parse_registration(
     reg.created = from_ticks(created);
     reg.updated = from_ticks(updated);
     reg.payload = payload
+        .map(|p| serde_json::from_str(&p))
+        .transpose()
+        .map_err(|e| corrupt(&e.to_string()))?;
+    reg.x509 = x509
+        .map(|p| serde_json::from_str(&p))
+        .transpose()
+        .map_err(|e| corrupt(&e.to_string()))?;
+    reg.issued_chain = issued
         .map(|p| serde_json::from_str(&p))
         .transpose()
         .map_err(|e| corrupt(&e.to_string()))?;

@@ -275,6 +275,8 @@ async fn assignment_writes_registration_and_hub_device_together_and_survives_reo
             operation_id: "op".into(),
             payload: Some(json!({"a": 1})),
             initial_hub: None,
+            x509: None,
+            issued_chain: None,
         };
         let device = HubDevice {
             primary_key: key(4),
@@ -423,6 +425,8 @@ async fn hub_registry_read_modify_write_and_policies(backend: Backend) {
         operation_id: "op".into(),
         payload: None,
         initial_hub: None,
+        x509: None,
+        issued_chain: None,
     };
     let again = HubDevice {
         primary_key: key(6),
@@ -595,6 +599,8 @@ fn registration(id: &str, group: Option<&str>, updated: Time) -> Registration {
         operation_id: "op".into(),
         payload: None,
         initial_hub: Some("h.example".into()),
+        x509: None,
+        issued_chain: None,
     }
 }
 

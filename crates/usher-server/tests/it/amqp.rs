@@ -397,7 +397,8 @@ async fn refusals_carry_the_dps_error_json() {
         .to_base64();
     let expired = Credential::individual("ref-dev", &key)
         .unwrap()
-        .token(&s.scope, 1);
+        .token(&s.scope, 1)
+        .unwrap();
     let good = s.token("ref-dev", &key);
     for (user, token) in [
         (

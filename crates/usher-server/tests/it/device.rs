@@ -238,7 +238,8 @@ async fn credential_failures_are_401_and_leave_nothing_behind() {
         usher_proto::sas::device_token("0ne00000000", "dev-auth", &key_obj, unix_now() + 600);
     let not_enrolled = Credential::from_group_key("stranger", &other_key)
         .unwrap()
-        .token(&s.scope, unix_now() + 600);
+        .token(&s.scope, unix_now() + 600)
+        .unwrap();
     let group_key_itself = s.token("dev-auth", &group_key);
     let cases = [
         ("wrong key", Some(s.token("dev-auth", &other_key))),

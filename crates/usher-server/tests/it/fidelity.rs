@@ -269,7 +269,7 @@ async fn azure_cli_list_bodies_are_answered_with_paging() {
 }
 
 #[tokio::test]
-async fn certificate_requests_are_refused_until_issuance_exists() {
+async fn certificate_requests_are_refused_without_an_issuing_ca() {
     let s = TestServer::start().await;
     let (key, _) = s.enroll("csr-dev", json!({})).await;
     let token = s.token("csr-dev", &key);

@@ -14,3 +14,4 @@ mod ops;
 mod parity;
 mod support;
 mod testing_modes;
+mod x509;

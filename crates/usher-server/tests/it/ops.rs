@@ -106,7 +106,7 @@ async fn metrics_count_known_traffic_exactly() {
         other => panic!("{other:?}"),
     }
     let key = member("m-https-2");
-    let token = s.token("m-https-2", &key.key().to_base64());
+    let token = s.token("m-https-2", &key.key().unwrap().to_base64());
     let (status, _, body) = s
         .device_request(
             Method::GET,

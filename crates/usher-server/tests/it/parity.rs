@@ -301,7 +301,7 @@ async fn policies_grant_rights_and_rotation_revokes_old_tokens() {
 }
 
 /// A registry call with the built-in hub's owner token.
-async fn hub_call(
+pub(crate) async fn hub_call(
     s: &TestServer,
     key: &SymmetricKey,
     method: Method,

@@ -499,6 +499,7 @@ impl TestServer {
         Credential::individual(id, key)
             .unwrap()
             .token(&self.scope, unix_now() + 600)
+            .unwrap()
     }
 }
 

@@ -11,8 +11,9 @@ use usher_proto::ids::validate_id;
 
 use super::service_client::ServiceClient;
 use crate::cli::{
-    AllocationArg, EnrollmentCommand, EnrollmentOptions, HubCommand, ImportMode, PolicyCommand,
-    RegistrationCommand, ReprovisionArg, RotateArg, SettingOptions, StatusArg, UpdateOptions,
+    AllocationArg, AttestationArg, EnrollmentCommand, EnrollmentOptions, HubCommand, ImportMode,
+    PolicyCommand, RegistrationCommand, ReprovisionArg, RotateArg, SettingOptions, StatusArg,
+    UpdateOptions,
 };
 
 /// The two enrollment kinds differ only in their route and ID field.
@@ -423,6 +424,34 @@ fn build(kind: Kind, id: &str, o: &EnrollmentOptions) -> anyhow::Result<Value> {
     validate_id(id).with_context(|| "invalid --enrollment-id")?;
     let mut body =
         json!({ kind.id_field(): id, "attestation": {"type": "symmetricKey", "symmetricKey": {}} });
+    match (o.attestation_type, &o.certificate_path) {
+        (AttestationArg::X509, Some(primary)) => {
+            if o.settings.primary_key.is_some() || o.settings.secondary_key.is_some() {
+                anyhow::bail!("X.509 attestation takes no --primary-key or --secondary-key");
+            }
+            let read = |flag: &str, path: &Path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {flag} {}", path.display()))
+            };
+            let mut set = json!({"primary": {"certificate": read("--certificate-path", primary)?}});
+            if let Some(secondary) = &o.secondary_certificate_path {
+                set["secondary"] =
+                    json!({"certificate": read("--secondary-certificate-path", secondary)?});
+            }
+            let set_name = match kind {
+                Kind::Enrollment => "clientCertificates",
+                Kind::Group => "signingCertificates",
+            };
+            body["attestation"] = json!({"type": "x509", "x509": {set_name: set}});
+        }
+        (AttestationArg::X509, None) => {
+            anyhow::bail!("--attestation-type x509 needs --certificate-path")
+        }
+        (AttestationArg::SymmetricKey, Some(_)) => {
+            anyhow::bail!("--certificate-path needs --attestation-type x509")
+        }
+        (AttestationArg::SymmetricKey, None) => {}
+    }
     apply(&mut body, &o.settings)?;
     Ok(body)
 }
@@ -570,6 +599,35 @@ async fn show(
     if let Some(keys) = doc["attestation"].get("symmetricKey") {
         println!("{:<24}{}", "primaryKey", text(&keys["primaryKey"]));
         println!("{:<24}{}", "secondaryKey", text(&keys["secondaryKey"]));
+    }
+    for set in ["clientCertificates", "signingCertificates"] {
+        for which in ["primary", "secondary"] {
+            let Some(info) = doc["attestation"]["x509"][set][which].get("info") else {
+                continue;
+            };
+            println!(
+                "{:<24}{}",
+                format!("{which}Certificate"),
+                text(&info["subjectName"])
+            );
+            println!("{:<24}{}", "  issuer", text(&info["issuerName"]));
+            println!(
+                "{:<24}{}",
+                "  sha1Thumbprint",
+                text(&info["sha1Thumbprint"])
+            );
+            println!(
+                "{:<24}{}",
+                "  sha256Thumbprint",
+                text(&info["sha256Thumbprint"])
+            );
+            println!(
+                "{:<24}{} to {}",
+                "  valid",
+                text(&info["notBeforeUtc"]),
+                text(&info["notAfterUtc"])
+            );
+        }
     }
     println!(
         "{:<24}{}",

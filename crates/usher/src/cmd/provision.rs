@@ -6,10 +6,19 @@ use usher_device::{
 use crate::cli::{ProvisionArgs, TransportArg};
 
 pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
-    let credential = match (&args.key, &args.group_key) {
-        (Some(key), _) => Credential::individual(&args.registration_id, key),
-        (None, Some(group)) => Credential::from_group_key(&args.registration_id, group),
-        (None, None) => anyhow::bail!("give --key or --group-key"),
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    let id = args.registration_id.as_deref();
+    let credential = match (&args.key, &args.group_key, &args.cert, &args.cert_key, id) {
+        (_, _, Some(cert), Some(key), id) => {
+            Credential::x509(&read("--cert", cert)?, &read("--cert-key", key)?, id)
+        }
+        (Some(key), _, _, _, Some(id)) => Credential::individual(id, key),
+        (None, Some(group), _, _, Some(id)) => Credential::from_group_key(id, group),
+        _ => anyhow::bail!(
+            "give --registration-id with --key or --group-key, or --cert and --cert-key"
+        ),
     }
     .context("invalid device credential")?;
     let ca_pem = match &args.ca {
@@ -34,11 +43,21 @@ pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         TransportArg::Amqp => Transport::Amqp,
         TransportArg::AmqpWs => Transport::AmqpWs,
     };
-    let client = Client::new(&endpoint, &args.id_scope, transport);
+    let mut client = Client::new(&endpoint, &args.id_scope, transport);
+    if let Some(path) = &args.csr {
+        client.certificate_request = Some(read_csr(path)?);
+    }
     println!("Provisioning API version: {API_VERSION}");
     println!(
-        "Registering device {} with ID scope {} at {} over {transport:?}",
-        args.registration_id, args.id_scope, args.host
+        "Registering device {} with ID scope {} at {} over {transport:?}{}",
+        credential.registration_id(),
+        args.id_scope,
+        args.host,
+        if credential.certificate().is_some() {
+            " with an X.509 certificate"
+        } else {
+            ""
+        }
     );
     let result = client
         .provision(&credential, payload, |p| match p {
@@ -55,12 +74,23 @@ pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         Ok(status) => {
             let state = status.registration_state.unwrap_or_else(|| {
                 usher_proto::model::DeviceRegistrationResult::bare(
-                    args.registration_id.clone(),
+                    credential.registration_id().to_string(),
                     status.status,
                 )
             });
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
+            }
+            if let Some(out) = &args.issued_cert_out {
+                let chain = state.issued_certificate_chain.as_deref().context(
+                    "the service answered assigned but issued no certificate (issuedCertificateChain)",
+                )?;
+                write_chain(out, chain)?;
+                println!(
+                    "Issued certificate chain ({} certificates) written to {}",
+                    chain.len(),
+                    out.display()
+                );
             }
             println!(
                 "Registration information received from service: hub {}, deviceId {}, status {}",
@@ -89,4 +119,39 @@ pub(super) async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A CSR file (PEM `CERTIFICATE REQUEST`, or DER) as the register body's `csr`: base64 of the DER.
+fn read_csr(path: &std::path::Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read --csr {}", path.display()))?;
+    let der = match CertificateSigningRequestDer::from_pem_slice(&bytes) {
+        Ok(der) => der.as_ref().to_vec(),
+        Err(_) if bytes.first() == Some(&0x30) => bytes,
+        Err(e) => anyhow::bail!(
+            "invalid --csr {}: neither PEM nor DER ({e})",
+            path.display()
+        ),
+    };
+    Ok(base64::engine::general_purpose::STANDARD.encode(der))
+}
+
+/// Writes base64 DER certificates as one PEM file.
+fn write_chain(path: &std::path::Path, chain: &[String]) -> anyhow::Result<()> {
+    let mut pem = String::new();
+    for cert in chain {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in cert.as_bytes().chunks(64) {
+            pem.push_str(
+                std::str::from_utf8(line).context("the issued certificate is not base64")?,
+            );
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    std::fs::write(path, pem)
+        .with_context(|| format!("cannot write --issued-cert-out {}", path.display()))
 }

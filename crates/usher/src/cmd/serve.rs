@@ -23,6 +23,32 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         (Some(_), None) => anyhow::bail!("--tls-cert (tls-cert) needs --tls-key (tls-key) too"),
         (None, Some(_)) => anyhow::bail!("--tls-key (tls-key) needs --tls-cert (tls-cert) too"),
     };
+    let issuing_ca = match (&args.issuing_ca_cert, &args.issuing_ca_key) {
+        (Some(cert), Some(key)) => {
+            let read = |flag: &str, p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("invalid {flag}: cannot read {}", p.display()))
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Some(std::sync::Arc::new(
+                usher_server::issuance::IssuingCa::from_pem(
+                    &read("--issuing-ca-cert", cert)?,
+                    &read("--issuing-ca-key", key)?,
+                    now,
+                )
+                .context("invalid --issuing-ca-cert/--issuing-ca-key")?,
+            ))
+        }
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!(
+            "--issuing-ca-cert (issuing-ca-cert) needs --issuing-ca-key (issuing-ca-key) too"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "--issuing-ca-key (issuing-ca-key) needs --issuing-ca-cert (issuing-ca-cert) too"
+        ),
+    };
     let register_response = match args.register_response {
         RegisterResponseArg::Assigned => RegisterResponse::Assigned,
         RegisterResponseArg::Assigning => RegisterResponse::Assigning {
@@ -64,6 +90,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             testing: testing_modes(&args.testing)?,
             testing_registrations_per_minute: args.testing.testing_registrations_per_minute,
+            issuing_ca,
         },
         limits: Limits {
             console: ConsoleSettings {

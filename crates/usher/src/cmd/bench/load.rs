@@ -283,6 +283,7 @@ pub(super) fn error_code(e: &ProvisionError) -> String {
                 |c| c.to_string(),
             ),
         ProvisionError::BadCa(_) => "bad-ca".into(),
+        ProvisionError::BadCertificate(_) => "bad-certificate".into(),
         ProvisionError::Transport(_) => "transport".into(),
         ProvisionError::ConnectRefused(code) => format!("connack-{code}"),
         ProvisionError::Protocol(_) => "protocol".into(),

@@ -1,0 +1,515 @@
+//! X.509 attestation end to end: certificates made with rcgen (a root, an intermediate, device
+//! certificates), enrolled through the management API, presented by the device library over
+//! every transport.
+
+use reqwest::Method;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+use usher_device::{Credential, ProvisionError, Transport};
+use usher_proto::model::RegistrationStatus;
+
+use crate::support::TestServer;
+
+const ALL: [Transport; 5] = [
+    Transport::Https,
+    Transport::Mqtt,
+    Transport::MqttWs,
+    Transport::Amqp,
+    Transport::AmqpWs,
+];
+
+/// A certificate and its key.
+struct Cert {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl Cert {
+    fn new(cn: &str, ca: bool, days: (i64, i64), by: Option<&Self>) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + Duration::days(days.0);
+        params.not_after = now + Duration::days(days.1);
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match by {
+            None => params.self_signed(&key).unwrap(),
+            Some(issuer) => params
+                .signed_by(
+                    &key,
+                    &rcgen::Issuer::from_params(&issuer.params, &issuer.key),
+                )
+                .unwrap(),
+        };
+        Self {
+            pem: cert.pem(),
+            params,
+            key,
+        }
+    }
+
+    fn device(cn: &str) -> Self {
+        Self::new(cn, false, (-1, 30), None)
+    }
+
+    /// The device credential presenting this certificate and, after it, `chain`.
+    fn credential(&self, chain: &[&Self]) -> Credential {
+        let mut pem = self.pem.clone();
+        for c in chain {
+            pem.push_str(&c.pem);
+        }
+        Credential::x509(pem.as_bytes(), self.key.serialize_pem().as_bytes(), None).unwrap()
+    }
+}
+
+async fn enroll_x509(s: &TestServer, id: &str, primary: &Cert, extra: Value) -> Value {
+    let mut body = json!({"registrationId": id, "attestation": {"type": "x509",
+        "x509": {"clientCertificates": {"primary": {"certificate": primary.pem}}}}});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let (status, _, doc) = s
+        .call(Method::PUT, &format!("/enrollments/{id}"), Some(body), &[])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    doc
+}
+
+async fn enroll_x509_group(s: &TestServer, id: &str, signing: &Cert) -> Value {
+    let body = json!({"enrollmentGroupId": id, "attestation": {"type": "x509",
+        "x509": {"signingCertificates": {"primary": {"certificate": signing.pem}}}}});
+    let (status, _, doc) = s
+        .call(
+            Method::PUT,
+            &format!("/enrollmentGroups/{id}"),
+            Some(body),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    doc
+}
+
+fn assert_unauthorized(result: Result<impl std::fmt::Debug, ProvisionError>, what: &str) {
+    match result {
+        Err(ProvisionError::Refused {
+            status: 401, body, ..
+        }) => {
+            assert_eq!(body.unwrap().error_code, 401_002, "{what}");
+        }
+        // AMQP refuses at open: the error JSON is the close description.
+        Err(ProvisionError::Refused { status, text, .. }) => {
+            panic!("{what}: refused with {status}: {text}")
+        }
+        other => panic!("{what}: expected 401002, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn individual_enrollments_with_and_without_a_device_id_on_every_transport() {
+    let s = TestServer::start().await;
+    let plain = Cert::device("x509-ind");
+    let named = Cert::device("x509-named");
+    let doc = enroll_x509(&s, "x509-ind", &plain, json!({})).await;
+    // DPS answers with the parsed info, never the certificate itself.
+    let primary = &doc["attestation"]["x509"]["clientCertificates"]["primary"];
+    assert!(primary.get("certificate").is_none(), "{doc}");
+    assert_eq!(primary["info"]["subjectName"], "CN=x509-ind");
+    assert_eq!(primary["info"]["version"], 3);
+    enroll_x509(
+        &s,
+        "x509-named",
+        &named,
+        json!({"deviceId": "the-named-one"}),
+    )
+    .await;
+    for transport in ALL {
+        let client = s.client_over(transport);
+        let result = client
+            .provision(&plain.credential(&[]), None, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{transport:?}: {e}"));
+        let state = result.registration_state.unwrap();
+        assert_eq!(
+            state.device_id.as_deref(),
+            Some("x509-ind"),
+            "{transport:?}"
+        );
+        let result = client
+            .provision(&named.credential(&[]), None, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{transport:?}: {e}"));
+        let state = result.registration_state.unwrap();
+        assert_eq!(
+            state.device_id.as_deref(),
+            Some("the-named-one"),
+            "{transport:?}"
+        );
+    }
+    // The hub identity authenticates with the certificate's thumbprint, as IoT Hub shows it.
+    let (status, _, device) =
+        crate::parity::hub_call(&s, &s.hub_key, Method::GET, "/devices/x509-ind", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    assert_eq!(device["authentication"]["type"], "selfSigned");
+    assert_eq!(
+        device["authentication"]["x509Thumbprint"]["primaryThumbprint"],
+        primary["info"]["sha1Thumbprint"]
+    );
+    assert!(device["authentication"]["symmetricKey"]["primaryKey"].is_null());
+}
+
+#[tokio::test]
+async fn refused_certificates_get_401002_on_every_transport() {
+    let s = TestServer::start().await;
+    let enrolled = Cert::device("x509-ref");
+    enroll_x509(&s, "x509-ref", &enrolled, json!({})).await;
+    // Another key pair with the same name; an expired certificate that is the enrolled one's twin
+    // in name; a certificate nobody enrolled.
+    let impostor = Cert::device("x509-ref");
+    let expired = Cert::new("x509-old", false, (-30, -1), None);
+    enroll_x509(&s, "x509-old", &expired, json!({})).await;
+    let stranger = Cert::device("x509-stranger");
+    for transport in ALL {
+        let client = s.client_over(transport);
+        for (what, cert) in [
+            ("another key", &impostor),
+            ("expired", &expired),
+            ("not enrolled", &stranger),
+        ] {
+            assert_unauthorized(
+                client.provision(&cert.credential(&[]), None, |_| {}).await,
+                &format!("{transport:?}: {what}"),
+            );
+        }
+    }
+    // A certificate whose CN is not the registration ID it claims.
+    let client = s.client_over(Transport::Https);
+    let renamed = Credential::x509(
+        enrolled.pem.as_bytes(),
+        enrolled.key.serialize_pem().as_bytes(),
+        Some("x509-other"),
+    )
+    .unwrap();
+    assert_unauthorized(
+        client.provision(&renamed, None, |_| {}).await,
+        "CN differs from the registration ID",
+    );
+}
+
+#[tokio::test]
+async fn groups_via_root_or_intermediate_and_a_disabled_individual_enrollment_blocks() {
+    let s = TestServer::start().await;
+    let root = Cert::new("x509-root", true, (-1, 365), None);
+    let intermediate = Cert::new("x509-intermediate", true, (-1, 300), Some(&root));
+    let other_root = Cert::new("x509-root", true, (-1, 365), None);
+    enroll_x509_group(&s, "grp-intermediate", &intermediate).await;
+    for transport in ALL {
+        let id = format!("grp-dev-{}", format!("{transport:?}").to_lowercase());
+        let leaf = Cert::new(&id, false, (-1, 30), Some(&intermediate));
+        let result = s
+            .client_over(transport)
+            .provision(&leaf.credential(&[&intermediate]), None, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{transport:?}: {e}"));
+        let state = result.registration_state.unwrap();
+        assert_eq!(state.device_id.as_deref(), Some(id.as_str()));
+    }
+    let (status, record) = s.registration("grp-dev-https").await;
+    assert_eq!(status, StatusCode::OK);
+    // The record shows the certificates as DPS does: the device's, the group and its signing
+    // certificate.
+    assert_eq!(
+        record["x509"]["enrollmentGroupId"], "grp-intermediate",
+        "{record}"
+    );
+    assert_eq!(
+        record["x509"]["certificateInfo"]["subjectName"],
+        "CN=grp-dev-https"
+    );
+    assert_eq!(
+        record["x509"]["signingCertificateInfo"]["subjectName"],
+        "CN=x509-intermediate"
+    );
+    assert!(record.get("symmetricKey").is_none(), "{record}");
+    let (_, _, device) = crate::parity::hub_call(
+        &s,
+        &s.hub_key,
+        Method::GET,
+        "/devices/grp-dev-mqtt",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(device["authentication"]["type"], "certificateAuthority");
+
+    // A group on the root: the device sends its intermediate along.
+    enroll_x509_group(&s, "grp-root", &root).await;
+    let via_root = Cert::new("grp-root-dev", false, (-1, 30), Some(&intermediate));
+    let client = s.client_over(Transport::Mqtt);
+    client
+        .provision(&via_root.credential(&[&intermediate]), None, |_| {})
+        .await
+        .unwrap();
+
+    // Another CA's device, and an expired device certificate of the right CA.
+    let foreign = Cert::new("grp-foreign", false, (-1, 30), Some(&other_root));
+    assert_unauthorized(
+        client
+            .provision(&foreign.credential(&[&other_root]), None, |_| {})
+            .await,
+        "another CA",
+    );
+    let expired = Cert::new("grp-expired", false, (-30, -1), Some(&intermediate));
+    assert_unauthorized(
+        client
+            .provision(&expired.credential(&[&intermediate]), None, |_| {})
+            .await,
+        "expired",
+    );
+
+    // A disabled individual enrollment blocks a device of the group: it is told `disabled`.
+    let blocked = Cert::new("grp-blocked", false, (-1, 30), Some(&intermediate));
+    let unrelated = Cert::device("grp-blocked");
+    enroll_x509(
+        &s,
+        "grp-blocked",
+        &unrelated,
+        json!({"provisioningStatus": "disabled"}),
+    )
+    .await;
+    for transport in [Transport::Https, Transport::Mqtt, Transport::Amqp] {
+        match s
+            .client_over(transport)
+            .provision(&blocked.credential(&[&intermediate]), None, |_| {})
+            .await
+        {
+            Err(ProvisionError::NotAssigned(status)) => {
+                assert_eq!(status.status, RegistrationStatus::Disabled, "{transport:?}");
+            }
+            other => panic!("{transport:?}: expected disabled, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_certificates_are_refused_with_400_and_info_round_trips() {
+    let s = TestServer::start().await;
+    for (what, attestation) in [
+        (
+            "not PEM",
+            json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": "hello"}}}}),
+        ),
+        (
+            "bad DER",
+            json!({"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": "aGVsbG8="}}}}),
+        ),
+        (
+            "no certificate",
+            json!({"type": "x509", "x509": {"clientCertificates": {}}}),
+        ),
+    ] {
+        let (status, _, body) = s
+            .call(
+                Method::PUT,
+                "/enrollments/bad-cert",
+                Some(json!({"registrationId": "bad-cert", "attestation": attestation})),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("certificate"),
+            "{what}: {body}"
+        );
+    }
+    // A group's signing certificate must be a CA.
+    let leaf = Cert::device("not-a-ca");
+    let (status, _, body) = s
+        .call(
+            Method::PUT,
+            "/enrollmentGroups/leafy",
+            Some(
+                json!({"enrollmentGroupId": "leafy", "attestation": {"type": "x509",
+                "x509": {"signingCertificates": {"primary": {"certificate": leaf.pem}}}}}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // What GET shows (info, no certificate) can be put back: the stored certificate is kept.
+    let cert = Cert::device("round-trip");
+    enroll_x509(&s, "round-trip", &cert, json!({})).await;
+    let (_, _, got) = s
+        .call(Method::GET, "/enrollments/round-trip", None, &[])
+        .await;
+    let info = got["attestation"]["x509"]["clientCertificates"]["primary"]["info"].clone();
+    assert_eq!(info["subjectName"], "CN=round-trip", "{got}");
+    let mut back = got.clone();
+    back.as_object_mut().unwrap().remove("registrationState");
+    let etag = got["etag"].as_str().unwrap().to_owned();
+    let (status, _, put) = s
+        .call(
+            Method::PUT,
+            "/enrollments/round-trip",
+            Some(back),
+            &[("If-Match", etag.as_str())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(
+        put["attestation"]["x509"]["clientCertificates"]["primary"]["info"],
+        info
+    );
+    s.client_over(Transport::Https)
+        .provision(&cert.credential(&[]), None, |_| {})
+        .await
+        .unwrap();
+}
+
+/// A CSR (base64 DER, as api-version 2025-07-01-preview sends it) for `cn`, and its key.
+fn csr(cn: &str) -> (String, rcgen::KeyPair) {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let request = params.serialize_request(&key).unwrap();
+    (
+        base64::engine::general_purpose::STANDARD.encode(request.der()),
+        key,
+    )
+}
+
+fn pem_of(b64: &str) -> String {
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+#[tokio::test]
+async fn a_csr_gets_a_certificate_the_device_then_registers_with() {
+    let ca = Cert::new("Usher Issuing CA", true, (-1, 365), None);
+    let issuing = usher_server::issuance::IssuingCa::from_pem(
+        &ca.pem,
+        &ca.key.serialize_pem(),
+        crate::support::unix_now(),
+    )
+    .unwrap();
+    let s = TestServer::start_with(usher_server::Settings {
+        issuing_ca: Some(std::sync::Arc::new(issuing)),
+        ..usher_server::Settings::default()
+    })
+    .await;
+    let (key, _) = s.enroll("csr-dev", json!({})).await;
+    let token = s.token("csr-dev", &key);
+    let register = format!(
+        "/{}/registrations/csr-dev/register?api-version=2025-07-01-preview",
+        s.scope
+    );
+
+    // A CSR for another name, or not a CSR at all, is refused and nothing is recorded.
+    for bad in [
+        csr("someone-else").0,
+        "bm90IGEgY3Ny".to_owned(),
+        "%%%".to_owned(),
+    ] {
+        let body = json!({"registrationId": "csr-dev", "csr": bad});
+        let (status, _, answer) = s
+            .device_request(
+                Method::PUT,
+                &register,
+                Some(&token),
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["errorCode"], 400_004, "{answer}");
+    }
+    assert_eq!(s.registration("csr-dev").await.0, StatusCode::NOT_FOUND);
+
+    // A symmetric-key device asks for a certificate: 202 assigning, then the operation's status
+    // carries the chain (the device's certificate, then the issuing CA).
+    let (request, device_key) = csr("csr-dev");
+    let body = json!({"registrationId": "csr-dev", "csr": request});
+    let (status, _, answer) = s
+        .device_request(
+            Method::PUT,
+            &register,
+            Some(&token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let operation = answer["operationId"].as_str().unwrap().to_owned();
+    let (status, _, polled) = s
+        .device_request(
+            Method::GET,
+            &format!(
+                "/{}/registrations/csr-dev/operations/{operation}?api-version=2025-07-01-preview",
+                s.scope
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{polled}");
+    assert_eq!(polled["status"], "assigned");
+    let chain: Vec<String> =
+        serde_json::from_value(polled["registrationState"]["issuedCertificateChain"].clone())
+            .unwrap();
+    assert_eq!(chain.len(), 2, "{polled}");
+    assert_eq!(pem_of(&chain[1]), ca.pem.replace("\r\n", "\n"));
+    // A status lookup does not repeat it.
+    let (_, _, lookup) = s
+        .device_request(
+            Method::POST,
+            &format!(
+                "/{}/registrations/csr-dev?api-version=2025-07-01-preview",
+                s.scope
+            ),
+            Some(&token),
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert!(lookup.get("issuedCertificateChain").is_none(), "{lookup}");
+
+    // The issued certificate attests the device in a group whose signing certificate is the
+    // issuing CA, over MQTT.
+    enroll_x509_group(&s, "issued-devices", &ca).await;
+    s.call(Method::DELETE, "/enrollments/csr-dev", None, &[])
+        .await;
+    let credential = Credential::x509(
+        pem_of(&chain[0]).as_bytes(),
+        device_key.serialize_pem().as_bytes(),
+        None,
+    )
+    .unwrap();
+    let result = s
+        .client_over(Transport::Mqtt)
+        .provision(&credential, None, |_| {})
+        .await
+        .unwrap();
+    let state = result.registration_state.unwrap();
+    assert_eq!(state.device_id.as_deref(), Some("csr-dev"));
+    assert_eq!(state.x509.unwrap()["enrollmentGroupId"], "issued-devices");
+}

@@ -27,8 +27,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::sqlite::{
-    RawDoc, RawPolicy, RawRegistration, merge_capabilities, open_key, open_policy, parse_doc,
-    parse_registration,
+    DocRow, OnConflict, RawDoc, RawPolicy, RawRegistration, clamp, encode_doc, merge_capabilities,
+    open_key, open_policy, parse_doc, parse_registration, table,
 };
 use super::{
     AllocationSettings, Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance,
@@ -1261,19 +1261,8 @@ async fn one(c: &Conn, sql: &str, params: Params<'_>) -> Result<Row, StoreError>
     Ok(c.query_one(&stmt, params).await?)
 }
 
-fn clamp(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
-}
-
-fn table(coll: Collection) -> &'static str {
-    match coll {
-        Collection::Enrollments => "enrollments",
-        Collection::EnrollmentGroups => "enrollment_groups",
-    }
 }
 
 async fn load_instance(c: &Conn) -> Result<Option<Instance>, StoreError> {
@@ -1434,22 +1423,6 @@ async fn write_doc(
     Ok(())
 }
 
-/// A document as its row: keys sealed, typed columns read out, the rest rendered as JSON. Pure
-/// CPU work, so a bulk insert does it before entering the writer.
-struct DocRow {
-    key: String,
-    id: String,
-    attestation: &'static str,
-    primary_key: Option<String>,
-    secondary_key: Option<String>,
-    status: &'static str,
-    policy: Option<&'static str>,
-    created: i64,
-    updated: i64,
-    doc: String,
-    etag: String,
-}
-
 impl DocRow {
     fn params(&self) -> [&(dyn ToSql + Sync); 11] {
         [
@@ -1466,53 +1439,6 @@ impl DocRow {
             &self.etag,
         ]
     }
-}
-
-fn encode_doc(sealer: &Sealer, key: &str, doc: &Doc) -> Result<DocRow, StoreError> {
-    let mut json = doc.json.clone();
-    let keys = json
-        .pointer_mut("/attestation")
-        .and_then(Value::as_object_mut)
-        .and_then(|a| a.remove("symmetricKey"));
-    let key_of = |name: &str| -> Result<Option<String>, StoreError> {
-        keys.as_ref()
-            .and_then(|k| k.get(name))
-            .and_then(Value::as_str)
-            .map(|k| sealer.seal(k).map_err(StoreError::from))
-            .transpose()
-    };
-    let text = |path: &str| json.pointer(path).and_then(Value::as_str);
-    let ticks = |path: &str| {
-        text(path)
-            .and_then(usher_proto::model::parse_timestamp)
-            .map_or(0, to_ticks)
-    };
-    Ok(DocRow {
-        key: key.to_owned(),
-        id: doc.id.clone(),
-        attestation: text("/attestation/type")
-            .and_then(usher_proto::service::AttestationType::parse)
-            .map_or("none", usher_proto::service::AttestationType::as_str),
-        primary_key: key_of("primaryKey")?,
-        secondary_key: key_of("secondaryKey")?,
-        status: text("/provisioningStatus")
-            .and_then(usher_proto::service::ProvisioningStatus::parse)
-            .map_or("enabled", usher_proto::service::ProvisioningStatus::as_str),
-        policy: text("/allocationPolicy")
-            .and_then(usher_proto::service::AllocationPolicy::parse)
-            .map(usher_proto::service::AllocationPolicy::as_str),
-        created: ticks("/createdDateTimeUtc"),
-        updated: ticks("/lastUpdatedDateTimeUtc"),
-        doc: json.to_string(),
-        etag: doc.etag.clone(),
-    })
-}
-
-/// What a document write does when a row with the key exists.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum OnConflict {
-    Replace,
-    Keep,
 }
 
 fn doc_sql(coll: Collection, on_conflict: OnConflict) -> String {

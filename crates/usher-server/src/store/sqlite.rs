@@ -1344,14 +1344,14 @@ fn insert_policy(
     Ok(n == 1)
 }
 
-fn table(coll: Collection) -> &'static str {
+pub(super) fn table(coll: Collection) -> &'static str {
     match coll {
         Collection::Enrollments => "enrollments",
         Collection::EnrollmentGroups => "enrollment_groups",
     }
 }
 
-fn clamp(n: u64) -> i64 {
+pub(super) fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -1421,21 +1421,21 @@ fn write_doc(
 
 /// A document as its row: keys sealed, typed columns read out, the rest rendered as JSON. Pure
 /// CPU work, so a bulk insert does it before entering the writer.
-struct DocRow {
-    key: String,
-    id: String,
-    attestation: &'static str,
-    primary_key: Option<String>,
-    secondary_key: Option<String>,
-    status: &'static str,
-    policy: Option<&'static str>,
-    created: i64,
-    updated: i64,
-    doc: String,
-    etag: String,
+pub(super) struct DocRow {
+    pub(super) key: String,
+    pub(super) id: String,
+    pub(super) attestation: &'static str,
+    pub(super) primary_key: Option<String>,
+    pub(super) secondary_key: Option<String>,
+    pub(super) status: &'static str,
+    pub(super) policy: Option<&'static str>,
+    pub(super) created: i64,
+    pub(super) updated: i64,
+    pub(super) doc: String,
+    pub(super) etag: String,
 }
 
-fn encode_doc(sealer: &Sealer, key: &str, doc: &Doc) -> Result<DocRow, StoreError> {
+pub(super) fn encode_doc(sealer: &Sealer, key: &str, doc: &Doc) -> Result<DocRow, StoreError> {
     let mut json = doc.json.clone();
     let keys = json
         .pointer_mut("/attestation")
@@ -1477,7 +1477,7 @@ fn encode_doc(sealer: &Sealer, key: &str, doc: &Doc) -> Result<DocRow, StoreErro
 
 /// What [`put_row`] does when a row with the key exists.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum OnConflict {
+pub(super) enum OnConflict {
     Replace,
     Keep,
 }

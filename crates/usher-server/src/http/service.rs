@@ -319,13 +319,17 @@ pub(super) fn import_kind(method: &Method, seg: &[&str]) -> Option<Kind> {
 
 /// Lines stored per transaction by an import.
 const IMPORT_BATCH: usize = 5000;
+/// Bytes of lines a batch holds at most (lines may each be up to the 96 KB message limit, so the
+/// line count alone would let a batch hold hundreds of megabytes).
+const IMPORT_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Item failures an import answer lists (it counts them all).
 const IMPORT_ERRORS_LISTED: usize = 1000;
 
 /// `POST /usher/{enrollments|enrollmentGroups}/import?mode=create|update`: JSON Lines, one
 /// enrollment (or group) per line, as `usher enrollment export` writes them. The body is streamed:
-/// lines are validated as they arrive and stored [`IMPORT_BATCH`] to a transaction, the next batch
-/// being parsed while the previous one commits, so memory does not grow with the file. Each line
+/// lines are validated as they arrive and stored [`IMPORT_BATCH`] (or [`IMPORT_BATCH_BYTES`]) to a
+/// transaction, the next batch being parsed while the previous one commits, so memory does not
+/// grow with the file. Each line
 /// stands alone (a bad line or, in create mode, an existing record is listed in `errors` with its
 /// line number); a line longer than the message limit is such an error too. The answer counts
 /// what was stored. If the body stops arriving (the body timeout between chunks) or is cut, the
@@ -401,6 +405,7 @@ async fn import_stream(
     let hubs = app.store.hubs().await?;
     let mut lines = LineSplitter::default();
     let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(IMPORT_BATCH);
+    let mut batch_bytes = 0;
     // The batch being committed while the next one is read and prepared: commits stay in line
     // order (the next is started only after the previous finished), preparation overlaps them.
     let mut pending: Option<tokio::task::JoinHandle<ImportOutcome>> = None;
@@ -423,14 +428,21 @@ async fn import_stream(
         }
         for line in lines.take() {
             match line {
-                Line::Text(number, text) => batch.push((number, text)),
+                Line::Text(number, text) => {
+                    batch_bytes += text.len();
+                    batch.push((number, text));
+                }
                 Line::TooLong(number) => {
                     note_failure(&mut report, number, "", &ApiError::BodyTooLarge)
                 }
             }
         }
-        if batch.len() >= IMPORT_BATCH || (finished && !batch.is_empty()) {
+        if batch.len() >= IMPORT_BATCH
+            || batch_bytes >= IMPORT_BATCH_BYTES
+            || (finished && !batch.is_empty())
+        {
             let items = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+            batch_bytes = 0;
             let prepared = management::prepare_import(kind, mode, items, &hubs);
             if let Some(previous) = pending.take() {
                 absorb(&mut report, previous.await)?;

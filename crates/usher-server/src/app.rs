@@ -178,6 +178,8 @@ pub enum SetupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error("the issuing CA made on first run: {0}")]
+    IssuingCa(#[from] crate::issuance::IssuanceError),
     #[error("cannot draw random bytes: {0}")]
     Random(String),
     #[error("{0:?} holds no Usher instance; run `usher serve --data-dir {0:?}` once to create one")]
@@ -368,6 +370,46 @@ pub async fn ensure_shared_pki(
     ensure_pki(data_dir, hostnames)
 }
 
+/// The issuing CA for certificates requested at registration when none is configured: made on
+/// first run in the PKI directory (owner-only files); with PostgreSQL, the instance's (the first
+/// node's, stored sealed in the database), so every node issues from the same CA. Returns the
+/// path of its certificate and the CA.
+pub async fn ensure_issuing_ca(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<(PathBuf, crate::issuance::IssuingCa), SetupError> {
+    let dir = pki_dir(data_dir);
+    let (path, mut cert, mut key) = pki::ensure_issuing_ca(&dir, time::OffsetDateTime::now_utc())?;
+    if let Store::Postgres(pg) = store {
+        let shared = pg
+            .share_files(vec![
+                (pki::ISSUING_CA_CERT.to_owned(), cert.clone()),
+                (pki::ISSUING_CA_KEY.to_owned(), key.clone()),
+            ])
+            .await?;
+        if let [shared_cert, shared_key] = shared.as_slice()
+            && (shared_cert != &cert || shared_key != &key)
+        {
+            for (name, content) in [
+                (pki::ISSUING_CA_CERT, shared_cert),
+                (pki::ISSUING_CA_KEY, shared_key),
+            ] {
+                let file = dir.join(name);
+                crate::files::write_private(&file, content.as_bytes()).map_err(|source| {
+                    SetupError::Pki(PkiError::Io {
+                        path: file.clone(),
+                        source,
+                    })
+                })?;
+            }
+            cert.clone_from(shared_cert);
+            key.clone_from(shared_key);
+        }
+    }
+    let ca = crate::issuance::IssuingCa::from_pem(&cert, &key, crate::clock::unix_now())?;
+    Ok((std::path::absolute(&path).unwrap_or(path), ca))
+}
+
 /// The secret every node makes TLS session tickets from (PostgreSQL: the instance's, so a device
 /// resumes on any node); `None` on SQLite, where one process serves and keeps its own ticket keys.
 pub async fn shared_ticket_secret(store: &Store) -> Result<Option<[u8; 32]>, SetupError> {
@@ -397,6 +439,8 @@ pub struct Overview {
     pub device_endpoint: String,
     pub service_connection_string: String,
     pub ca_certificate: Option<String>,
+    /// The issuing CA made on first run (its certificate's path), when there is one.
+    pub issuing_ca_certificate: Option<String>,
     pub hubs: Vec<HubOverview>,
 }
 
@@ -419,10 +463,16 @@ pub async fn overview(
     data_dir: &Path,
 ) -> Result<Overview, SetupError> {
     let owner = store.policy(OWNER_POLICY).await?;
-    let ca = pki_dir(data_dir).join("ca.pem");
-    let ca = ca
-        .exists()
-        .then(|| std::path::absolute(&ca).unwrap_or(ca).display().to_string());
+    let shown = |name: &str| {
+        let path = pki_dir(data_dir).join(name);
+        path.exists().then(|| {
+            std::path::absolute(&path)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        })
+    };
+    let ca = shown("ca.pem");
     Ok(Overview {
         id_scope: instance.id_scope.clone(),
         device_endpoint: instance.service_host.clone(),
@@ -437,6 +487,7 @@ pub async fn overview(
             })
             .unwrap_or_default(),
         ca_certificate: ca,
+        issuing_ca_certificate: shown(pki::ISSUING_CA_CERT),
         hubs: hub_overviews(store).await?,
     })
 }

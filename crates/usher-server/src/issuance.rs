@@ -13,8 +13,12 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::{Duration, OffsetDateTime};
 
-/// How long an issued certificate is valid.
+/// How long an issued certificate is valid when the enrollment sets no credential policy.
 pub const VALIDITY: Duration = Duration::days(30);
+/// The enrollment and group field (an Usher extension) holding the [`CredentialPolicy`].
+pub const POLICY_FIELD: &str = "usherCredentialPolicy";
+/// The longest validity a credential policy may set, in days.
+pub const MAX_VALIDITY_DAYS: u32 = 3650;
 /// How far back an issued certificate's validity starts, for devices whose clocks lag.
 const BACKDATE: Duration = Duration::minutes(5);
 
@@ -33,6 +37,143 @@ pub enum IssuanceError {
     CommonName { cn: String, registration_id: String },
     #[error("cannot sign the certificate: {0}")]
     Sign(String),
+    #[error(
+        "the csr's key is {found}, which the enrollment's {POLICY_FIELD} does not allow \
+         (keyTypes: {allowed})"
+    )]
+    KeyType { found: String, allowed: String },
+}
+
+/// A public key's type, as a credential policy names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum KeyType {
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl KeyType {
+    /// The name a credential policy uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::EcdsaP384 => "ecdsa-p384",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa3072 => "rsa-3072",
+            Self::Rsa4096 => "rsa-4096",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// What an enrollment or group allows the certificates issued to its devices
+/// (`usherCredentialPolicy`, an Usher extension): their validity in days (1 to
+/// [`MAX_VALIDITY_DAYS`], default 30) and the key types a CSR may carry (default any).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialPolicy {
+    #[serde(default = "default_validity_days")]
+    pub validity_days: u32,
+    #[serde(default)]
+    pub key_types: Option<Vec<KeyType>>,
+}
+
+fn default_validity_days() -> u32 {
+    30
+}
+
+impl Default for CredentialPolicy {
+    fn default() -> Self {
+        Self {
+            validity_days: default_validity_days(),
+            key_types: None,
+        }
+    }
+}
+
+impl CredentialPolicy {
+    /// The policy in an enrollment's extension fields (the default when it sets none), checked:
+    /// the error names what is wrong.
+    pub fn from_fields(
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, String> {
+        let Some(value) = fields.get(POLICY_FIELD) else {
+            return Ok(Self::default());
+        };
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        let policy: Self = serde_json::from_value(value.clone()).map_err(|e| {
+            format!(
+                "invalid {POLICY_FIELD}: {e} (validityDays: 1 to {MAX_VALIDITY_DAYS}; keyTypes: \
+                 ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519)"
+            )
+        })?;
+        if !(1..=MAX_VALIDITY_DAYS).contains(&policy.validity_days) {
+            return Err(format!(
+                "invalid {POLICY_FIELD}: validityDays is {}, it must be 1 to {MAX_VALIDITY_DAYS}",
+                policy.validity_days
+            ));
+        }
+        if policy.key_types.as_ref().is_some_and(Vec::is_empty) {
+            return Err(format!(
+                "invalid {POLICY_FIELD}: keyTypes is empty; leave it out to allow any key type"
+            ));
+        }
+        Ok(policy)
+    }
+
+    fn validity(&self) -> Duration {
+        Duration::days(i64::from(self.validity_days))
+    }
+
+    fn check_key(&self, found: Option<KeyType>, described: &str) -> Result<(), IssuanceError> {
+        let Some(allowed) = &self.key_types else {
+            return Ok(());
+        };
+        if found.is_some_and(|k| allowed.contains(&k)) {
+            return Ok(());
+        }
+        Err(IssuanceError::KeyType {
+            found: found.map_or_else(|| described.to_owned(), |k| k.name().to_owned()),
+            allowed: allowed
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
+/// The type of the public key in a CSR (DER), or a description of a key no policy can name.
+fn csr_key_type(der: &[u8]) -> Result<Option<KeyType>, String> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::public_key::PublicKey;
+    let (_, csr) = X509CertificationRequest::from_der(der).map_err(|e| e.to_string())?;
+    let spki = &csr.certification_request_info.subject_pki;
+    if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 {
+        return Ok(Some(KeyType::Ed25519));
+    }
+    let key = spki.parsed().map_err(|e| e.to_string())?;
+    Ok(match (&key, key.key_size()) {
+        (PublicKey::EC(_), 256) => Some(KeyType::EcdsaP256),
+        (PublicKey::EC(_), 384) => Some(KeyType::EcdsaP384),
+        (PublicKey::RSA(_), 2048) => Some(KeyType::Rsa2048),
+        (PublicKey::RSA(_), 3072) => Some(KeyType::Rsa3072),
+        (PublicKey::RSA(_), 4096) => Some(KeyType::Rsa4096),
+        (PublicKey::RSA(_), bits) => return Err(format!("an RSA key of {bits} bits")),
+        _ => None,
+    })
 }
 
 /// The CA that signs devices' certificates, and the chain above it.
@@ -85,11 +226,13 @@ impl IssuingCa {
     /// checked, its common name must be the registration ID) and returns the chain as DPS returns
     /// it: base64 DER, the device's certificate first. The certificate carries only what Usher
     /// chooses: the registration ID as common name, the CSR's public key, digital signature and
-    /// client authentication, [`VALIDITY`]; the CSR's other requested attributes are ignored.
+    /// client authentication, the policy's validity; the CSR's other requested attributes are
+    /// ignored. A CSR whose key type the policy does not allow is refused.
     pub fn issue(
         &self,
         registration_id: &str,
         csr_base64: &str,
+        policy: &CredentialPolicy,
         now: OffsetDateTime,
     ) -> Result<Vec<String>, IssuanceError> {
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -97,6 +240,7 @@ impl IssuingCa {
         let der = b64
             .decode(compact)
             .map_err(|e| IssuanceError::NotBase64(e.to_string()))?;
+        let key_type = csr_key_type(&der);
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
                 .map_err(|e| IssuanceError::BadRequest(e.to_string()))?;
@@ -112,6 +256,10 @@ impl IssuingCa {
                 registration_id: registration_id.to_owned(),
             });
         }
+        match key_type {
+            Ok(found) => policy.check_key(found, "a key type no policy names")?,
+            Err(described) => policy.check_key(None, &described)?,
+        }
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, registration_id);
@@ -121,7 +269,7 @@ impl IssuingCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - BACKDATE;
-        params.not_after = now + VALIDITY;
+        params.not_after = now + policy.validity();
         let serial = crate::app::random_vec(16).map_err(|e| IssuanceError::Sign(e.to_string()))?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params

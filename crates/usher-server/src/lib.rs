@@ -114,7 +114,7 @@ pub struct Prepared {
 }
 
 /// Opens or creates the data directory, the development PKI and the TLS configuration.
-pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
+pub async fn prepare(mut config: ServeConfig) -> Result<Prepared, ServeError> {
     let service_host = config
         .hostnames
         .first()
@@ -138,7 +138,16 @@ pub async fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     let tickets = app::shared_ticket_secret(&store).await?;
     let tls = tls::server_config(&cert, &key, &[b"http/1.1"], tickets)?;
     let mqtt_tls = tls::server_config(&cert, &key, &[], tickets)?;
-    let overview = app::overview(&store, &instance, &config.data_dir).await?;
+    let mut overview = app::overview(&store, &instance, &config.data_dir).await?;
+    // Without a configured issuing CA, the one made on first run issues certificates.
+    overview.issuing_ca_certificate = match config.settings.issuing_ca {
+        Some(_) => None,
+        None => {
+            let (path, ca) = app::ensure_issuing_ca(&store, &config.data_dir).await?;
+            config.settings.issuing_ca = Some(std::sync::Arc::new(ca));
+            Some(path.display().to_string())
+        }
+    };
     let mut hostnames = config.hostnames.clone();
     if !hostnames
         .iter()

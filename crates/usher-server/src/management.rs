@@ -208,6 +208,8 @@ fn prepare_put(
         })?;
         crate::groups::compile_pattern(pattern).map_err(ApiError::InvalidArgument)?;
     }
+    crate::issuance::CredentialPolicy::from_fields(&settings.other)
+        .map_err(ApiError::InvalidArgument)?;
     if let Some(v) = settings.other.get(crate::testing::FIELD) {
         let modes: crate::testing::TestingModes = serde_json::from_value(v.clone())
             .map_err(|e| ApiError::InvalidArgument(format!("invalid usherTesting: {e}")))?;

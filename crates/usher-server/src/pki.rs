@@ -35,6 +35,11 @@ pub struct PkiFiles {
 }
 
 const CA_COMMON_NAME: &str = "Usher Development CA";
+/// The issuing CA made on first run when none is configured: its certificate and key, in the PKI
+/// directory.
+pub const ISSUING_CA_CERT: &str = "issuing-ca.pem";
+pub const ISSUING_CA_KEY: &str = "issuing-ca.key";
+const ISSUING_CA_COMMON_NAME: &str = "Usher Issuing CA";
 /// Re-issue the server certificate when it has less than this left.
 const RENEW_BEFORE: Duration = Duration::days(30);
 
@@ -102,6 +107,38 @@ pub fn ensure(dir: &Path, hostnames: &[String], now: OffsetDateTime) -> Result<P
     Ok(files)
 }
 
+/// Makes sure `dir` holds an issuing CA (a self-signed ECDSA P-256 CA valid for ten years) for
+/// the device certificates issued at registration, creating it if missing; returns its
+/// certificate's path, the certificate (PEM) and its key (PEM).
+pub fn ensure_issuing_ca(
+    dir: &Path,
+    now: OffsetDateTime,
+) -> Result<(PathBuf, String, String), PkiError> {
+    create_dir(dir)?;
+    let cert_path = dir.join(ISSUING_CA_CERT);
+    let key_path = dir.join(ISSUING_CA_KEY);
+    if cert_path.exists() && key_path.exists() {
+        let (cert, key) = (read(&cert_path)?, read(&key_path)?);
+        return Ok((cert_path, cert, key));
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(ISSUING_CA_COMMON_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(3650);
+    let cert = params.self_signed(&key)?;
+    let (cert, key) = (cert.pem(), key.serialize_pem());
+    write(&key_path, &key)?;
+    write(&cert_path, &cert)?;
+    Ok((cert_path, cert, key))
+}
+
 fn read_not_after(cert_path: &Path) -> Option<OffsetDateTime> {
     let text = fs::read_to_string(cert_path.with_file_name("server.not_after")).ok()?;
     OffsetDateTime::from_unix_timestamp(text.trim().parse().ok()?).ok()
@@ -147,6 +184,30 @@ fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_issuing_ca_is_made_once_owner_only_and_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (path, cert, key) = ensure_issuing_ca(dir.path(), now).unwrap();
+        assert_eq!(path, dir.path().join(ISSUING_CA_CERT));
+        #[cfg(unix)]
+        for name in [ISSUING_CA_CERT, ISSUING_CA_KEY] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        assert_eq!(
+            ensure_issuing_ca(dir.path(), now).unwrap(),
+            (path, cert.clone(), key.clone()),
+            "reused"
+        );
+        let unix = u64::try_from(now.unix_timestamp()).unwrap();
+        crate::issuance::IssuingCa::from_pem(&cert, &key, unix).unwrap();
+    }
 
     #[test]
     fn creates_then_reuses_then_reissues_for_new_names() {

@@ -724,9 +724,13 @@ fn issue_certificate(
     let Some(ca) = &app.settings.issuing_ca else {
         return Err(ApiError::CertificateIssuanceNotConfigured { field: "csr" });
     };
+    let policy =
+        crate::issuance::CredentialPolicy::from_fields(&attested.enrollment.settings().other)
+            .map_err(ApiError::InvalidArgument)?;
     ca.issue(
         attested.registration_id.as_str(),
         csr,
+        &policy,
         time::OffsetDateTime::now_utc(),
     )
     .map(Some)

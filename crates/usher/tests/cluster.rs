@@ -225,6 +225,13 @@ fn two_nodes_on_one_database_serve_one_instance() {
     assert_eq!(show_a["hubs"], show_b["hubs"]);
     let ca = |n: &Node| std::fs::read_to_string(n.data.join("pki/ca.pem")).unwrap();
     assert_eq!(ca(&a), ca(&b), "one CA for every node");
+    let issuing = |n: &Node| {
+        (
+            std::fs::read_to_string(n.data.join("pki/issuing-ca.pem")).unwrap(),
+            std::fs::read_to_string(n.data.join("pki/issuing-ca.key")).unwrap(),
+        )
+    };
+    assert_eq!(issuing(&a), issuing(&b), "one issuing CA for every node");
     let scope = show_a["idScope"].as_str().unwrap().to_owned();
     let ca_path = a.data.join("pki/ca.pem");
 

@@ -1607,6 +1607,8 @@ fn provision_with_a_csr_writes_the_issued_certificate_which_then_provisions() {
         ],
     );
     let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    // The configured CA issues; none is made.
+    assert!(instance["issuingCaCertificate"].is_null(), "{instance}");
     let scope = instance["idScope"].as_str().unwrap().to_owned();
     let server_ca = instance["caCertificate"].as_str().unwrap().to_owned();
     let https = listener(dir, "httpsAddr");
@@ -1689,4 +1691,85 @@ fn provision_with_a_csr_writes_the_issued_certificate_which_then_provisions() {
         out.contains("deviceId csr-cli-dev, status assigned"),
         "{out}"
     );
+}
+
+/// Without `--issuing-ca-cert`, the issuing CA made on first run (owner-only files in the PKI
+/// directory, its path in the banner and `usher instance show`) signs a device's CSR.
+#[test]
+fn an_issuing_ca_made_on_first_run_signs_a_csr_on_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let banner = std::fs::File::create(dir.join("banner.txt")).unwrap();
+    let _server = start_capturing(dir, &[], banner, Stdio::null());
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let issuing = instance["issuingCaCertificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        issuing.ends_with("usher-data/pki/issuing-ca.pem"),
+        "{instance}"
+    );
+    let printed = std::fs::read_to_string(dir.join("banner.txt")).unwrap();
+    assert!(
+        printed.contains(&format!("Issuing CA certificate:     {issuing}")),
+        "{printed}"
+    );
+    let shown = ok(&usher(dir, &["instance", "show"]));
+    assert!(
+        shown.contains(&format!("Issuing CA certificate:     {issuing}")),
+        "{shown}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = dir.join("usher-data/pki/issuing-ca.key");
+        let mode = std::fs::metadata(key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let server_ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let https = listener(dir, "httpsAddr");
+    let created = json(&usher(
+        dir,
+        &["enrollment", "create", "--enrollment-id", "first-run-dev"],
+    ));
+    let key = created["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "first-run-dev");
+    let request = params.serialize_request(&device_key).unwrap();
+    std::fs::write(dir.join("device.csr"), request.pem().unwrap()).unwrap();
+    let out = ok(&usher(
+        dir,
+        &[
+            "provision",
+            "--id-scope",
+            &scope,
+            "--registration-id",
+            "first-run-dev",
+            "--key",
+            &key,
+            "--host",
+            &https,
+            "--ca",
+            &server_ca,
+            "--csr",
+            "device.csr",
+            "--issued-cert-out",
+            "issued.pem",
+        ],
+    ));
+    assert!(
+        out.contains("Issued certificate chain (2 certificates) written to issued.pem"),
+        "{out}"
+    );
+    let issued = std::fs::read_to_string(dir.join("issued.pem")).unwrap();
+    let ca = std::fs::read_to_string(&issuing).unwrap();
+    assert!(issued.ends_with(&ca.replace("\r\n", "\n")), "{issued}");
 }

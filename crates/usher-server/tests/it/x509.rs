@@ -513,3 +513,136 @@ async fn a_csr_gets_a_certificate_the_device_then_registers_with() {
     assert_eq!(state.device_id.as_deref(), Some("csr-dev"));
     assert_eq!(state.x509.unwrap()["enrollmentGroupId"], "issued-devices");
 }
+
+/// `usherCredentialPolicy` on an enrollment or group: checked on write, applied at issuance (the
+/// certificate's validity, the CSR key types allowed).
+#[tokio::test]
+async fn a_credential_policy_limits_issued_certificates() {
+    let ca = Cert::new("Usher Issuing CA", true, (-1, 365), None);
+    let issuing = usher_server::issuance::IssuingCa::from_pem(
+        &ca.pem,
+        &ca.key.serialize_pem(),
+        crate::support::unix_now(),
+    )
+    .unwrap();
+    let s = TestServer::start_with(usher_server::Settings {
+        issuing_ca: Some(std::sync::Arc::new(issuing)),
+        ..usher_server::Settings::default()
+    })
+    .await;
+
+    // A policy out of range, or naming an unknown key type, is refused on write.
+    for (path, id_field, bad) in [
+        (
+            "/enrollments/pol-dev",
+            "registrationId",
+            json!({"validityDays": 0}),
+        ),
+        (
+            "/enrollmentGroups/pol-grp",
+            "enrollmentGroupId",
+            json!({"keyTypes": ["dsa-1024"]}),
+        ),
+    ] {
+        let id = path.rsplit('/').next().unwrap();
+        let body = json!({
+            id_field: id,
+            "attestation": {"type": "symmetricKey"},
+            "usherCredentialPolicy": bad,
+        });
+        let (status, _, answer) = s.call(Method::PUT, path, Some(body), &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("usherCredentialPolicy"),
+            "{answer}"
+        );
+    }
+
+    let policy = json!({"validityDays": 7, "keyTypes": ["rsa-2048"]});
+    let (key, _) = s
+        .enroll("pol-dev", json!({"usherCredentialPolicy": policy.clone()}))
+        .await;
+    let (_, _, stored) = s.call(Method::GET, "/enrollments/pol-dev", None, &[]).await;
+    assert_eq!(stored["usherCredentialPolicy"], policy, "{stored}");
+    let token = s.token("pol-dev", &key);
+    let register = format!(
+        "/{}/registrations/pol-dev/register?api-version=2025-07-01-preview",
+        s.scope
+    );
+    // The CSR's P-256 key is not allowed: 400, and nothing is recorded.
+    let body = json!({"registrationId": "pol-dev", "csr": csr("pol-dev").0});
+    let (status, _, answer) = s
+        .device_request(
+            Method::PUT,
+            &register,
+            Some(&token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["errorCode"], 400_004, "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("ecdsa-p256") && message.contains("rsa-2048"),
+        "{answer}"
+    );
+    assert_eq!(s.registration("pol-dev").await.0, StatusCode::NOT_FOUND);
+
+    // Allowing P-256 too: the certificate is issued, valid for 7 days (after 5 minutes'
+    // backdating for devices whose clocks lag).
+    let policy = json!({"validityDays": 7, "keyTypes": ["rsa-2048", "ecdsa-p256"]});
+    let mut updated = stored.clone();
+    updated["usherCredentialPolicy"] = policy;
+    let (status, _, answer) = s
+        .call(
+            Method::PUT,
+            "/enrollments/pol-dev",
+            Some(updated),
+            &[("If-Match", "*")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, _, answer) = s
+        .device_request(
+            Method::PUT,
+            &register,
+            Some(&token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let operation = answer["operationId"].as_str().unwrap().to_owned();
+    let (_, _, polled) = s
+        .device_request(
+            Method::GET,
+            &format!(
+                "/{}/registrations/pol-dev/operations/{operation}?api-version=2025-07-01-preview",
+                s.scope
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(polled["status"], "assigned", "{polled}");
+    let leaf = polled["registrationState"]["issuedCertificateChain"][0]
+        .as_str()
+        .unwrap();
+    let der = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(leaf)
+            .unwrap()
+    };
+    let (_, cert) = {
+        use x509_parser::prelude::FromDer as _;
+        x509_parser::certificate::X509Certificate::from_der(&der).unwrap()
+    };
+    let validity = cert.validity();
+    assert_eq!(
+        validity.not_after.timestamp() - validity.not_before.timestamp(),
+        7 * 86_400 + 300
+    );
+}

@@ -41,6 +41,9 @@ pub(super) async fn show(
             .as_deref()
             .unwrap_or("(none: own certificate)")
     );
+    if let Some(issuing) = &o.issuing_ca_certificate {
+        println!("Issuing CA certificate:     {issuing}");
+    }
     for hub in &o.hubs {
         println!(
             "Hub:                        {} ({}, weight {})",

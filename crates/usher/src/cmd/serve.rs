@@ -135,6 +135,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(ca) = &o.ca_certificate {
         println!("  CA certificate:             {ca}");
     }
+    if let Some(issuing) = &o.issuing_ca_certificate {
+        println!("  Issuing CA certificate:     {issuing} (signs certificates requested with csr)");
+    }
     if let Some(metrics) = &metrics {
         println!(
             "  Metrics and probes:         http://{}/metrics, /healthz, /readyz",

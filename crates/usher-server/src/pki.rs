@@ -60,18 +60,7 @@ pub fn ensure(dir: &Path, hostnames: &[String], now: OffsetDateTime) -> Result<P
         let key = KeyPair::from_pem(&key_pem).map_err(|e| unusable(&ca_key_path, e))?;
         (read(&files.ca_cert)?, key)
     } else {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(CA_COMMON_NAME);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + Duration::days(3650);
-        let cert = params.self_signed(&key)?;
+        let (cert, key) = self_signed_ca(CA_COMMON_NAME, now)?;
         write(&ca_key_path, &key.serialize_pem())?;
         write(&files.ca_cert, &cert.pem())?;
         // A new CA invalidates any old server certificate.
@@ -121,18 +110,7 @@ pub fn ensure_issuing_ca(
         let (cert, key) = (read(&cert_path)?, read(&key_path)?);
         return Ok((cert_path, cert, key));
     }
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = name(ISSUING_CA_COMMON_NAME);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = now - Duration::days(1);
-    params.not_after = now + Duration::days(3650);
-    let cert = params.self_signed(&key)?;
+    let (cert, key) = self_signed_ca(ISSUING_CA_COMMON_NAME, now)?;
     let (cert, key) = (cert.pem(), key.serialize_pem());
     write(&key_path, &key)?;
     write(&cert_path, &cert)?;
@@ -142,6 +120,27 @@ pub fn ensure_issuing_ca(
 fn read_not_after(cert_path: &Path) -> Option<OffsetDateTime> {
     let text = fs::read_to_string(cert_path.with_file_name("server.not_after")).ok()?;
     OffsetDateTime::from_unix_timestamp(text.trim().parse().ok()?).ok()
+}
+
+/// A new self-signed CA (ECDSA P-256, ten years from yesterday): the development CA and the
+/// issuing CA are both made this way.
+fn self_signed_ca(
+    common_name: &str,
+    now: OffsetDateTime,
+) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(3650);
+    let cert = params.self_signed(&key)?;
+    Ok((cert, key))
 }
 
 fn name(common_name: &str) -> DistinguishedName {

@@ -368,6 +368,49 @@ pub struct DeviceWrite {
     pub twin: TwinWrite,
 }
 
+impl DeviceWrite {
+    /// The identity to store, given the one the registry has (if any) and the twin carried over
+    /// from a previous identity (if any). An existing identity keeps its generation and document;
+    /// its status, keys and etag follow the assignment, its capabilities the enrollment, its twin
+    /// the decision. The same rule on every backend.
+    pub fn onto(&self, existing: Option<HubDevice>, carried: Option<Value>) -> HubDevice {
+        let d = &self.device;
+        let mut device = match existing {
+            Some(existing) => {
+                let replace = self.twin == TwinWrite::Replace;
+                let mut doc = existing.doc.clone();
+                if let (Some(obj), Some(caps)) = (doc.as_object_mut(), d.doc.get("capabilities")) {
+                    obj.insert("capabilities".into(), caps.clone());
+                }
+                HubDevice {
+                    status: d.status.clone(),
+                    primary_key: d.primary_key.clone(),
+                    secondary_key: d.secondary_key.clone(),
+                    updated: d.updated,
+                    etag: d.etag.clone(),
+                    doc,
+                    twin: if replace {
+                        d.twin.clone()
+                    } else {
+                        existing.twin.clone()
+                    },
+                    twin_version: if replace {
+                        existing.twin_version + 1
+                    } else {
+                        existing.twin_version
+                    },
+                    ..existing
+                }
+            }
+            None => d.clone(),
+        };
+        if let Some(from) = carried {
+            crate::hub::carry_twin(&mut device, &from);
+        }
+        device
+    }
+}
+
 /// What an existing identity's twin becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TwinWrite {

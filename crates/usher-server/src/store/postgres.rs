@@ -27,8 +27,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::sqlite::{
-    DocRow, OnConflict, RawDoc, RawPolicy, RawRegistration, clamp, encode_doc, merge_capabilities,
-    open_key, open_policy, parse_doc, parse_registration, table,
+    DocRow, OnConflict, RawDoc, RawPolicy, RawRegistration, clamp, encode_doc, open_key,
+    open_policy, parse_doc, parse_registration, table,
 };
 use super::{
     AllocationSettings, Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance,
@@ -1609,34 +1609,7 @@ async fn write_assignment(c: &Conn, sealer: &Sealer, a: Assignment) -> Result<()
         let (Some(write), Some((carried, existing))) = (&device, reads) else {
             return Ok(());
         };
-        let d = &write.device;
-        let mut device = match (existing, &write.twin) {
-            // An identity the registry has keeps its generation and document; its status, keys
-            // and etag follow the assignment, its twin follows the decision.
-            (Some(existing), twin) => HubDevice {
-                status: d.status.clone(),
-                primary_key: d.primary_key.clone(),
-                secondary_key: d.secondary_key.clone(),
-                updated: d.updated,
-                etag: d.etag.clone(),
-                doc: merge_capabilities(existing.doc.clone(), &d.doc),
-                twin: if *twin == TwinWrite::Replace {
-                    d.twin.clone()
-                } else {
-                    existing.twin.clone()
-                },
-                twin_version: if *twin == TwinWrite::Replace {
-                    existing.twin_version + 1
-                } else {
-                    existing.twin_version
-                },
-                ..existing
-            },
-            (None, _) => d.clone(),
-        };
-        if let Some(from) = carried {
-            crate::hub::carry_twin(&mut device, &from);
-        }
+        let device = write.onto(existing, carried);
         write_hub_device(c, sealer, &device).await
     };
     let entries = async {

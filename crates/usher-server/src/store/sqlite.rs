@@ -863,22 +863,8 @@ impl SqliteStore {
                     params![clamp(anchor_seq), anchor_hash],
                 )?;
             }
-            let mut stmt = c.prepare_cached(
-                "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for e in entries {
-                stmt.execute(params![
-                    clamp(e.seq),
-                    e.at,
-                    e.actor,
-                    e.address,
-                    e.action,
-                    e.target,
-                    e.result,
-                    e.prev,
-                    e.hash
-                ])?;
+            for e in &entries {
+                insert_audit_entry(c, e)?;
             }
             Ok(())
         })
@@ -960,33 +946,7 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
             _ => None,
         };
         let existing = load_hub_device(c, sealer, &d.hub, &d.device_id)?;
-        let mut device = match (existing, &write.twin) {
-            // An identity the registry has keeps its generation and document; its status, keys
-            // and etag follow the assignment, its twin follows the decision.
-            (Some(existing), twin) => HubDevice {
-                status: d.status.clone(),
-                primary_key: d.primary_key.clone(),
-                secondary_key: d.secondary_key.clone(),
-                updated: d.updated,
-                etag: d.etag.clone(),
-                doc: merge_capabilities(existing.doc.clone(), &d.doc),
-                twin: if *twin == TwinWrite::Replace {
-                    d.twin.clone()
-                } else {
-                    existing.twin.clone()
-                },
-                twin_version: if *twin == TwinWrite::Replace {
-                    existing.twin_version + 1
-                } else {
-                    existing.twin_version
-                },
-                ..existing
-            },
-            (None, _) => d.clone(),
-        };
-        if let Some(from) = carried {
-            crate::hub::carry_twin(&mut device, &from);
-        }
+        let device = write.onto(existing, carried);
         write_hub_device(c, sealer, &device)?;
     }
     if let Some((hub, device_id)) = &a.remove_device {
@@ -997,14 +957,6 @@ fn write_assignment(c: &Connection, sealer: &Sealer, a: Assignment) -> Result<()
     }
     append_audit(c, a.audit)?;
     Ok(())
-}
-
-/// An existing identity's document with the capabilities the enrollment now gives it.
-pub(super) fn merge_capabilities(mut doc: Value, new: &Value) -> Value {
-    if let (Some(obj), Some(caps)) = (doc.as_object_mut(), new.get("capabilities")) {
-        obj.insert("capabilities".into(), caps.clone());
-    }
-    doc
 }
 
 const REGISTRATION_COLUMNS: &str = "registration_id, enrollment_group_id, status, substatus, assigned_hub, device_id, \
@@ -1573,6 +1525,26 @@ fn chain_end(c: &Connection) -> rusqlite::Result<(u64, String)> {
     ))
 }
 
+/// Stores one audit entry as it is (its place and hashes already set).
+fn insert_audit_entry(c: &Connection, e: &AuditEntry) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        clamp(e.seq),
+        e.at,
+        e.actor,
+        e.address,
+        e.action,
+        e.target,
+        e.result,
+        e.prev,
+        e.hash
+    ])?;
+    Ok(())
+}
+
 /// Appends records to the audit log, each chained to the one before, inside the writer's
 /// transaction (so the chain has one writer and no two entries claim the same place).
 fn append_audit(c: &Connection, records: Vec<AuditRecord>) -> Result<(), StoreError> {
@@ -1580,24 +1552,10 @@ fn append_audit(c: &Connection, records: Vec<AuditRecord>) -> Result<(), StoreEr
         return Ok(());
     }
     let (mut seq, mut prev) = chain_end(c)?;
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO audit_log (seq, at, actor, address, action, target, result, prev, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
     for record in records {
         seq += 1;
         let e = record.chain(seq, &prev);
-        stmt.execute(params![
-            clamp(e.seq),
-            e.at,
-            e.actor,
-            e.address,
-            e.action,
-            e.target,
-            e.result,
-            e.prev,
-            e.hash
-        ])?;
+        insert_audit_entry(c, &e)?;
         prev = e.hash;
     }
     Ok(())

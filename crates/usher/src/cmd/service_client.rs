@@ -197,7 +197,7 @@ fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
 }
 
 /// An error and its sources, one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::cmd::service_client::error_chain;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -120,8 +121,9 @@ pub(super) async fn open_slots(
     }
     let mut slots = Vec::new();
     while let Some(joined) = opening.join_next().await {
-        let (w, slot) = joined?
-            .map_err(|e| anyhow::anyhow!("cannot open the keepalive connections: {}", chain(&e)))?;
+        let (w, slot) = joined?.map_err(|e| {
+            anyhow::anyhow!("cannot open the keepalive connections: {}", error_chain(&e))
+        })?;
         slots.push((w, slot));
     }
     slots.sort_by_key(|(w, _)| *w);
@@ -176,7 +178,7 @@ pub(super) async fn run_phase(
                         let entry = outcome
                             .errors
                             .entry(error_code(&e))
-                            .or_insert_with(|| (0, chain(&e)));
+                            .or_insert_with(|| (0, error_chain(&e)));
                         entry.0 += 1;
                         // A kept connection that failed is opened again for the next operation.
                         if let Some(connection) = slot.connection.take() {
@@ -293,17 +295,6 @@ pub(super) fn error_code(e: &ProvisionError) -> String {
         ProvisionError::OtherDevice { .. } => "other-device".into(),
         ProvisionError::Unsupported(..) => "unsupported".into(),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

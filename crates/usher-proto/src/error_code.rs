@@ -37,6 +37,8 @@ pub enum ErrorCode {
     LinkedHubNotFound = 404_210,
     /// No access policy of that name (Usher's own management routes).
     AccessPolicyNotFound = 404_213,
+    /// No CA certificate of that name (Usher's `/usher/certificates`; ARM has its own codes).
+    CaCertificateNotFound = 404_230,
     /// No route matches the request path.
     RouteNotFound = 404_000,
     MethodNotAllowed = 405_000,
@@ -48,6 +50,8 @@ pub enum ErrorCode {
     RegistrationStatusConflict = 409_203,
     LinkedHubConflict = 409_210,
     AccessPolicyConflict = 409_213,
+    /// A CA certificate of that name exists (Usher's `/usher/certificates`).
+    CaCertificateConflict = 409_230,
     PreconditionFailed = 412_001,
     /// The body is larger than the 96 KB DPS accepts.
     RequestEntityTooLarge = 413_001,
@@ -96,6 +100,7 @@ impl ErrorCode {
             EnrollmentGroupNotFound => "Enrollment group not found.",
             LinkedHubNotFound => "Linked IoT hub not found.",
             AccessPolicyNotFound => "Access policy not found.",
+            CaCertificateNotFound => "CA certificate not found.",
             RouteNotFound => "Not found.",
             MethodNotAllowed => "Method not allowed.",
             RequestTimeout => "The request did not arrive in time.",
@@ -105,6 +110,7 @@ impl ErrorCode {
             RegistrationStatusConflict => "Registration status conflict.",
             LinkedHubConflict => "Linked IoT hub already exists.",
             AccessPolicyConflict => "Access policy already exists.",
+            CaCertificateConflict => "CA certificate already exists.",
             PreconditionFailed => "Precondition failed: the etag does not match.",
             RequestEntityTooLarge => "The request body exceeds 96 KB.",
             UnsupportedMediaType => "Unsupported media type.",
@@ -143,6 +149,7 @@ impl ErrorCode {
         Self::EnrollmentGroupNotFound,
         Self::LinkedHubNotFound,
         Self::AccessPolicyNotFound,
+        Self::CaCertificateNotFound,
         Self::RouteNotFound,
         Self::MethodNotAllowed,
         Self::RequestTimeout,
@@ -152,6 +159,7 @@ impl ErrorCode {
         Self::RegistrationStatusConflict,
         Self::LinkedHubConflict,
         Self::AccessPolicyConflict,
+        Self::CaCertificateConflict,
         Self::PreconditionFailed,
         Self::RequestEntityTooLarge,
         Self::UnsupportedMediaType,

@@ -88,6 +88,10 @@ pub enum ApiError {
     EnrollmentGroupExists(String),
     #[error("a hub named {0:?} or with that host name already exists")]
     HubExists(String),
+    #[error("CA certificate {0:?} not found")]
+    CaCertificateNotFound(String),
+    #[error("a CA certificate named {0:?} already exists; send If-Match to replace it")]
+    CaCertificateExists(String),
     #[error("the If-Match etag does not match the stored etag")]
     EtagMismatch,
     #[error("no route for {0}")]
@@ -141,6 +145,8 @@ impl ApiError {
             Self::EnrollmentExists(_) => ErrorCode::EnrollmentConflict,
             Self::EnrollmentGroupExists(_) => ErrorCode::EnrollmentGroupConflict,
             Self::HubExists(_) => ErrorCode::LinkedHubConflict,
+            Self::CaCertificateNotFound(_) => ErrorCode::CaCertificateNotFound,
+            Self::CaCertificateExists(_) => ErrorCode::CaCertificateConflict,
             Self::EtagMismatch => ErrorCode::PreconditionFailed,
             Self::NoRoute(_) => ErrorCode::RouteNotFound,
             Self::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,

@@ -37,8 +37,12 @@ pub enum GroupCredential {
     /// Primary and secondary group keys, decoded (devices sign with keys derived from them).
     Keys([SymmetricKey; 2]),
     /// The primary and secondary signing certificates (root or intermediate) the devices'
-    /// certificate chains lead to.
-    Signing(Vec<CertificateDer<'static>>),
+    /// certificate chains lead to: held by the group, or named in its `caReferences` (looked up
+    /// when a device attests, since whether a CA is verified changes apart from the group).
+    Signing {
+        certificates: Vec<CertificateDer<'static>>,
+        ca_references: Vec<String>,
+    },
 }
 
 impl Group {
@@ -212,12 +216,15 @@ impl GroupIndex {
                     AttestationType::SymmetricKey => {
                         GroupCredential::Keys(crate::registration::stored_keys(&group.attestation)?)
                     }
-                    AttestationType::X509 => GroupCredential::Signing(
-                        crate::registration::stored_certificates(&group.attestation)?
+                    AttestationType::X509 => GroupCredential::Signing {
+                        certificates: crate::registration::stored_certificates(&group.attestation)?
                             .into_iter()
                             .flatten()
                             .collect(),
-                    ),
+                        ca_references: crate::certificates::references(
+                            group.attestation.x509.as_ref(),
+                        ),
+                    },
                     AttestationType::Tpm | AttestationType::None => continue,
                 };
                 let pattern = group

@@ -21,6 +21,7 @@ pub mod amqp;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod certificates;
 pub mod clock;
 pub mod console;
 pub mod error;

@@ -52,7 +52,7 @@ impl Precondition {
         }
     }
 
-    fn allows(&self, stored_etag: &str) -> bool {
+    pub(crate) fn allows(&self, stored_etag: &str) -> bool {
         match self {
             Self::None | Self::Any => true,
             Self::Etag(e) => e == stored_etag,
@@ -161,8 +161,8 @@ pub async fn put(
     body: &[u8],
     pre: Precondition,
 ) -> Result<Value, ApiError> {
-    let hubs = app.store.hubs().await?;
-    let put = prepare_put(kind, path_id, Source::Bytes(body), pre, &hubs)?;
+    let known = Known::read(app).await?;
+    let put = prepare_put(kind, path_id, Source::Bytes(body), pre, &known)?;
     let key = put.key.clone();
     app.store
         .upsert_doc(kind.collection(), &key, move |current| put.decide(current))
@@ -184,13 +184,36 @@ pub struct PreparedPut {
     fresh: [String; 2],
 }
 
-/// Parses and validates a PUT body against the linked hubs; nothing is read or written.
+/// What an enrollment write is checked against: the linked hubs it may name and the CA
+/// certificates its `caReferences` may name.
+pub struct Known {
+    pub hubs: Vec<Hub>,
+    pub ca_names: Vec<String>,
+}
+
+impl Known {
+    pub async fn read(app: &App) -> Result<Self, ApiError> {
+        Ok(Self {
+            hubs: app.store.hubs().await?,
+            ca_names: app
+                .store
+                .ca_certificates()
+                .await?
+                .into_iter()
+                .map(|c| c.name)
+                .collect(),
+        })
+    }
+}
+
+/// Parses and validates a PUT body against the linked hubs and CA certificates; nothing is read
+/// or written.
 fn prepare_put(
     kind: Kind,
     path_id: &str,
     body: Source<'_>,
     pre: Precondition,
-    hubs: &[Hub],
+    known: &Known,
 ) -> Result<PreparedPut, ApiError> {
     kind.validate_id(path_id)?;
     let (body_id, attestation, settings, json) = kind.parse(body)?;
@@ -201,7 +224,30 @@ fn prepare_put(
         )));
     }
     validate_attestation(kind, &attestation)?;
-    validate_hubs(&settings, hubs)?;
+    for (which, name) in ["primary", "secondary"]
+        .iter()
+        .filter_map(|w| {
+            attestation
+                .x509
+                .as_ref()
+                .and_then(|x| x.pointer(&format!("/caReferences/{w}")))
+                .filter(|v| !v.is_null())
+                .map(|v| (w, v))
+        })
+    {
+        let name = name.as_str().unwrap_or_default();
+        crate::certificates::check_name(name).map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "attestation.x509.caReferences.{which} must be a CA certificate name"
+            ))
+        })?;
+        if !known.ca_names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return Err(ApiError::InvalidArgument(format!(
+                "attestation.x509.caReferences.{which} names no CA certificate: {name:?} (add it with usher certificate add)"
+            )));
+        }
+    }
+    validate_hubs(&settings, &known.hubs)?;
     if let Some(v) = settings.other.get(crate::groups::PATTERN_FIELD) {
         let pattern = v.as_str().ok_or_else(|| {
             ApiError::InvalidArgument(format!("{} must be a string", crate::groups::PATTERN_FIELD))
@@ -356,7 +402,7 @@ pub fn prepare_import(
     kind: Kind,
     mode: ImportMode,
     lines: Vec<(u64, Vec<u8>)>,
-    hubs: &[Hub],
+    known: &Known,
 ) -> ImportBatch {
     let pre = match mode {
         ImportMode::Create => Precondition::None,
@@ -372,7 +418,7 @@ pub fn prepare_import(
         failures: Vec::new(),
     };
     for (line, bytes) in lines {
-        let put = match prepare_import_line(kind, &bytes, pre.clone(), hubs) {
+        let put = match prepare_import_line(kind, &bytes, pre.clone(), known) {
             Ok(put) => put,
             Err((id, error)) => {
                 batch.failures.push(ImportFailure { line, id, error });
@@ -438,7 +484,7 @@ fn prepare_import_line(
     kind: Kind,
     bytes: &[u8],
     pre: Precondition,
-    hubs: &[Hub],
+    known: &Known,
 ) -> Result<PreparedPut, (String, ApiError)> {
     let mut value: Value = serde_json::from_slice(bytes)
         .map_err(|e| (String::new(), ApiError::InvalidJson(e.to_string())))?;
@@ -452,7 +498,7 @@ fn prepare_import_line(
             obj.remove(field);
         }
     }
-    prepare_put(kind, &id, Source::Value(value), pre, hubs).map_err(|e| (id, e))
+    prepare_put(kind, &id, Source::Value(value), pre, known).map_err(|e| (id, e))
 }
 
 /// Rotates an enrollment's or group's symmetric keys in one etag-guarded write: `primary` (a new

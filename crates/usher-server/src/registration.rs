@@ -77,6 +77,9 @@ struct Attested {
     /// For a certificate: the registration result's `x509` (the device's and the signing
     /// certificate's info).
     x509: Option<serde_json::Value>,
+    /// The CA certificates the enrollment names in `caReferences`, as they were when the device
+    /// attested: the decision checks the chain again against them if the enrollment changed.
+    cas: Vec<crate::certificates::NamedCa>,
 }
 
 /// What the device attested with, kept to check it again if the enrollment changes before the
@@ -502,8 +505,14 @@ fn current_enrollment(
         let token = match presented {
             Presented::Token(token) => token,
             Presented::Chain(chain) => {
-                return check_chain(chain, attested.registration_id.as_str(), attestation, group)
-                    .map(|_| ());
+                return check_chain(
+                    chain,
+                    attested.registration_id.as_str(),
+                    attestation,
+                    group,
+                    &attested.cas,
+                )
+                .map(|_| ());
             }
         };
         let token = SasToken::parse(token).map_err(AuthError::from)?;
@@ -873,6 +882,7 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
                     keys,
                     hub_auth: crate::hub::DeviceAuth::Sas,
                     x509: None,
+                    cas: Vec::new(),
                 });
             }
             // A disabled individual enrollment is how one device of a group is blocked: a device
@@ -899,6 +909,7 @@ async fn check_credential(app: &App, req: DeviceRequest<'_>) -> Result<Attested,
                 keys,
                 hub_auth: crate::hub::DeviceAuth::Sas,
                 x509: None,
+                cas: Vec::new(),
             });
         }
     }
@@ -949,20 +960,27 @@ async fn check_certificate(
         .await?
     {
         let enrollment: IndividualEnrollment = parse_doc(&doc)?;
+        let cas = crate::certificates::resolve(
+            app,
+            &crate::certificates::references(enrollment.attestation.x509.as_ref()),
+        )
+        .await?;
         match check_chain(
             chain,
             registration_id.as_str(),
             &enrollment.attestation,
             false,
+            &cas,
         ) {
-            Ok(hub_auth) => {
+            Ok((hub_auth, signing)) => {
                 tracing::debug!(registration_id = %registration_id, "individual X.509 enrollment attested");
                 return Ok(Attested {
                     registration_id,
                     enrollment: Enrollment::Individual(Box::new(enrollment)),
                     keys: random_keys()?,
                     hub_auth,
-                    x509: Some(x509_result(chain, None, None)),
+                    x509: Some(x509_result(chain, None, signing.as_ref())),
+                    cas,
                 });
             }
             Err(_) if !enrollment.settings.is_enabled() => {}
@@ -972,24 +990,37 @@ async fn check_certificate(
     let groups = app.groups.groups(&app.store).await?;
     let mut refusal = None;
     for g in candidate_groups(app, &groups, &registration_id).await? {
-        let crate::groups::GroupCredential::Signing(signing) = &g.credential else {
+        let crate::groups::GroupCredential::Signing {
+            certificates,
+            ca_references,
+        } = &g.credential
+        else {
             continue;
         };
+        let cas = crate::certificates::resolve(app, ca_references).await?;
         let now = unix_now();
-        for cert in signing {
-            match crate::x509::check_group(chain, registration_id.as_str(), cert, now) {
-                Ok(()) => {
+        let anchors = certificates
+            .iter()
+            .map(|c| Ok(c.clone()))
+            .chain(cas.iter().map(|c| c.certificate.clone()));
+        for anchor in anchors {
+            let checked = anchor.and_then(|cert| {
+                crate::x509::check_group(chain, registration_id.as_str(), &cert, now).map(|()| cert)
+            });
+            match checked {
+                Ok(cert) => {
                     tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, "X.509 group member attested");
                     return Ok(Attested {
                         x509: Some(x509_result(
                             chain,
                             Some(&g.group.enrollment_group_id),
-                            Some(cert),
+                            Some(&cert),
                         )),
                         registration_id,
                         enrollment: Enrollment::Group(Box::new(g.group.clone())),
                         keys: random_keys()?,
                         hub_auth: crate::hub::DeviceAuth::CertificateAuthority,
+                        cas,
                     });
                 }
                 Err(e) => refusal = Some(e),
@@ -1022,24 +1053,45 @@ fn x509_result(
 }
 
 /// Checks a device's chain against one enrollment's X.509 attestation: an individual
-/// enrollment's client certificates, or a group's signing certificates. Returns the hub identity's
-/// authentication.
+/// enrollment's client certificates, or the signing certificates a group holds or any enrollment
+/// names in `caReferences` (`cas`, resolved when the device attested). Returns the hub identity's
+/// authentication and, for a chain, the certificate it led to.
 fn check_chain(
     chain: &ClientChain,
     registration_id: &str,
     attestation: &usher_proto::service::AttestationMechanism,
     group: bool,
-) -> Result<crate::hub::DeviceAuth, ApiError> {
+    cas: &[crate::certificates::NamedCa],
+) -> Result<
+    (
+        crate::hub::DeviceAuth,
+        Option<rustls_pki_types::CertificateDer<'static>>,
+    ),
+    ApiError,
+> {
     if attestation.kind != AttestationType::X509 {
         return Err(AuthError::UnsupportedAttestation(attestation.kind.as_str()).into());
     }
     let certs = stored_certificates(attestation)?;
     let now = unix_now();
-    if group {
+    let references = crate::certificates::references(attestation.x509.as_ref());
+    if group || (certs.iter().all(Option::is_none) && !references.is_empty()) {
+        let anchors = certs.iter().flatten().map(|c| Ok(c.clone())).chain(
+            references.iter().map(|name| {
+                cas.iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(name))
+                    .map_or_else(
+                        || Err(crate::x509::X509Error::CaNotFound(name.clone())),
+                        |c| c.certificate.clone(),
+                    )
+            }),
+        );
         let mut last = crate::x509::X509Error::NotEnrolled;
-        for cert in certs.iter().flatten() {
-            match crate::x509::check_group(chain, registration_id, cert, now) {
-                Ok(()) => return Ok(crate::hub::DeviceAuth::CertificateAuthority),
+        for anchor in anchors {
+            match anchor.and_then(|cert| {
+                crate::x509::check_group(chain, registration_id, &cert, now).map(|()| cert)
+            }) {
+                Ok(cert) => return Ok((crate::hub::DeviceAuth::CertificateAuthority, Some(cert))),
                 Err(e) => last = e,
             }
         }
@@ -1052,13 +1104,16 @@ fn check_chain(
         now,
     )
     .map_err(AuthError::Certificate)?;
-    Ok(crate::hub::DeviceAuth::SelfSigned {
-        primary: certs[0]
-            .as_ref()
-            .map(crate::x509::sha1_thumbprint)
-            .unwrap_or_default(),
-        secondary: certs[1].as_ref().map(crate::x509::sha1_thumbprint),
-    })
+    Ok((
+        crate::hub::DeviceAuth::SelfSigned {
+            primary: certs[0]
+                .as_ref()
+                .map(crate::x509::sha1_thumbprint)
+                .unwrap_or_default(),
+            secondary: certs[1].as_ref().map(crate::x509::sha1_thumbprint),
+        },
+        None,
+    ))
 }
 
 /// The primary and secondary certificates of an X.509 attestation: an individual enrollment's

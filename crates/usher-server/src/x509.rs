@@ -36,6 +36,14 @@ pub enum X509Error {
     Chain(String),
     #[error("the signing certificate cannot sign certificates: {0}")]
     NotACa(String),
+    #[error("no CA certificate is named {0:?}")]
+    CaNotFound(String),
+    #[error("the CA certificate {0:?} is not verified (no proof of possession yet)")]
+    CaNotVerified(String),
+    #[error("the proof certificate's common name {cn:?} is not the verification code")]
+    WrongVerificationCode { cn: String },
+    #[error("the proof certificate is not signed by the CA certificate's key: {0}")]
+    NotSignedByCa(String),
 }
 
 /// The chain a device presented in its TLS handshake, leaf first, as the transport received it
@@ -156,6 +164,52 @@ pub fn info(der: &CertificateDer<'_>) -> Result<Value, X509Error> {
         "serialNumber": hex_upper(serial),
         "version": cert.version().0 + 1,
     }))
+}
+
+/// A certificate as PEM, the way `openssl x509` writes it.
+pub fn to_pem(der: &CertificateDer<'_>) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    pem.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Proof of possession of a CA's private key, as DPS asks for it: `proof`'s common name is the
+/// verification code Usher handed out, and `proof` is signed by `ca`'s key. The proof's own
+/// version, extensions and validity do not matter (`openssl x509 -req` may make a v1
+/// certificate), so its signature is checked directly against the CA's public key by
+/// rustls-webpki rather than as a chain.
+pub fn check_proof_of_possession(
+    ca: &CertificateDer<'_>,
+    proof: &CertificateDer<'_>,
+    code: &str,
+) -> Result<(), X509Error> {
+    let cn = common_name(proof)?;
+    if !cn.eq_ignore_ascii_case(code) {
+        return Err(X509Error::WrongVerificationCode { cn });
+    }
+    let signed = parse(proof)?;
+    let signer = webpki::EndEntityCert::try_from(ca)
+        .map_err(|e| X509Error::NotSignedByCa(format!("the CA certificate: {e}")))?;
+    let tbs = signed.tbs_certificate.as_ref();
+    let signature: &[u8] = &signed.signature_value.data;
+    // Each algorithm first checks the key and signature types it is for; any one that verifies
+    // the signature with the CA's key proves possession of it.
+    let verified = webpki::ALL_VERIFICATION_ALGS
+        .iter()
+        .any(|alg| signer.verify_signature(*alg, tbs, signature).is_ok());
+    if verified {
+        Ok(())
+    } else {
+        Err(X509Error::NotSignedByCa(
+            "its signature does not verify with the CA's public key".into(),
+        ))
+    }
 }
 
 /// The certificate's (first) common name.

@@ -74,6 +74,22 @@ fn write_action<'s>(method: &Method, seg: &[&'s str]) -> Option<(&'static str, &
         },
         ("PUT", [u, h, name]) if is(u, "usher") && is(h, "hubs") => ("hub.add", *name),
         ("PATCH", [u, h, name]) if is(u, "usher") && is(h, "hubs") => ("hub.update", *name),
+        ("PUT", [u, c, name]) if is(u, "usher") && is(c, "certificates") => {
+            ("certificate.put", *name)
+        }
+        ("DELETE", [u, c, name]) if is(u, "usher") && is(c, "certificates") => {
+            ("certificate.delete", *name)
+        }
+        ("POST", [u, c, name, op])
+            if is(u, "usher") && is(c, "certificates") && is(op, "verify") =>
+        {
+            ("certificate.verify", *name)
+        }
+        ("POST", [u, c, name, op])
+            if is(u, "usher") && is(c, "certificates") && is(op, "generateVerificationCode") =>
+        {
+            ("certificate.generateVerificationCode", *name)
+        }
         _ => return None,
     };
     Some(action)
@@ -232,6 +248,37 @@ async fn serve(
         [u, h, name] if is(u, "usher") && is(h, "hubs") && method == Method::PATCH => {
             authorize(Right::ServiceConfig).await?;
             ok_json(&management::update_hub(app, name, ctx.body).await?)
+        }
+        [u, c] if is(u, "usher") && is(c, "certificates") && method == Method::GET => {
+            authorize(Right::ServiceConfig).await?;
+            ok_json(&crate::certificates::list(app).await?)
+        }
+        [u, c, name] if is(u, "usher") && is(c, "certificates") => {
+            authorize(Right::ServiceConfig).await?;
+            let pre = Precondition::from_header(ctx.header("if-match"));
+            match method {
+                Method::GET => ok_json(&crate::certificates::get(app, name).await?),
+                Method::PUT => ok_json(&crate::certificates::put(app, name, ctx.body, pre).await?),
+                Method::DELETE => {
+                    crate::certificates::delete(app, name, pre).await?;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                _ => Err(ctx.not_allowed()),
+            }
+        }
+        [u, c, name, op] if is(u, "usher") && is(c, "certificates") => {
+            if method != Method::POST {
+                return Err(ctx.not_allowed());
+            }
+            authorize(Right::ServiceConfig).await?;
+            let pre = Precondition::from_header(ctx.header("if-match"));
+            if is(op, "generateVerificationCode") {
+                ok_json(&crate::certificates::generate_verification_code(app, name, pre).await?)
+            } else if is(op, "verify") {
+                ok_json(&crate::certificates::verify(app, name, ctx.body, pre).await?)
+            } else {
+                Err(ApiError::NoRoute(format!("/usher/certificates/{name}/{op}")))
+            }
         }
         [u, a] if is(u, "usher") && is(a, "allocation") => {
             authorize(Right::ServiceConfig).await?;
@@ -402,7 +449,7 @@ async fn import_stream(
         failed: 0,
         errors: Vec::new(),
     };
-    let hubs = app.store.hubs().await?;
+    let known = management::Known::read(app).await?;
     let mut lines = LineSplitter::default();
     let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(IMPORT_BATCH);
     let mut batch_bytes = 0;
@@ -443,7 +490,7 @@ async fn import_stream(
         {
             let items = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
             batch_bytes = 0;
-            let prepared = management::prepare_import(kind, mode, items, &hubs);
+            let prepared = management::prepare_import(kind, mode, items, &known);
             if let Some(previous) = pending.take() {
                 absorb(&mut report, previous.await)?;
             }

@@ -422,6 +422,24 @@ pub enum TwinWrite {
     CopyFrom(String, String),
 }
 
+/// A CA certificate the operator uploaded for X.509 attestation (what DPS calls a "certificate"):
+/// enrollments and groups name it in `caReferences`, and a device's chain may lead to it once it is
+/// verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaCertificate {
+    /// The name as the operator spelled it (looked up case-insensitively).
+    pub name: String,
+    /// The certificate, PEM.
+    pub certificate: String,
+    /// Proof of possession was shown (or the operator declared it verified on upload).
+    pub verified: bool,
+    /// The code a proof-of-possession certificate must carry as its CN, until it is used.
+    pub verification_code: Option<String>,
+    pub created: Time,
+    pub updated: Time,
+    pub etag: String,
+}
+
 /// What a registration decides over, read inside its write transaction.
 #[derive(Debug, Clone)]
 pub struct RegisterView {
@@ -674,6 +692,41 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         dispatch!(self, s => s.delete_doc(coll, id, allow).await)
+    }
+
+    /// The CA certificates, by name.
+    pub async fn ca_certificates(&self) -> Result<Vec<CaCertificate>, StoreError> {
+        dispatch!(self, s => s.ca_certificates().await)
+    }
+
+    /// One CA certificate, by name (case-insensitive).
+    pub async fn ca_certificate(&self, name: &str) -> Result<Option<CaCertificate>, StoreError> {
+        dispatch!(self, s => s.ca_certificate(name).await)
+    }
+
+    /// Read-modify-write of one CA certificate inside the writer's transaction: `decide` sees the
+    /// stored one (if any) and returns what to store, or refuses and nothing is written.
+    pub async fn put_ca_certificate<E>(
+        &self,
+        name: &str,
+        decide: impl FnOnce(Option<CaCertificate>) -> Result<CaCertificate, E> + Send + 'static,
+    ) -> Result<CaCertificate, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.put_ca_certificate(name, decide).await)
+    }
+
+    /// Deletes one CA certificate if `allow` agrees; `Ok(None)` if there was none.
+    pub async fn delete_ca_certificate<E>(
+        &self,
+        name: &str,
+        allow: impl FnOnce(&CaCertificate) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<CaCertificate>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        dispatch!(self, s => s.delete_ca_certificate(name, allow).await)
     }
 
     pub async fn registration(

@@ -31,8 +31,9 @@ use super::sqlite::{
     open_policy, parse_doc, parse_registration, table,
 };
 use super::{
-    AllocationSettings, Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance,
-    Policy, RegisterView, Registration, Right, StoreError, Time, TwinWrite, from_ticks, to_ticks,
+    AllocationSettings, Assignment, Bootstrap, CaCertificate, Collection, Counts, Doc, Hub,
+    HubDevice, Instance, Policy, RegisterView, Registration, Right, StoreError, Time, TwinWrite,
+    from_ticks, to_ticks,
 };
 use crate::metrics::Metrics;
 use crate::secrets::{DataKey, Kek, Sealer};
@@ -59,6 +60,7 @@ const GROUPS_CHANNEL: &str = "usher_groups";
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_initial.sql"),
     include_str!("migrations/postgres/0002_x509_registrations.sql"),
+    include_str!("migrations/postgres/0003_ca_certificates.sql"),
 ];
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -894,6 +896,85 @@ impl PgStore {
         .await
     }
 
+    pub(super) async fn ca_certificates(&self) -> Result<Vec<CaCertificate>, StoreError> {
+        let c = self.conn().await?;
+        query(
+            &c,
+            &format!("SELECT {CA_COLUMNS} FROM ca_certificates ORDER BY key"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(ca_row)
+        .collect()
+    }
+
+    pub(super) async fn ca_certificate(
+        &self,
+        name: &str,
+    ) -> Result<Option<CaCertificate>, StoreError> {
+        load_ca(&*self.conn().await?, &name.to_ascii_lowercase()).await
+    }
+
+    pub(super) async fn put_ca_certificate<E>(
+        &self,
+        name: &str,
+        decide: impl FnOnce(Option<CaCertificate>) -> Result<CaCertificate, E> + Send + 'static,
+    ) -> Result<CaCertificate, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = name.to_ascii_lowercase();
+        self.write(move |c| {
+            Box::pin(async move {
+                let ca = decide(load_ca(c, &key).await?)?;
+                exec(
+                    c,
+                    "INSERT INTO ca_certificates (key, name, certificate, verified, verification_code, created, updated, etag)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (key) DO UPDATE SET name = excluded.name, certificate = excluded.certificate,
+                       verified = excluded.verified, verification_code = excluded.verification_code,
+                       created = excluded.created, updated = excluded.updated, etag = excluded.etag",
+                    &[
+                        &key,
+                        &ca.name,
+                        &ca.certificate,
+                        &ca.verified,
+                        &ca.verification_code,
+                        &to_ticks(ca.created),
+                        &to_ticks(ca.updated),
+                        &ca.etag,
+                    ],
+                )
+                .await?;
+                Ok(ca)
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn delete_ca_certificate<E>(
+        &self,
+        name: &str,
+        allow: impl FnOnce(&CaCertificate) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<CaCertificate>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = name.to_ascii_lowercase();
+        self.write(move |c| {
+            Box::pin(async move {
+                let Some(ca) = load_ca(c, &key).await? else {
+                    return Ok(None);
+                };
+                allow(&ca)?;
+                exec(c, "DELETE FROM ca_certificates WHERE key = $1", &[&key]).await?;
+                Ok(Some(ca))
+            })
+        })
+        .await
+    }
+
     pub(super) async fn append_audit(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
         self.write(move |c| Box::pin(async move { append_audit(c, records).await }))
             .await
@@ -1299,6 +1380,33 @@ async fn insert_hub(c: &Conn, h: &Hub) -> Result<(), StoreError> {
     )
     .await?;
     Ok(())
+}
+
+const CA_COLUMNS: &str =
+    "name, certificate, verified, verification_code, created, updated, etag";
+
+fn ca_row(r: &Row) -> Result<CaCertificate, StoreError> {
+    Ok(CaCertificate {
+        name: r.try_get(0)?,
+        certificate: r.try_get(1)?,
+        verified: r.try_get(2)?,
+        verification_code: r.try_get(3)?,
+        created: from_ticks(r.try_get(4)?),
+        updated: from_ticks(r.try_get(5)?),
+        etag: r.try_get(6)?,
+    })
+}
+
+async fn load_ca(c: &Conn, key: &str) -> Result<Option<CaCertificate>, StoreError> {
+    opt(
+        c,
+        &format!("SELECT {CA_COLUMNS} FROM ca_certificates WHERE key = $1"),
+        &[&key],
+    )
+    .await?
+    .as_ref()
+    .map(ca_row)
+    .transpose()
 }
 
 async fn load_hubs(c: &Conn) -> Result<Vec<Hub>, StoreError> {

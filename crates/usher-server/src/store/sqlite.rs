@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 
 use super::{
-    AllocationSettings, Assignment, Bootstrap, Collection, Counts, Doc, Hub, HubDevice, Instance,
-    Policy, RegisterView, Registration, Right, StoreError, TwinWrite, from_ticks, to_ticks,
+    AllocationSettings, Assignment, Bootstrap, CaCertificate, Collection, Counts, Doc, Hub,
+    HubDevice, Instance, Policy, RegisterView, Registration, Right, StoreError, TwinWrite,
+    from_ticks, to_ticks,
 };
 use usher_proto::SymmetricKey;
 use usher_proto::model::{RegistrationStatus, Substatus};
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0005_allocation.sql"),
     include_str!("migrations/sqlite/0006_typed_rows.sql"),
     include_str!("migrations/sqlite/0007_x509_registrations.sql"),
+    include_str!("migrations/sqlite/0008_ca_certificates.sql"),
 ];
 
 /// A job for the writer. `run` executes inside a savepoint and says whether to keep its changes;
@@ -837,6 +839,79 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn ca_certificates(&self) -> Result<Vec<CaCertificate>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CA_COLUMNS} FROM ca_certificates ORDER BY key"
+            ))?;
+            Ok(stmt.query_map([], ca_row)?.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn ca_certificate(
+        &self,
+        name: &str,
+    ) -> Result<Option<CaCertificate>, StoreError> {
+        let key = name.to_ascii_lowercase();
+        self.read_now(|c| load_ca(c, &key))
+    }
+
+    pub(super) async fn put_ca_certificate<E>(
+        &self,
+        name: &str,
+        decide: impl FnOnce(Option<CaCertificate>) -> Result<CaCertificate, E> + Send + 'static,
+    ) -> Result<CaCertificate, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = name.to_ascii_lowercase();
+        self.write(move |c| {
+            let ca = decide(load_ca(c, &key)?)?;
+            c.exec(
+                "INSERT INTO ca_certificates (key, name, certificate, verified, verification_code, created, updated, etag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (key) DO UPDATE SET name = excluded.name, certificate = excluded.certificate,
+                   verified = excluded.verified, verification_code = excluded.verification_code,
+                   created = excluded.created, updated = excluded.updated, etag = excluded.etag",
+                params![
+                    key,
+                    ca.name,
+                    ca.certificate,
+                    ca.verified,
+                    ca.verification_code,
+                    to_ticks(ca.created),
+                    to_ticks(ca.updated),
+                    ca.etag
+                ],
+            )
+            .map_err(StoreError::from)?;
+            Ok(ca)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_ca_certificate<E>(
+        &self,
+        name: &str,
+        allow: impl FnOnce(&CaCertificate) -> Result<(), E> + Send + 'static,
+    ) -> Result<Option<CaCertificate>, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = name.to_ascii_lowercase();
+        self.write(move |c| {
+            let Some(ca) = load_ca(c, &key)? else {
+                return Ok(None);
+            };
+            allow(&ca)?;
+            c.exec("DELETE FROM ca_certificates WHERE key = ?1", [&key])
+                .map_err(StoreError::from)?;
+            Ok(Some(ca))
+        })
+        .await
+    }
+
     pub(super) async fn hub_policies(&self, hub: &str) -> Result<Vec<Policy>, StoreError> {
         let hub = hub.to_owned();
         let sealer = Arc::clone(&self.sealer);
@@ -1227,6 +1302,30 @@ fn hub_row(r: &Row<'_>) -> rusqlite::Result<Hub> {
         created: from_ticks(r.get(5)?),
         location: r.get(6)?,
     })
+}
+
+const CA_COLUMNS: &str =
+    "name, certificate, verified, verification_code, created, updated, etag";
+
+fn ca_row(r: &Row<'_>) -> rusqlite::Result<CaCertificate> {
+    Ok(CaCertificate {
+        name: r.get(0)?,
+        certificate: r.get(1)?,
+        verified: r.get(2)?,
+        verification_code: r.get(3)?,
+        created: from_ticks(r.get(4)?),
+        updated: from_ticks(r.get(5)?),
+        etag: r.get(6)?,
+    })
+}
+
+fn load_ca(c: &Connection, key: &str) -> Result<Option<CaCertificate>, StoreError> {
+    Ok(c.row(
+        &format!("SELECT {CA_COLUMNS} FROM ca_certificates WHERE key = ?1"),
+        [key],
+        ca_row,
+    )
+    .optional()?)
 }
 
 fn load_hubs(c: &Connection) -> rusqlite::Result<Vec<Hub>> {

@@ -67,6 +67,7 @@ macro_rules! contract {
 
 contract!(
     bootstrap_happens_once,
+    ca_certificates_read_modify_write_case_insensitively_and_survive_reopen,
     documents_are_case_insensitive_and_read_modify_write,
     concurrent_writes_commit_together_and_a_refusal_does_not_spoil_the_batch,
     assignment_writes_registration_and_hub_device_together_and_survives_reopen,
@@ -1114,4 +1115,87 @@ async fn bulk_inserts_keep_existing_documents(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(new.etag, "e1");
+}
+
+async fn ca_certificates_read_modify_write_case_insensitively_and_survive_reopen(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let ca = |name: &str, etag: &str, verified: bool, code: Option<&str>| CaCertificate {
+        name: name.into(),
+        certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        verified,
+        verification_code: code.map(str::to_owned),
+        created: from_ticks(17_000_000_000_000_000),
+        updated: from_ticks(17_000_000_000_000_123),
+        etag: etag.into(),
+    };
+    assert_eq!(store.ca_certificate("root").await.unwrap(), None);
+    let first = ca("Root-A", "e1", false, Some("C0DE"));
+    let stored = store
+        .put_ca_certificate::<StoreError>("Root-A", {
+            let first = first.clone();
+            move |current| {
+                assert_eq!(current, None);
+                Ok(first)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, first);
+    // Names are looked up case-insensitively; the stored spelling is kept.
+    assert_eq!(store.ca_certificate("root-a").await.unwrap(), Some(first.clone()));
+
+    // A refusal writes nothing.
+    let refused = store
+        .put_ca_certificate("ROOT-A", |_| Err::<CaCertificate, _>(Refused::No))
+        .await;
+    assert_eq!(refused, Err(Refused::No));
+    assert_eq!(store.ca_certificate("Root-A").await.unwrap(), Some(first.clone()));
+
+    // The decision sees what is stored, and replaces it.
+    let verified = ca("Root-A", "e2", true, None);
+    store
+        .put_ca_certificate::<StoreError>("root-A", {
+            let verified = verified.clone();
+            let first = first.clone();
+            move |current| {
+                assert_eq!(current, Some(first));
+                Ok(verified)
+            }
+        })
+        .await
+        .unwrap();
+    let second = ca("Other", "e3", false, None);
+    store
+        .put_ca_certificate::<StoreError>("Other", {
+            let second = second.clone();
+            move |_| Ok(second)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.ca_certificates().await.unwrap(),
+        vec![second.clone(), verified.clone()]
+    );
+
+    // It survives reopening; a delete that `allow` refuses keeps it, one it allows removes it.
+    drop(store);
+    let store = db.open().await;
+    assert_eq!(store.ca_certificate("ROOT-A").await.unwrap(), Some(verified.clone()));
+    let kept = store
+        .delete_ca_certificate("root-a", |_| Err(Refused::No))
+        .await;
+    assert_eq!(kept, Err(Refused::No));
+    let gone = store
+        .delete_ca_certificate::<StoreError>("root-a", |_| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(gone, Some(verified));
+    assert_eq!(
+        store
+            .delete_ca_certificate::<StoreError>("root-a", |_| Ok(()))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.ca_certificates().await.unwrap(), vec![second]);
 }

@@ -105,7 +105,7 @@ pub async fn put(app: &App, name: &str, body: &[u8], pre: Precondition) -> Resul
         #[serde(default)]
         is_verified: Option<bool>,
         #[serde(default)]
-        properties: Option<Box<Upload>>,
+        properties: Option<Box<Self>>,
     }
     check_name(name)?;
     let mut upload: Upload =
@@ -222,7 +222,7 @@ pub async fn verify(
     let stored = app
         .store
         .put_ca_certificate(name, move |current| {
-            let mut ca = current.ok_or(ApiError::CaCertificateNotFound(owned.clone()))?;
+            let mut ca = current.ok_or_else(|| ApiError::CaCertificateNotFound(owned.clone()))?;
             if ca.verification_code.as_deref() != Some(code.as_str()) {
                 return Err(ApiError::InvalidArgument(format!(
                     "the verification code of certificate {owned:?} changed meanwhile; generate a new one"

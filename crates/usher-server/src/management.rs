@@ -224,17 +224,14 @@ fn prepare_put(
         )));
     }
     validate_attestation(kind, &attestation)?;
-    for (which, name) in ["primary", "secondary"]
-        .iter()
-        .filter_map(|w| {
-            attestation
-                .x509
-                .as_ref()
-                .and_then(|x| x.pointer(&format!("/caReferences/{w}")))
-                .filter(|v| !v.is_null())
-                .map(|v| (w, v))
-        })
-    {
+    for (which, name) in ["primary", "secondary"].iter().filter_map(|w| {
+        attestation
+            .x509
+            .as_ref()
+            .and_then(|x| x.pointer(&format!("/caReferences/{w}")))
+            .filter(|v| !v.is_null())
+            .map(|v| (w, v))
+    }) {
         let name = name.as_str().unwrap_or_default();
         crate::certificates::check_name(name).map_err(|_| {
             ApiError::InvalidArgument(format!(

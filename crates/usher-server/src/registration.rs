@@ -1076,16 +1076,18 @@ fn check_chain(
     let now = unix_now();
     let references = crate::certificates::references(attestation.x509.as_ref());
     if group || (certs.iter().all(Option::is_none) && !references.is_empty()) {
-        let anchors = certs.iter().flatten().map(|c| Ok(c.clone())).chain(
-            references.iter().map(|name| {
+        let anchors = certs
+            .iter()
+            .flatten()
+            .map(|c| Ok(c.clone()))
+            .chain(references.iter().map(|name| {
                 cas.iter()
                     .find(|c| c.name.eq_ignore_ascii_case(name))
                     .map_or_else(
                         || Err(crate::x509::X509Error::CaNotFound(name.clone())),
                         |c| c.certificate.clone(),
                     )
-            }),
-        );
+            }));
         let mut last = crate::x509::X509Error::NotEnrolled;
         for anchor in anchors {
             match anchor.and_then(|cert| {

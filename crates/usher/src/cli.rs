@@ -46,6 +46,9 @@ pub(crate) enum Command {
     /// Manage shared access policies for the management API.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage verified CA certificates, which X.509 enrollments and groups name (--ca-name).
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
     /// Provision a device over HTTPS, as a device would (the C SDK's prov_dev_client_sample).
     Provision(ProvisionArgs),
     /// Generate and derive symmetric keys.
@@ -558,6 +561,17 @@ pub(crate) struct EnrollmentOptions {
     /// X.509: the secondary certificate (PEM).
     #[arg(long, value_name = "PEM", requires = "certificate_path")]
     pub(crate) secondary_certificate_path: Option<PathBuf>,
+    /// X.509: the name of a verified CA certificate (`usher certificate add`) the devices'
+    /// chains lead to, instead of a certificate of the enrollment's own.
+    #[arg(
+        long,
+        visible_alias = "root-ca-name",
+        conflicts_with = "certificate_path"
+    )]
+    pub(crate) ca_name: Option<String>,
+    /// X.509: the name of a second verified CA certificate.
+    #[arg(long, visible_alias = "secondary-root-ca-name", requires = "ca_name")]
+    pub(crate) secondary_ca_name: Option<String>,
     #[command(flatten)]
     pub(crate) settings: SettingOptions,
 }
@@ -777,6 +791,67 @@ pub(crate) enum RegistrationCommand {
     /// Delete a device's registration record (the hub identity stays).
     Delete {
         registration_id: String,
+        #[arg(long)]
+        etag: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
+}
+
+/// Verified CA certificates (DPS's "certificates"): upload a root or intermediate CA, prove you
+/// hold its private key, then name it in X.509 enrollments and groups with --ca-name.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertificateCommand {
+    /// Upload a CA certificate and print a verification code for the proof of possession.
+    Add {
+        /// The name enrollments refer to it by (letters, digits, '-', '_' and '.').
+        #[arg(long)]
+        name: String,
+        /// The CA certificate (PEM or base64 DER).
+        #[arg(long, value_name = "PEM")]
+        path: PathBuf,
+        /// Mark it verified without a proof of possession (as DPS's --verified does).
+        #[arg(long)]
+        verified: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List the CA certificates.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Show one CA certificate.
+    Show {
+        name: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Make a new verification code (the old one stops working).
+    VerificationCode {
+        name: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Prove possession of the CA's key: a certificate whose CN is the verification code,
+    /// signed by the CA.
+    Verify {
+        #[arg(long)]
+        name: String,
+        /// The proof certificate (PEM or base64 DER).
+        #[arg(long, value_name = "PEM")]
+        path: PathBuf,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Delete a CA certificate; devices of enrollments naming it are refused until it is back.
+    Delete {
+        name: String,
+        /// Delete only if the certificate's etag is still this.
         #[arg(long)]
         etag: Option<String>,
         #[command(flatten)]

@@ -1773,3 +1773,249 @@ fn an_issuing_ca_made_on_first_run_signs_a_csr_on_defaults() {
     let ca = std::fs::read_to_string(&issuing).unwrap();
     assert!(issued.ends_with(&ca.replace("\r\n", "\n")), "{issued}");
 }
+
+/// Runs openssl in `dir`, as the README's X.509 walk-through does.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed for this test");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_verified_ca_certificate_from_the_cli_with_an_openssl_proof_admits_its_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _server = start(dir, &[]);
+    let instance = json(&usher(dir, &["instance", "show", "--json"]));
+    let scope = instance["idScope"].as_str().unwrap().to_owned();
+    let ca = instance["caCertificate"].as_str().unwrap().to_owned();
+    let https = listener(dir, "httpsAddr");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    // Device certificates must be X.509 v3: openssl 3.0's `x509 -req` makes a v1 certificate
+    // unless given extensions (rustls-webpki, like most TLS stacks, refuses v1 end entities).
+    std::fs::write(
+        dir.join("device.ext"),
+        "basicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\n",
+    )
+    .unwrap();
+    let mut root = vec!["req", "-x509", "-new"];
+    root.extend(ec);
+    root.extend([
+        "-keyout",
+        "root.key",
+        "-out",
+        "root.pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Line Root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &root);
+
+    // Upload: unverified, with a code and the openssl lines that answer it.
+    let added = ok(&usher(
+        dir,
+        &[
+            "certificate",
+            "add",
+            "--name",
+            "line-root",
+            "--path",
+            "root.pem",
+        ],
+    ));
+    assert!(added.contains("Verified:    false"), "{added}");
+    let code = added
+        .lines()
+        .find_map(|l| l.strip_prefix("Verification code: "))
+        .unwrap()
+        .to_owned();
+    assert!(added.contains(&format!("-subj /CN={code}")), "{added}");
+    let listed = ok(&usher(dir, &["certificate", "list"]));
+    assert!(
+        listed.contains("line-root") && listed.contains("CN=Line Root"),
+        "{listed}"
+    );
+
+    // A group may name it at once; its devices wait for the proof.
+    ok(&usher(
+        dir,
+        &[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "line-ca",
+            "--attestation-type",
+            "x509",
+            "--ca-name",
+            "line-root",
+        ],
+    ));
+    let mut device = vec!["req", "-new"];
+    device.extend(ec);
+    device.extend([
+        "-keyout",
+        "line-dev-1.key",
+        "-out",
+        "line-dev-1.csr",
+        "-subj",
+        "/CN=line-dev-1",
+    ]);
+    openssl(dir, &device);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "line-dev-1.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "device.ext",
+            "-out",
+            "line-dev-1.pem",
+        ],
+    );
+    let provision = |dir: &Path| {
+        usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--cert",
+                "line-dev-1.pem",
+                "--cert-key",
+                "line-dev-1.key",
+                "--host",
+                &https,
+                "--ca",
+                &ca,
+            ],
+        )
+    };
+    let refused = provision(dir);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401002"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // The proof, made exactly as the printed lines say (openssl 3's `x509 -req`).
+    let mut proof = vec!["req", "-new"];
+    proof.extend(ec);
+    let subject = format!("/CN={code}");
+    proof.extend([
+        "-keyout",
+        "proof.key",
+        "-subj",
+        &subject,
+        "-out",
+        "proof.csr",
+    ]);
+    openssl(dir, &proof);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "proof.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-days",
+            "1",
+            "-out",
+            "proof.pem",
+        ],
+    );
+    let verified = ok(&usher(
+        dir,
+        &[
+            "certificate",
+            "verify",
+            "--name",
+            "line-root",
+            "--path",
+            "proof.pem",
+        ],
+    ));
+    assert!(verified.contains("Verified:    true"), "{verified}");
+    let out = ok(&provision(dir));
+    assert!(
+        out.contains("deviceId line-dev-1, status assigned"),
+        "{out}"
+    );
+
+    // A used code does not verify again; an unknown CA name is refused before anything is stored.
+    let again = usher(
+        dir,
+        &[
+            "certificate",
+            "verify",
+            "--name",
+            "line-root",
+            "--path",
+            "proof.pem",
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no verification code"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let unknown = usher(
+        dir,
+        &[
+            "enrollment-group",
+            "create",
+            "--group-id",
+            "nowhere",
+            "--attestation-type",
+            "x509",
+            "--ca-name",
+            "no-such-ca",
+        ],
+    );
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("names no CA certificate"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    ok(&usher(dir, &["certificate", "delete", "line-root"]));
+    let shown = usher(dir, &["certificate", "show", "line-root"]);
+    assert!(!shown.status.success());
+    assert!(
+        String::from_utf8_lossy(&shown.stderr).contains("404230"),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+}

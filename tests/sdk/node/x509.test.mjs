@@ -4,6 +4,7 @@
 // intermediate signed by it, device certificates signed by the intermediate (the device presents
 // its certificate and the intermediate), and self-signed device certificates for individual
 // enrollments. For each transport: an individual enrollment, a group device presenting its chain,
+// a device of a group that names a verified CA certificate (proof of possession made with openssl),
 // and a device of another CA (refused). (Expired certificates are covered by the Rust integration
 // tests: openssl 3.0's command line cannot date a certificate in the past.)
 
@@ -15,6 +16,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 
 import {
+  usher,
   Amqp,
   AmqpWs,
   assertAssigned,
@@ -88,6 +90,20 @@ const intermediate = signed(uniqueId('node-x509-int'), root, { ca: true });
 const strangerRoot = selfSigned(uniqueId('node-x509-stranger'), { ca: true });
 enrollGroup(uniqueId('node-x509-group'), intermediate);
 
+// A verified CA certificate, as the README's walk-through makes one: uploaded with `usher
+// certificate add`, proven with a certificate whose CN is the verification code (openssl, signed
+// by the CA's key), and named by a group with --ca-name.
+const verifiedRoot = selfSigned(uniqueId('node-x509-verified'), { ca: true });
+const caName = uniqueId('node-ca');
+const added = usherJson('certificate', 'add', '--data-dir', dataDir, '--name', caName, '--path', path.join(dir, `${verifiedRoot}.pem`), '--json');
+assert.equal(added.properties.isVerified, false);
+const code = added.properties.verificationCode;
+openssl('req', '-new', ...EC, '-keyout', 'proof.key', '-out', 'proof.csr', '-subj', `/CN=${code}`);
+openssl('x509', '-req', '-in', 'proof.csr', '-CA', `${verifiedRoot}.pem`, '-CAkey', `${verifiedRoot}.key`, '-CAcreateserial', '-days', '1', '-out', 'proof.pem');
+const verified = usher('certificate', 'verify', '--data-dir', dataDir, '--name', caName, '--path', path.join(dir, 'proof.pem'));
+assert.match(verified, /Verified:\s+true/);
+usherJson('enrollment-group', 'create', '--data-dir', dataDir, '--group-id', uniqueId('node-x509-ca-group'), '--attestation-type', 'x509', '--ca-name', caName);
+
 const transports = [
   { name: 'Http', tag: 'http', create: () => new Http() },
   { name: 'Mqtt', tag: 'mqtt', create: () => new Mqtt() },
@@ -109,6 +125,12 @@ for (const { name, tag, create } of transports) {
   test(`${name}: a device of a group signed by an intermediate provisions with its chain`, TIMEOUT, async () => {
     const regId = signed(uniqueId(`nx-${tag}-grp`), intermediate);
     const result = await registerX509(create(), regId, pem(regId) + pem(intermediate), keyOf(regId));
+    assertAssigned(assert, result, regId);
+  });
+
+  test(`${name}: a device of a group naming a verified CA certificate provisions`, TIMEOUT, async () => {
+    const regId = signed(uniqueId(`nx-${tag}-ca`), verifiedRoot);
+    const result = await registerX509(create(), regId, pem(regId), keyOf(regId));
     assertAssigned(assert, result, regId);
   });
 

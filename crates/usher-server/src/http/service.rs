@@ -277,7 +277,9 @@ async fn serve(
             } else if is(op, "verify") {
                 ok_json(&crate::certificates::verify(app, name, ctx.body, pre).await?)
             } else {
-                Err(ApiError::NoRoute(format!("/usher/certificates/{name}/{op}")))
+                Err(ApiError::NoRoute(format!(
+                    "/usher/certificates/{name}/{op}"
+                )))
             }
         }
         [u, a] if is(u, "usher") && is(a, "allocation") => {

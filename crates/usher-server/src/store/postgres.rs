@@ -1382,8 +1382,7 @@ async fn insert_hub(c: &Conn, h: &Hub) -> Result<(), StoreError> {
     Ok(())
 }
 
-const CA_COLUMNS: &str =
-    "name, certificate, verified, verification_code, created, updated, etag";
+const CA_COLUMNS: &str = "name, certificate, verified, verification_code, created, updated, etag";
 
 fn ca_row(r: &Row) -> Result<CaCertificate, StoreError> {
     Ok(CaCertificate {

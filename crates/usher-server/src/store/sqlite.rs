@@ -1304,8 +1304,7 @@ fn hub_row(r: &Row<'_>) -> rusqlite::Result<Hub> {
     })
 }
 
-const CA_COLUMNS: &str =
-    "name, certificate, verified, verification_code, created, updated, etag";
+const CA_COLUMNS: &str = "name, certificate, verified, verification_code, created, updated, etag";
 
 fn ca_row(r: &Row<'_>) -> rusqlite::Result<CaCertificate> {
     Ok(CaCertificate {

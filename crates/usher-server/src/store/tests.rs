@@ -1142,14 +1142,20 @@ async fn ca_certificates_read_modify_write_case_insensitively_and_survive_reopen
         .unwrap();
     assert_eq!(stored, first);
     // Names are looked up case-insensitively; the stored spelling is kept.
-    assert_eq!(store.ca_certificate("root-a").await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.ca_certificate("root-a").await.unwrap(),
+        Some(first.clone())
+    );
 
     // A refusal writes nothing.
     let refused = store
         .put_ca_certificate("ROOT-A", |_| Err::<CaCertificate, _>(Refused::No))
         .await;
     assert_eq!(refused, Err(Refused::No));
-    assert_eq!(store.ca_certificate("Root-A").await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.ca_certificate("Root-A").await.unwrap(),
+        Some(first.clone())
+    );
 
     // The decision sees what is stored, and replaces it.
     let verified = ca("Root-A", "e2", true, None);
@@ -1180,7 +1186,10 @@ async fn ca_certificates_read_modify_write_case_insensitively_and_survive_reopen
     // It survives reopening; a delete that `allow` refuses keeps it, one it allows removes it.
     drop(store);
     let store = db.open().await;
-    assert_eq!(store.ca_certificate("ROOT-A").await.unwrap(), Some(verified.clone()));
+    assert_eq!(
+        store.ca_certificate("ROOT-A").await.unwrap(),
+        Some(verified.clone())
+    );
     let kept = store
         .delete_ca_certificate("root-a", |_| Err(Refused::No))
         .await;

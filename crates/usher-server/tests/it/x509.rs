@@ -646,3 +646,319 @@ async fn a_credential_policy_limits_issued_certificates() {
         7 * 86_400 + 300
     );
 }
+
+/// A proof-of-possession certificate: its CN is `code`, signed by `ca`'s key.
+fn proof(code: &str, ca: &Cert) -> Value {
+    json!({"certificate": Cert::new(code, false, (-1, 1), Some(ca)).pem})
+}
+
+/// The error code of a refused management call.
+fn error_code(answer: &(StatusCode, reqwest::header::HeaderMap, Value)) -> (StatusCode, u64) {
+    (answer.0, answer.2["errorCode"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn verified_ca_certificates_by_proof_of_possession_and_ca_references() {
+    let s = TestServer::start().await;
+    let root = Cert::new("ca-root", true, (-1, 365), None);
+    let other = Cert::new("ca-root", true, (-1, 365), None);
+    let path = "/usher/certificates/Root-1";
+
+    // Upload: shown unverified, with what the certificate says; the certificate must be a CA.
+    let (status, _, ca) = s
+        .call(
+            Method::PUT,
+            path,
+            Some(json!({"certificate": root.pem})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ca}");
+    assert_eq!(ca["name"], "Root-1");
+    assert_eq!(ca["properties"]["isVerified"], false);
+    assert_eq!(ca["properties"]["subject"], "CN=ca-root");
+    assert_eq!(
+        ca["properties"]["thumbprint"],
+        ca["properties"]["info"]["sha1Thumbprint"]
+    );
+    assert!(ca["properties"].get("verificationCode").is_none(), "{ca}");
+    let again = s
+        .call(
+            Method::PUT,
+            path,
+            Some(json!({"certificate": root.pem})),
+            &[],
+        )
+        .await;
+    assert_eq!(error_code(&again), (StatusCode::CONFLICT, 409_230));
+    let leaf = Cert::device("not-a-ca");
+    let refused = s
+        .call(
+            Method::PUT,
+            "/usher/certificates/leaf",
+            Some(json!({"certificate": leaf.pem})),
+            &[],
+        )
+        .await;
+    assert_eq!(error_code(&refused), (StatusCode::BAD_REQUEST, 400_004));
+    assert!(
+        refused.2["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot sign"),
+        "{}",
+        refused.2
+    );
+    let (_, _, list) = s.call(Method::GET, "/usher/certificates", None, &[]).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+
+    // Enrollments name CAs that exist; an unknown name is refused and nothing is stored.
+    let group = |ca_name: &str| {
+        json!({"enrollmentGroupId": "grp-ca", "attestation": {"type": "x509",
+            "x509": {"caReferences": {"primary": ca_name}}}})
+    };
+    let unknown = s
+        .call(
+            Method::PUT,
+            "/enrollmentGroups/grp-ca",
+            Some(group("no-such-ca")),
+            &[],
+        )
+        .await;
+    assert_eq!(error_code(&unknown), (StatusCode::BAD_REQUEST, 400_004));
+    assert!(
+        unknown.2["message"]
+            .as_str()
+            .unwrap()
+            .contains("names no CA certificate"),
+        "{}",
+        unknown.2
+    );
+    let (status, _, _) = s
+        .call(Method::GET, "/enrollmentGroups/grp-ca", None, &[])
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, doc) = s
+        .call(
+            Method::PUT,
+            "/enrollmentGroups/grp-ca",
+            Some(group("root-1")),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert_eq!(
+        doc["attestation"]["x509"]["caReferences"]["primary"],
+        "root-1"
+    );
+
+    // Until the CA is verified its devices are refused.
+    let device = Cert::new("ca-dev-https", false, (-1, 30), Some(&root));
+    let https = s.client_over(Transport::Https);
+    assert_unauthorized(
+        https.provision(&device.credential(&[]), None, |_| {}).await,
+        "unverified CA",
+    );
+
+    // Proof of possession: each code is judged once.
+    let generate = format!("{path}/generateVerificationCode");
+    let verify = format!("{path}/verify");
+    let no_code = s
+        .call(Method::POST, &verify, Some(proof("x", &root)), &[])
+        .await;
+    assert_eq!(error_code(&no_code), (StatusCode::BAD_REQUEST, 400_004));
+    let (status, _, coded) = s.call(Method::POST, &generate, None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{coded}");
+    let code = coded["properties"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(code.len(), 32, "{code}");
+    let wrong_cn = s
+        .call(
+            Method::POST,
+            &verify,
+            Some(proof("not-the-code", &root)),
+            &[],
+        )
+        .await;
+    assert_eq!(error_code(&wrong_cn), (StatusCode::BAD_REQUEST, 400_004));
+    assert!(
+        wrong_cn.2["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the verification code"),
+        "{}",
+        wrong_cn.2
+    );
+    // The code was used up by the refused proof.
+    let reused = s
+        .call(Method::POST, &verify, Some(proof(&code, &root)), &[])
+        .await;
+    assert_eq!(error_code(&reused), (StatusCode::BAD_REQUEST, 400_004));
+    let code = s.call(Method::POST, &generate, None, &[]).await.2["properties"]["verificationCode"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wrong_key = s
+        .call(Method::POST, &verify, Some(proof(&code, &other)), &[])
+        .await;
+    assert_eq!(error_code(&wrong_key), (StatusCode::BAD_REQUEST, 400_004));
+    assert!(
+        wrong_key.2["message"]
+            .as_str()
+            .unwrap()
+            .contains("not signed by the CA"),
+        "{}",
+        wrong_key.2
+    );
+    let (_, _, coded) = s.call(Method::POST, &generate, None, &[]).await;
+    let code = coded["properties"]["verificationCode"].as_str().unwrap();
+    let stale = s
+        .call(
+            Method::POST,
+            &verify,
+            Some(proof(code, &root)),
+            &[("If-Match", "\"not-the-etag\"")],
+        )
+        .await;
+    assert_eq!(
+        error_code(&stale),
+        (StatusCode::PRECONDITION_FAILED, 412_001)
+    );
+    let etag = coded["etag"].as_str().unwrap();
+    let (status, _, verified) = s
+        .call(
+            Method::POST,
+            &verify,
+            Some(proof(code, &root)),
+            &[("If-Match", etag)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{verified}");
+    assert_eq!(verified["properties"]["isVerified"], true);
+
+    // Now the group's devices provision on every transport, as certificate-authority identities.
+    for transport in ALL {
+        let id = format!("ca-dev-{}", format!("{transport:?}").to_lowercase());
+        let leaf = Cert::new(&id, false, (-1, 30), Some(&root));
+        let result = s
+            .client_over(transport)
+            .provision(&leaf.credential(&[]), None, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{transport:?}: {e}"));
+        assert_eq!(
+            result.registration_state.unwrap().device_id.as_deref(),
+            Some(id.as_str())
+        );
+    }
+    let (_, record) = s.registration("ca-dev-mqtt").await;
+    assert_eq!(record["x509"]["enrollmentGroupId"], "grp-ca", "{record}");
+    assert_eq!(
+        record["x509"]["signingCertificateInfo"]["subjectName"],
+        "CN=ca-root"
+    );
+    let (_, _, identity) = crate::parity::hub_call(
+        &s,
+        &s.hub_key,
+        Method::GET,
+        "/devices/ca-dev-amqp",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(identity["authentication"]["type"], "certificateAuthority");
+    // Another CA's device with the same CA name is still refused.
+    let foreign = Cert::new("ca-foreign", false, (-1, 30), Some(&other));
+    assert_unauthorized(
+        https
+            .provision(&foreign.credential(&[]), None, |_| {})
+            .await,
+        "another CA",
+    );
+
+    // An individual enrollment may name a CA too.
+    let (status, _, doc) = s
+        .call(
+            Method::PUT,
+            "/enrollments/ca-single",
+            Some(
+                json!({"registrationId": "ca-single", "attestation": {"type": "x509",
+                "x509": {"caReferences": {"primary": "Root-1"}}}}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    let single = Cert::new("ca-single", false, (-1, 30), Some(&root));
+    https
+        .provision(&single.credential(&[]), None, |_| {})
+        .await
+        .unwrap();
+    let (_, record) = s.registration("ca-single").await;
+    assert!(
+        record["x509"].get("enrollmentGroupId").is_none(),
+        "{record}"
+    );
+
+    // Declared verified on upload, as DPS allows (ARM's body shape); replacing the certificate
+    // under If-Match makes it unverified again unless declared.
+    let (status, _, declared) = s
+        .call(
+            Method::PUT,
+            "/usher/certificates/other",
+            Some(json!({"properties": {"certificate": other.pem, "isVerified": true}})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{declared}");
+    assert_eq!(declared["properties"]["isVerified"], true);
+    let (status, _, replaced) = s
+        .call(
+            Method::PUT,
+            "/usher/certificates/other",
+            Some(json!({"certificate": root.pem})),
+            &[("If-Match", declared["etag"].as_str().unwrap())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(replaced["properties"]["isVerified"], false);
+
+    // Deleting the CA (under its etag) refuses its devices again.
+    let stale = s
+        .call(Method::DELETE, path, None, &[("If-Match", "\"old\"")])
+        .await;
+    assert_eq!(
+        error_code(&stale),
+        (StatusCode::PRECONDITION_FAILED, 412_001)
+    );
+    let (status, _, _) = s.call(Method::DELETE, path, None, &[]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let gone = s.call(Method::GET, path, None, &[]).await;
+    assert_eq!(error_code(&gone), (StatusCode::NOT_FOUND, 404_230));
+    let late = Cert::new("ca-dev-late", false, (-1, 30), Some(&root));
+    assert_unauthorized(
+        https.provision(&late.credential(&[]), None, |_| {}).await,
+        "deleted CA",
+    );
+
+    // Every write went into the audit log.
+    let (_, _, audit) = s
+        .call(Method::GET, "/usher/audit?limit=500", None, &[])
+        .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .filter(|a| a.starts_with("certificate."))
+        .collect();
+    for action in [
+        "certificate.put",
+        "certificate.generateVerificationCode",
+        "certificate.verify",
+        "certificate.delete",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+}

@@ -424,8 +424,9 @@ fn build(kind: Kind, id: &str, o: &EnrollmentOptions) -> anyhow::Result<Value> {
     validate_id(id).with_context(|| "invalid --enrollment-id")?;
     let mut body =
         json!({ kind.id_field(): id, "attestation": {"type": "symmetricKey", "symmetricKey": {}} });
-    match (o.attestation_type, &o.certificate_path) {
-        (AttestationArg::X509, Some(primary)) => {
+    let has_certificates = o.certificate_path.is_some() || o.ca_name.is_some();
+    match (o.attestation_type, has_certificates) {
+        (AttestationArg::X509, true) => {
             if o.settings.primary_key.is_some() || o.settings.secondary_key.is_some() {
                 anyhow::bail!("X.509 attestation takes no --primary-key or --secondary-key");
             }
@@ -433,24 +434,34 @@ fn build(kind: Kind, id: &str, o: &EnrollmentOptions) -> anyhow::Result<Value> {
                 std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {flag} {}", path.display()))
             };
-            let mut set = json!({"primary": {"certificate": read("--certificate-path", primary)?}});
-            if let Some(secondary) = &o.secondary_certificate_path {
-                set["secondary"] =
-                    json!({"certificate": read("--secondary-certificate-path", secondary)?});
-            }
-            let set_name = match kind {
-                Kind::Enrollment => "clientCertificates",
-                Kind::Group => "signingCertificates",
+            let x509 = if let Some(primary) = &o.certificate_path {
+                let mut set =
+                    json!({"primary": {"certificate": read("--certificate-path", primary)?}});
+                if let Some(secondary) = &o.secondary_certificate_path {
+                    set["secondary"] =
+                        json!({"certificate": read("--secondary-certificate-path", secondary)?});
+                }
+                let set_name = match kind {
+                    Kind::Enrollment => "clientCertificates",
+                    Kind::Group => "signingCertificates",
+                };
+                json!({set_name: set})
+            } else {
+                let mut refs = json!({"primary": o.ca_name});
+                if let Some(secondary) = &o.secondary_ca_name {
+                    refs["secondary"] = json!(secondary);
+                }
+                json!({"caReferences": refs})
             };
-            body["attestation"] = json!({"type": "x509", "x509": {set_name: set}});
+            body["attestation"] = json!({"type": "x509", "x509": x509});
         }
-        (AttestationArg::X509, None) => {
-            anyhow::bail!("--attestation-type x509 needs --certificate-path")
+        (AttestationArg::X509, false) => {
+            anyhow::bail!("--attestation-type x509 needs --certificate-path or --ca-name")
         }
-        (AttestationArg::SymmetricKey, Some(_)) => {
-            anyhow::bail!("--certificate-path needs --attestation-type x509")
+        (AttestationArg::SymmetricKey, true) => {
+            anyhow::bail!("--certificate-path and --ca-name need --attestation-type x509")
         }
-        (AttestationArg::SymmetricKey, None) => {}
+        (AttestationArg::SymmetricKey, false) => {}
     }
     apply(&mut body, &o.settings)?;
     Ok(body)
@@ -882,7 +893,7 @@ async fn delete(
     Ok(())
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -937,6 +948,6 @@ pub(super) async fn instance_set(
     print_json(&answer.body)
 }
 
-fn enc(segment: &str) -> String {
+pub(crate) fn enc(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

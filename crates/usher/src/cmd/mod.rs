@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod certificate;
 mod instance;
 mod key;
 mod manage;
@@ -61,6 +62,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registration(cmd) => runtime()?.block_on(manage::registration(cmd)),
         Command::Hub(cmd) => runtime()?.block_on(manage::hub(cmd)),
         Command::Policy(cmd) => runtime()?.block_on(manage::policy(cmd)),
+        Command::Certificate(cmd) => runtime()?.block_on(certificate::run(cmd)),
         Command::Provision(args) => runtime()?.block_on(provision::run(args)),
         Command::Migrate(args) => runtime()?.block_on(migrate::run(args)),
         Command::Bench(args) => match args.command {

@@ -137,9 +137,16 @@ async fn assign(
             req.registration_id
         )));
     }
-    let attested = attest(app, req).await?;
+    let mut attested = attest(app, req).await?;
     let issued = match issue_certificate(app, &attested, body) {
-        Ok(issued) => issued,
+        // The device now authenticates to its hub with the issued certificate, which the hub
+        // trusts through the issuing CA (as IoT Hub trusts the certificates Azure Device
+        // Registry issues): its identity becomes a certificate-authority one.
+        Ok(Some(chain)) => {
+            attested.hub_auth = crate::hub::DeviceAuth::CertificateAuthority;
+            Some(chain)
+        }
+        Ok(None) => None,
         Err(e) => {
             audit::append(
                 app,

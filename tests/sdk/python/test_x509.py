@@ -6,7 +6,10 @@ presents its certificate and the intermediate), and self-signed device certifica
 individual enrollments. For MQTT and MQTT over WebSockets each: an individual enrollment without
 and with a device ID, a device of a group signed by the intermediate and of a group signed by the
 root, a device of another CA (401), a device blocked by its disabled individual enrollment
-(status disabled). Every `info` the server shows is checked against openssl's own reading.
+(status disabled), an expired device certificate and a certificate whose CN is not the
+registration ID (401), and a device of a group that names a verified CA certificate (uploaded and
+proven with `usher certificate add|verify`, the proof made by openssl). Every `info` the server
+shows is checked against openssl's own reading.
 """
 
 import re
@@ -80,6 +83,25 @@ class Pki:
         openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                 "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "30",
                 "-subj", f"/CN={name}", "-addext", "extendedKeyUsage=clientAuth", cwd=self.dir)
+        return name
+
+    def expired(self, name, issuer):
+        """A device certificate of `issuer` that expired in 2021: `openssl ca` can date a
+        certificate in the past, which `openssl x509 -req` (3.0) cannot."""
+        self._key_and_csr(name)
+        (self.dir / "index.txt").touch()
+        serial = self.dir / "serial"
+        if not serial.exists():
+            serial.write_text("1000\n")
+        (self.dir / "ca.cnf").write_text(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\n"
+            "serial = serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n"
+            "[p]\ncommonName = supplied\n"
+        )
+        openssl("ca", "-batch", "-config", "ca.cnf", "-cert", f"{issuer}.pem", "-keyfile",
+                f"{issuer}.key", "-in", f"{name}.csr", "-out", f"{name}.pem", "-notext",
+                "-startdate", "20200101000000Z", "-enddate", "20210101000000Z", "-extfile",
+                "device.ext", cwd=self.dir)
         return name
 
     def chain(self, name, *rest):
@@ -223,6 +245,51 @@ def test_another_cas_device_is_refused_and_a_disabled_enrollment_blocks_a_group_
     attempt = register(blocked, pki.chain(blocked, intermediate), pki.path(blocked, "key"),
                        websockets)
     assert_refused(attempt, r"disabled")
+
+
+@pytest.mark.parametrize("websockets", TRANSPORTS)
+def test_an_expired_certificate_and_a_common_name_not_the_registration_id_are_refused(
+    pki, websockets
+):
+    root = pki.root(unique_id(f"{tag(websockets)}-root4"))
+    enroll_group(pki, unique_id(f"{tag(websockets)}-grp4"), root)
+    expired = pki.expired(unique_id(f"{tag(websockets)}-expired"), root)
+    attempt = register(expired, pki.path(expired), pki.path(expired, "key"), websockets)
+    assert_refused(attempt, r"status code 401")
+
+    # A valid device of the group, claiming another registration ID than its certificate's CN.
+    device = pki.signed(unique_id(f"{tag(websockets)}-cn"), root)
+    attempt = register(f"{device}-other", pki.path(device), pki.path(device, "key"), websockets)
+    assert_refused(attempt, r"status code 401")
+    # The same device under its own name provisions.
+    assert_assigned(register(device, pki.path(device), pki.path(device, "key"), websockets),
+                    device)
+
+
+@pytest.mark.parametrize("websockets", TRANSPORTS)
+def test_a_group_naming_a_verified_ca_certificate(pki, websockets):
+    root = pki.root(unique_id(f"{tag(websockets)}-verified"))
+    name = unique_id(f"{tag(websockets)}-ca")
+    added = usher_json("certificate", "add", "--data-dir", DATA_DIR, "--name", name, "--path",
+                       pki.path(root), "--json")
+    assert added["properties"]["isVerified"] is False, added
+    assert added["properties"]["thumbprint"] == pki.openssl_info(root)["sha1Thumbprint"]
+    code = added["properties"]["verificationCode"]
+    proof = f"{name}-proof"
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{proof}.key", "-out", f"{proof}.csr", "-subj", f"/CN={code}",
+            cwd=pki.dir)
+    openssl("x509", "-req", "-in", f"{proof}.csr", "-CA", f"{root}.pem", "-CAkey", f"{root}.key",
+            "-days", "1", "-out", f"{proof}.pem", cwd=pki.dir)
+    usher_sdk.usher("certificate", "verify", "--data-dir", DATA_DIR, "--name", name, "--path",
+                    pki.path(proof))
+    created = usher_json("enrollment-group", "create", "--data-dir", DATA_DIR, "--group-id",
+                         unique_id(f"{tag(websockets)}-ca-grp"), "--attestation-type", "x509",
+                         "--ca-name", name)
+    assert created["attestation"]["x509"]["caReferences"]["primary"] == name
+    device = pki.signed(unique_id(f"{tag(websockets)}-cadev"), root)
+    assert_assigned(register(device, pki.path(device), pki.path(device, "key"), websockets),
+                    device)
 
 
 def assert_refused(attempt, pattern):

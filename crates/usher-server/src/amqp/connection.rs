@@ -321,7 +321,12 @@ pub async fn serve<Io>(
                     }
                 }
             }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(ended) = sessions.join_next(), if !sessions.is_empty() => {
+                if let Ok(Some(error)) = ended {
+                    reason = Some(error);
+                    break;
+                }
+            }
             () = shutdown.cancelled() => break,
         }
     }

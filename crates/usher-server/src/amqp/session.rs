@@ -27,14 +27,18 @@ use crate::registration;
 /// Link credit the device's request link gets.
 const REQUEST_CREDIT: u32 = 8;
 
-/// Runs a session until it ends, the connection closes, or the device breaks a limit.
+/// Runs a session until it ends, the connection closes, or the device breaks a limit. Returns
+/// the error the whole connection is to be closed with, if any: a link at another device's
+/// address is a failed authentication (for a certificate, a common name that is not the
+/// registration ID), which DPS answers at the connection as it does a bad token; a detached link
+/// alone left some clients (Node's AmqpWs) waiting for their own timeout.
 pub(super) async fn run(
     app: App,
     device: Arc<Device>,
     mut handle: ListenerSessionHandle,
     limits: Limits,
     peer: SocketAddr,
-) {
+) -> Option<definitions::Error> {
     let acceptor = LinkAcceptor::builder()
         .max_message_size(limits.max_message)
         .build();
@@ -58,6 +62,12 @@ pub(super) async fn run(
                     ));
                 }
                 let refusal = session.check_attach(&attach);
+                if let Some(error) = refusal.as_ref().filter(|e| {
+                    e.condition
+                        == definitions::ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
+                }) {
+                    return Some(error.clone());
+                }
                 let link = match acceptor.accept_incoming_attach(attach, &mut handle).await {
                     Ok(link) => link,
                     Err(e) => {
@@ -111,6 +121,7 @@ pub(super) async fn run(
     } else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, handle.end()).await;
     }
+    None
 }
 
 /// Why a session could not answer a request.

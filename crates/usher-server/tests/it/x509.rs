@@ -492,6 +492,15 @@ async fn a_csr_gets_a_certificate_the_device_then_registers_with() {
         )
         .await;
     assert!(lookup.get("issuedCertificateChain").is_none(), "{lookup}");
+    // The device now connects to its hub with the issued certificate: its identity there is a
+    // certificate-authority one, without keys.
+    let (_, _, identity) =
+        crate::parity::hub_call(&s, &s.hub_key, Method::GET, "/devices/csr-dev", None, None).await;
+    assert_eq!(
+        identity["authentication"]["type"], "certificateAuthority",
+        "{identity}"
+    );
+    assert!(identity["authentication"]["symmetricKey"]["primaryKey"].is_null());
 
     // The issued certificate attests the device in a group whose signing certificate is the
     // issuing CA, over MQTT.

@@ -30,8 +30,6 @@ pub enum AuthError {
     UnknownPolicy(String),
     #[error("the key is neither of the access policy's keys")]
     WrongPolicyKey,
-    #[error("the AMQP link address names another device than the SASL user name")]
-    AddressOfAnotherDevice,
     #[error("certificate refused: {0}")]
     Certificate(#[from] crate::x509::X509Error),
 }

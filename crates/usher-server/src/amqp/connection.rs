@@ -321,12 +321,7 @@ pub async fn serve<Io>(
                     }
                 }
             }
-            Some(ended) = sessions.join_next(), if !sessions.is_empty() => {
-                if let Ok(Some(error)) = ended {
-                    reason = Some(error);
-                    break;
-                }
-            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             () = shutdown.cancelled() => break,
         }
     }

@@ -15,30 +15,26 @@ use fe2o3_amqp::types::messaging::{
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
 use fe2o3_amqp::{Receiver, Sender};
-use usher_proto::amqp::{self as dps, Request};
+use usher_proto::amqp::{self as dps, DeviceIdentity, Request};
 use usher_proto::api_version::Api;
 
 use super::Limits;
 use super::connection::{self, CLOSE_TIMEOUT, Device};
 use crate::app::App;
-use crate::error::{ApiError, AuthError};
+use crate::error::ApiError;
 use crate::registration;
 
 /// Link credit the device's request link gets.
 const REQUEST_CREDIT: u32 = 8;
 
-/// Runs a session until it ends, the connection closes, or the device breaks a limit. Returns
-/// the error the whole connection is to be closed with, if any: a link at another device's
-/// address is a failed authentication (for a certificate, a common name that is not the
-/// registration ID), which DPS answers at the connection as it does a bad token; a detached link
-/// alone left some clients (Node's AmqpWs) waiting for their own timeout.
+/// Runs a session until it ends, the connection closes, or the device breaks a limit.
 pub(super) async fn run(
     app: App,
     device: Arc<Device>,
     mut handle: ListenerSessionHandle,
     limits: Limits,
     peer: SocketAddr,
-) -> Option<definitions::Error> {
+) {
     let acceptor = LinkAcceptor::builder()
         .max_message_size(limits.max_message)
         .build();
@@ -48,6 +44,7 @@ pub(super) async fn run(
         limits,
         requests: None,
         answers: None,
+        requester: None,
     };
     let mut attached = 0u32;
     let reason = loop {
@@ -61,13 +58,7 @@ pub(super) async fn run(
                         Some(format!("at most {} links per session", limits.max_links)),
                     ));
                 }
-                let refusal = session.check_attach(&attach);
-                if let Some(error) = refusal.as_ref().filter(|e| {
-                    e.condition
-                        == definitions::ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
-                }) {
-                    return Some(error.clone());
-                }
+                let checked = session.check_attach(&attach);
                 let link = match acceptor.accept_incoming_attach(attach, &mut handle).await {
                     Ok(link) => link,
                     Err(e) => {
@@ -75,16 +66,22 @@ pub(super) async fn run(
                         continue;
                     }
                 };
-                match (refusal, link) {
+                match (checked, link) {
                     // Refusing a link is attaching it and detaching it at once with the error.
-                    (Some(error), LinkEndpoint::Sender(l)) => detach_sender(l, error),
-                    (Some(error), LinkEndpoint::Receiver(l)) => detach_receiver(l, error),
-                    (None, LinkEndpoint::Sender(l)) => {
+                    (Err(error), LinkEndpoint::Sender(l)) => detach_sender(l, error),
+                    (Err(error), LinkEndpoint::Receiver(l)) => detach_receiver(l, error),
+                    (Ok(_), LinkEndpoint::Sender(l)) => {
                         if let Some(old) = session.answers.replace(l) {
                             detach_sender(old, replaced());
                         }
                     }
-                    (None, LinkEndpoint::Receiver(mut l)) => {
+                    (Ok(identity), LinkEndpoint::Receiver(mut l)) => {
+                        // The requests are the link address's device's: a link at another
+                        // device's address is judged request by request, as HTTPS and MQTT judge
+                        // a path or topic naming another device (401 for a token or certificate
+                        // that is not that device's).
+                        session.requester = (!identity.same_device(&session.device.identity))
+                            .then(|| Arc::new(Device { identity, ..(*session.device).clone() }));
                         // Requests are answered one at a time: a device needs one credit, a few
                         // keep a pipelining client busy without buffering much.
                         if let Err(e) = l.set_credit(REQUEST_CREDIT).await {
@@ -121,7 +118,6 @@ pub(super) async fn run(
     } else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, handle.end()).await;
     }
-    None
 }
 
 /// Why a session could not answer a request.
@@ -143,12 +139,14 @@ struct Session {
     requests: Option<Receiver>,
     /// Our sender: the device's receiver link, for the answers.
     answers: Option<Sender>,
+    /// The device the requests link's address names, when it is not the one that authenticated.
+    requester: Option<Arc<Device>>,
 }
 
 impl Session {
-    /// Why a link may not be attached, if it may not: its address must be the device's own
-    /// (`{idScope}/registrations/{registrationId}`, bare or as `amqps://{host}/…`).
-    fn check_attach(&self, attach: &Attach) -> Option<definitions::Error> {
+    /// The device a link's address names (`{idScope}/registrations/{registrationId}`, bare or as
+    /// `amqps://{host}/…`), or why the link may not be attached.
+    fn check_attach(&self, attach: &Attach) -> Result<DeviceIdentity, definitions::Error> {
         // The device's sender link names us as its target, its receiver link as its source.
         let address = match attach.role {
             Role::Sender => attach.target.as_deref().and_then(|t| match t {
@@ -159,7 +157,7 @@ impl Session {
             Role::Receiver => attach.source.as_deref().and_then(|s| s.address.as_deref()),
         };
         let Some(address) = address else {
-            return Some(connection::amqp_error(
+            return Err(connection::amqp_error(
                 AmqpError::NotFound,
                 Some(
                     "the link has no address; attach at {idScope}/registrations/{registrationId}"
@@ -168,23 +166,19 @@ impl Session {
             ));
         };
         match dps::parse_link_address(address) {
-            Ok(parsed) if parsed.identity.same_device(&self.device.identity) => {
+            Ok(parsed) => {
                 // The attach property's api-version is checked as the HTTPS query's is; one that
                 // is absent is accepted.
                 let version = api_version(attach);
                 if let Some(version) = &version
                     && let Err(e) = Api::Device.check(Some(version))
                 {
-                    return Some(self.device.refuse(&e.into()));
+                    return Err(self.device.refuse(&e.into()));
                 }
                 tracing::debug!(link = %attach.name, api_version = ?version, "AMQP link attached");
-                None
+                Ok(parsed.identity)
             }
-            Ok(_) => Some(
-                self.device
-                    .refuse(&ApiError::Unauthorized(AuthError::AddressOfAnotherDevice)),
-            ),
-            Err(e) => Some(connection::amqp_error(
+            Err(e) => Err(connection::amqp_error(
                 AmqpError::NotFound,
                 Some(e.to_string()),
             )),
@@ -194,6 +188,8 @@ impl Session {
     /// Answers one request: accepted and answered on the device's receiver link, or rejected
     /// with the DPS error.
     async fn answer(&mut self, delivery: Delivery<Body<Value>>) -> Result<(), AnswerError> {
+        // Who the requests are from: the device the requests link names.
+        let requester = Arc::clone(self.requester.as_ref().unwrap_or(&self.device));
         let Some(requests) = &self.requests else {
             return Ok(());
         };
@@ -209,17 +205,14 @@ impl Session {
         let result = match read_request(message) {
             Ok(Request::Register { .. }) => {
                 match registration::parse_registration_body(&body_bytes(&message.body)) {
-                    Ok(body) => {
-                        registration::register(&self.app, self.device.request(), &body).await
-                    }
+                    Ok(body) => registration::register(&self.app, requester.request(), &body).await,
                     Err(e) => Err(e),
                 }
             }
             // Poll bodies differ per SDK (Node: an empty string value; C: the registration
             // JSON again): ignored.
             Ok(Request::OperationStatus { operation_id }) => {
-                registration::operation_status(&self.app, self.device.request(), &operation_id)
-                    .await
+                registration::operation_status(&self.app, requester.request(), &operation_id).await
             }
             Err(e) => Err(ApiError::NoRoute(e.to_string())),
         };

@@ -311,8 +311,8 @@ async fn node_shape_relative_address_correlation_id() {
 
 /// Requests the core refuses are rejected with the DPS error JSON as the description, under the
 /// condition Node maps to the same class of error; credentials the core refuses close the
-/// connection at open, as does a link at another device's address; a link at no DPS address is
-/// detached.
+/// connection at open; a request over a link at another device's address is that device's (and
+/// refused); a link at no DPS address is detached.
 #[tokio::test]
 async fn refusals_carry_the_dps_error_json() {
     let s = TestServer::start_with(assigned()).await;
@@ -425,39 +425,43 @@ async fn refusals_carry_the_dps_error_json() {
         SaslCode::Auth
     );
 
-    // A link at another device's address fails authentication: the connection is closed with
-    // the 401 JSON, as for a bad token.
-    {
-        let (None, mut transport) =
-            raw_open(&s, &format!("{}/registrations/ref-dev", s.scope), &good)
-                .await
-                .unwrap()
-        else {
-            panic!("opened")
-        };
-        send(&mut transport, 0, FrameBody::Begin(begin())).await;
-        let address = format!("{}/registrations/other-dev", s.scope);
-        send(
-            &mut transport,
-            0,
-            FrameBody::Attach(attach(0, Role::Sender, &address)),
-        )
-        .await;
-        let close = loop {
-            match next_frame(&mut transport).await {
-                Some(FrameBody::Close(c)) => break c,
-                Some(_) => {}
-                None => panic!("ended without a close"),
-            }
-        };
-        let error = close.error.unwrap();
-        assert_eq!(
-            error.condition,
-            ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
-        );
-        let body: Json = serde_json::from_str(&error.description.unwrap()).unwrap();
-        assert_eq!(body["errorCode"], 401_002, "{body}");
-    }
+    // Links at another device's address attach, and what is sent over them is that device's
+    // request, judged as HTTPS and MQTT judge a path naming another device: ref-dev's token is not
+    // other-dev's, so the register is rejected with 401002 and nothing is recorded.
+    let (mut connection, mut session) = open(&s, "ref-dev", &key).await;
+    let other = format!("{}/registrations/other-dev", s.scope);
+    let _receiver = Receiver::builder()
+        .name("answers")
+        .source(other.clone())
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let mut sender = Sender::builder()
+        .name("requests")
+        .target(other)
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let outcome = sender
+        .send(request("iotdps-register", b"{}"))
+        .await
+        .unwrap();
+    let Outcome::Rejected(rejected) = outcome else {
+        panic!("another device's register: {outcome:?}")
+    };
+    let error = rejected.error.unwrap();
+    assert_eq!(
+        error.condition,
+        ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess)
+    );
+    let body: Json = serde_json::from_str(error.description.as_deref().unwrap()).unwrap();
+    assert_eq!(body["errorCode"], 401_002, "{body}");
+    assert_eq!(
+        s.registration("other-dev").await.0,
+        reqwest::StatusCode::NOT_FOUND
+    );
+    connection.close().await.unwrap();
+
     // A link at no DPS address is attached and detached at once.
     for (address, condition) in [("$cbs".to_owned(), AmqpError::NotFound)] {
         let (None, mut transport) =

@@ -40,6 +40,7 @@ pub struct Copied {
     pub enrollment_groups: u64,
     pub registrations: u64,
     pub hub_devices: u64,
+    pub ca_certificates: u64,
     pub audit_entries: u64,
 }
 
@@ -64,6 +65,12 @@ pub async fn copy(from: &Store, to: &Store, progress: Progress<'_>) -> Result<Co
             .await?;
     }
     let mut copied = Copied::default();
+    for ca in from.ca_certificates().await? {
+        let name = ca.name.clone();
+        to.put_ca_certificate::<StoreError>(&name, move |_| Ok(ca))
+            .await?;
+        copied.ca_certificates += 1;
+    }
     for (coll, label, total) in [
         (Collection::Enrollments, "enrollments", counts.enrollments),
         (
@@ -208,6 +215,14 @@ pub async fn export(store: &Store) -> Result<Vec<String>, StoreError> {
                 push("hubDevice", hub_device(&d));
             }
         }
+    }
+    for c in store.ca_certificates().await? {
+        push(
+            "caCertificate",
+            json!({"name": c.name, "certificate": c.certificate, "verified": c.verified,
+                   "verificationCode": c.verification_code, "created": to_ticks(c.created),
+                   "updated": to_ticks(c.updated), "etag": c.etag}),
+        );
     }
     for (coll, kind) in [
         (Collection::Enrollments, "enrollment"),

@@ -1016,6 +1016,23 @@ async fn populate(store: &Store) {
         })
         .await
         .unwrap();
+    for (name, verified, code) in [("Line-Root", true, None), ("spare", false, Some("C0DE"))] {
+        let ca = CaCertificate {
+            name: name.into(),
+            certificate: format!(
+                "-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"
+            ),
+            verified,
+            verification_code: code.map(str::to_owned),
+            created: at(1),
+            updated: at(2),
+            etag: format!("ca-{name}"),
+        };
+        store
+            .put_ca_certificate::<StoreError>(name, move |_| Ok(ca))
+            .await
+            .unwrap();
+    }
     let entry = |at: &str, target: &str| usher_proto::audit::Record {
         at: at.into(),
         actor: "policy:owner".into(),
@@ -1052,8 +1069,19 @@ async fn a_copy_to_postgres_and_back_exports_the_same() {
     .await
     .unwrap();
     assert_eq!(
-        (copied.enrollments, copied.registrations, copied.hub_devices),
-        (29, 30, 30)
+        (
+            copied.enrollments,
+            copied.registrations,
+            copied.hub_devices,
+            copied.ca_certificates
+        ),
+        (29, 30, 30, 2)
+    );
+    assert!(
+        original
+            .iter()
+            .any(|l| l.contains("\"caCertificate\"") && l.contains("C0DE")),
+        "{original:?}"
     );
     assert!(
         seen.contains(&("registration records".to_owned(), 30)),

@@ -116,12 +116,13 @@ pub(super) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "Copied {} enrollments, {} enrollment groups, {} registration records, {} hub devices and \
-         {} audit entries from {} to {}{}.",
+        "Copied {} enrollments, {} enrollment groups, {} registration records, {} hub devices, \
+         {} CA certificates and {} audit entries from {} to {}{}.",
         copied.enrollments,
         copied.enrollment_groups,
         copied.registrations,
         copied.hub_devices,
+        copied.ca_certificates,
         copied.audit_entries,
         from.describe(),
         to.describe(),

@@ -55,7 +55,10 @@ pub fn new_generation_id() -> String {
 pub enum DeviceAuth {
     /// `sas`: the device's own symmetric keys (for a group member, the derived ones).
     Sas,
-    /// `selfSigned`: the thumbprints of the individual enrollment's certificates.
+    /// `selfSigned`: certificate thumbprints. DPS creates every identity a certificate
+    /// provisioned this way, also a group member's (with its own certificate's thumbprint, not the
+    /// CA's: Microsoft's provisioning e2e suite asserts `selfSigned` for a device of an
+    /// intermediate-signed group), and IoT Hub shows SHA-256 thumbprints.
     SelfSigned {
         primary: String,
         secondary: Option<String>,
@@ -65,6 +68,17 @@ pub enum DeviceAuth {
 }
 
 impl DeviceAuth {
+    /// The identity of a device that authenticates with this one certificate (a group member's,
+    /// or one issued for its CSR): its SHA-256 thumbprint as primary and, as IoT Hub shows an
+    /// identity given one certificate, as secondary too.
+    pub fn of_certificate(der: &rustls_pki_types::CertificateDer<'_>) -> Self {
+        let thumbprint = crate::x509::sha256_thumbprint(der);
+        Self::SelfSigned {
+            secondary: Some(thumbprint.clone()),
+            primary: thumbprint,
+        }
+    }
+
     fn doc(&self) -> (&'static str, Value) {
         match self {
             Self::Sas => ("sas", Value::Null),

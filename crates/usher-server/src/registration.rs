@@ -71,8 +71,8 @@ struct Attested {
     /// identity's keys so the device connects to its hub with the key it already has. Random (and
     /// never shown) for a device that attested with a certificate.
     keys: [SymmetricKey; 2],
-    /// How the hub identity authenticates: `sas`, or the certificates' (`selfSigned`,
-    /// `certificateAuthority`).
+    /// How the hub identity authenticates: `sas`, or `selfSigned` with the thumbprints of the
+    /// certificate it attested with (or of the individual enrollment's certificates).
     hub_auth: crate::hub::DeviceAuth,
     /// For a certificate: the registration result's `x509` (the device's and the signing
     /// certificate's info).
@@ -139,11 +139,15 @@ async fn assign(
     }
     let mut attested = attest(app, req).await?;
     let issued = match issue_certificate(app, &attested, body) {
-        // The device now authenticates to its hub with the issued certificate, which the hub
-        // trusts through the issuing CA (as IoT Hub trusts the certificates Azure Device
-        // Registry issues): its identity becomes a certificate-authority one.
+        // The device now authenticates to its hub with the issued certificate: DPS provisions
+        // the identity with it, so the identity's thumbprints become the issued certificate's.
         Ok(Some(chain)) => {
-            attested.hub_auth = crate::hub::DeviceAuth::CertificateAuthority;
+            if let Some(leaf) = chain.first().and_then(|b64| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.decode(b64).ok()
+            }) {
+                attested.hub_auth = crate::hub::DeviceAuth::of_certificate(&leaf.into());
+            }
             Some(chain)
         }
         Ok(None) => None,
@@ -1026,7 +1030,11 @@ async fn check_certificate(
                         registration_id,
                         enrollment: Enrollment::Group(Box::new(g.group.clone())),
                         keys: random_keys()?,
-                        hub_auth: crate::hub::DeviceAuth::CertificateAuthority,
+                        hub_auth: chain
+                            .leaf()
+                            .map_or(crate::hub::DeviceAuth::CertificateAuthority, |leaf| {
+                                crate::hub::DeviceAuth::of_certificate(leaf)
+                            }),
                         cas,
                     });
                 }
@@ -1100,7 +1108,14 @@ fn check_chain(
             match anchor.and_then(|cert| {
                 crate::x509::check_group(chain, registration_id, &cert, now).map(|()| cert)
             }) {
-                Ok(cert) => return Ok((crate::hub::DeviceAuth::CertificateAuthority, Some(cert))),
+                Ok(cert) => {
+                    let auth = chain
+                        .leaf()
+                        .map_or(crate::hub::DeviceAuth::CertificateAuthority, |leaf| {
+                            crate::hub::DeviceAuth::of_certificate(leaf)
+                        });
+                    return Ok((auth, Some(cert)));
+                }
                 Err(e) => last = e,
             }
         }
@@ -1114,12 +1129,20 @@ fn check_chain(
     )
     .map_err(AuthError::Certificate)?;
     Ok((
-        crate::hub::DeviceAuth::SelfSigned {
-            primary: certs[0]
+        // IoT Hub shows SHA-256 thumbprints; one certificate stands for both.
+        {
+            let primary = certs[0]
                 .as_ref()
-                .map(crate::x509::sha1_thumbprint)
-                .unwrap_or_default(),
-            secondary: certs[1].as_ref().map(crate::x509::sha1_thumbprint),
+                .map(crate::x509::sha256_thumbprint)
+                .unwrap_or_default();
+            crate::hub::DeviceAuth::SelfSigned {
+                secondary: Some(
+                    certs[1]
+                        .as_ref()
+                        .map_or_else(|| primary.clone(), crate::x509::sha256_thumbprint),
+                ),
+                primary,
+            }
         },
         None,
     ))

@@ -1868,6 +1868,11 @@ fn a_verified_ca_certificate_from_the_cli_with_an_openssl_proof_admits_its_devic
             "line-root",
         ],
     ));
+    let shown = ok(&usher(dir, &["enrollment-group", "show", "line-ca"]));
+    assert!(
+        shown.contains("primaryCaCertificate") && shown.contains("line-root"),
+        "{shown}"
+    );
     let mut device = vec!["req", "-new"];
     device.extend(ec);
     device.extend([

@@ -157,15 +157,18 @@ async fn individual_enrollments_with_and_without_a_device_id_on_every_transport(
             "{transport:?}"
         );
     }
-    // The hub identity authenticates with the certificate's thumbprint, as IoT Hub shows it.
+    // The hub identity authenticates with the certificate's thumbprint, as IoT Hub shows it
+    // (SHA-256; the one certificate stands as secondary too).
     let (status, _, device) =
         crate::parity::hub_call(&s, &s.hub_key, Method::GET, "/devices/x509-ind", None, None).await;
     assert_eq!(status, StatusCode::OK, "{device}");
     assert_eq!(device["authentication"]["type"], "selfSigned");
-    assert_eq!(
-        device["authentication"]["x509Thumbprint"]["primaryThumbprint"],
-        primary["info"]["sha1Thumbprint"]
-    );
+    for which in ["primaryThumbprint", "secondaryThumbprint"] {
+        assert_eq!(
+            device["authentication"]["x509Thumbprint"][which], primary["info"]["sha256Thumbprint"],
+            "{which}: {device}"
+        );
+    }
     assert!(device["authentication"]["symmetricKey"]["primaryKey"].is_null());
 }
 
@@ -251,7 +254,13 @@ async fn groups_via_root_or_intermediate_and_a_disabled_individual_enrollment_bl
         None,
     )
     .await;
-    assert_eq!(device["authentication"]["type"], "certificateAuthority");
+    // As DPS does (Microsoft's provisioning e2e suite asserts it), a group member's identity is
+    // `selfSigned` with its own certificate's thumbprint.
+    assert_eq!(device["authentication"]["type"], "selfSigned", "{device}");
+    assert_eq!(
+        device["authentication"]["x509Thumbprint"]["primaryThumbprint"],
+        record_of(&s, "grp-dev-mqtt").await["x509"]["certificateInfo"]["sha256Thumbprint"]
+    );
 
     // A group on the root: the device sends its intermediate along.
     enroll_x509_group(&s, "grp-root", &root).await;
@@ -492,12 +501,23 @@ async fn a_csr_gets_a_certificate_the_device_then_registers_with() {
         )
         .await;
     assert!(lookup.get("issuedCertificateChain").is_none(), "{lookup}");
-    // The device now connects to its hub with the issued certificate: its identity there is a
-    // certificate-authority one, without keys.
+    // The device now connects to its hub with the issued certificate: its identity there is
+    // provisioned with it (`selfSigned`, the issued certificate's SHA-256 thumbprint), no keys.
     let (_, _, identity) =
         crate::parity::hub_call(&s, &s.hub_key, Method::GET, "/devices/csr-dev", None, None).await;
     assert_eq!(
-        identity["authentication"]["type"], "certificateAuthority",
+        identity["authentication"]["type"], "selfSigned",
+        "{identity}"
+    );
+    let issued_der = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&chain[0])
+            .unwrap()
+    };
+    assert_eq!(
+        identity["authentication"]["x509Thumbprint"]["primaryThumbprint"],
+        usher_server::x509::sha256_thumbprint(&issued_der.into()),
         "{identity}"
     );
     assert!(identity["authentication"]["symmetricKey"]["primaryKey"].is_null());
@@ -876,7 +896,10 @@ async fn verified_ca_certificates_by_proof_of_possession_and_ca_references() {
         None,
     )
     .await;
-    assert_eq!(identity["authentication"]["type"], "certificateAuthority");
+    assert_eq!(
+        identity["authentication"]["type"], "selfSigned",
+        "{identity}"
+    );
     // Another CA's device with the same CA name is still refused.
     let foreign = Cert::new("ca-foreign", false, (-1, 30), Some(&other));
     assert_unauthorized(
@@ -970,4 +993,11 @@ async fn verified_ca_certificates_by_proof_of_possession_and_ca_references() {
     ] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
+}
+
+/// A device's registration record, as the management API shows it.
+async fn record_of(s: &TestServer, id: &str) -> Value {
+    let (status, record) = s.registration(id).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    record
 }

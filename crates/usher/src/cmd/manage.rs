@@ -640,6 +640,11 @@ async fn show(
             );
         }
     }
+    for which in ["primary", "secondary"] {
+        if let Some(name) = doc["attestation"]["x509"]["caReferences"].get(which) {
+            println!("{:<24}{}", format!("{which}CaCertificate"), text(name));
+        }
+    }
     println!(
         "{:<24}{}",
         "provisioningStatus",

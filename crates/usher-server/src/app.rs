@@ -35,27 +35,8 @@ pub enum RegisterResponse {
     Assigning { retry_after_secs: u32 },
 }
 
-/// The transport a request arrived on, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Https,
-    Mqtt,
-    MqttWs,
-    Amqp,
-    AmqpWs,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Https => "https",
-            Self::Mqtt => "mqtt",
-            Self::MqttWs => "mqtt-ws",
-            Self::Amqp => "amqp",
-            Self::AmqpWs => "amqp-ws",
-        }
-    }
-}
+/// The transport a request arrived on (defined with the metrics, which the store reports to).
+pub use crate::metrics::Protocol;
 
 /// The Retry-After DPS-like answers carry unless `--retry-after` says otherwise: 2 s is the Node
 /// SDK's own default, and keeps a device that polls at that pace within DPS's quota of 5 polls per

@@ -140,26 +140,6 @@ pub fn assigned_device(
     }
 }
 
-/// Gives a device the tags and desired properties of another identity's twin (a migration), as a
-/// new version of its twin.
-pub fn carry_twin(device: &mut HubDevice, from: &Value) {
-    let mut twin = device.twin.clone();
-    if let Some(obj) = twin.as_object_mut() {
-        for field in ["tags", "desired"] {
-            if let Some(v) = from.get(field) {
-                obj.insert(field.into(), v.clone());
-            }
-        }
-        let version = from
-            .get("desiredVersion")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        obj.insert("desiredVersion".into(), json!(version + 1));
-    }
-    device.twin = twin;
-    device.twin_version += 1;
-}
-
 /// The `Device` document.
 pub fn device_json(d: &HubDevice) -> Value {
     let auth_type = d

@@ -16,8 +16,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::app::Protocol;
 use crate::throttle::ThrottledBy;
+
+/// The transport a request arrived on, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Https,
+    Mqtt,
+    MqttWs,
+    Amqp,
+    AmqpWs,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::Mqtt => "mqtt",
+            Self::MqttWs => "mqtt-ws",
+            Self::Amqp => "amqp",
+            Self::AmqpWs => "amqp-ws",
+        }
+    }
+}
 
 /// The `Content-Type` of a scrape (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

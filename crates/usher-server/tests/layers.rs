@@ -1,6 +1,7 @@
-//! ARCHITECTURE.md's layering rule, executable: domain modules never import transport modules.
-//! A transport only parses, calls the core and renders; if a domain module needs something a
-//! transport has, that thing belongs in the domain.
+//! ARCHITECTURE.md's layering rules, executable: domain modules never import transport modules
+//! (a transport only parses, calls the core and renders; if a domain module needs something a
+//! transport has, that thing belongs in the domain), and the store imports no module that uses
+//! the store.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ const DOMAIN: &[&str] = &[
     "pki",
     "x509",
     "issuance",
+    "certificates",
 ];
 
 fn files_of(module: &str) -> Vec<PathBuf> {
@@ -93,6 +95,36 @@ fn domain_modules_never_import_transport_modules() {
     assert!(
         offences.is_empty(),
         "domain modules import transports:\n{}",
+        offences.join("\n")
+    );
+}
+
+/// What the store may use: infrastructure that does not use the store itself.
+const STORE_MAY_USE: &[&str] = &["files", "metrics", "secrets", "test_postgres"];
+
+#[test]
+fn the_store_uses_no_module_that_uses_the_store() {
+    let mut offences = Vec::new();
+    let files = files_of("store");
+    assert!(files.len() >= 4, "found only {} store files", files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for (at, _) in code.match_indices("crate::") {
+                let module: String = code[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !module.is_empty() && !STORE_MAY_USE.contains(&module.as_str()) {
+                    offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "the store imports modules beyond {STORE_MAY_USE:?}:\n{}",
         offences.join("\n")
     );
 }

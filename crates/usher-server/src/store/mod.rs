@@ -269,6 +269,26 @@ pub struct HubDevice {
     pub twin_version: i64,
 }
 
+impl HubDevice {
+    /// Takes the tags and desired properties of another identity's twin (a migration), as a new
+    /// version of its twin. (Here, not in `hub`, so the store needs no domain module.)
+    pub fn carry_twin(&mut self, from: &Value) {
+        if let Some(obj) = self.twin.as_object_mut() {
+            for field in ["tags", "desired"] {
+                if let Some(v) = from.get(field) {
+                    obj.insert(field.into(), v.clone());
+                }
+            }
+            let version = from
+                .get("desiredVersion")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            obj.insert("desiredVersion".into(), Value::from(version + 1));
+        }
+        self.twin_version += 1;
+    }
+}
+
 impl std::fmt::Debug for HubDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HubDevice")
@@ -405,7 +425,7 @@ impl DeviceWrite {
             None => d.clone(),
         };
         if let Some(from) = carried {
-            crate::hub::carry_twin(&mut device, &from);
+            device.carry_twin(&from);
         }
         device
     }

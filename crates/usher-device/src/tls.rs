@@ -18,7 +18,21 @@ pub(crate) fn client_config(
     certificate: Option<&crate::credential::ClientCertificate>,
 ) -> Result<Arc<ClientConfig>, ProvisionError> {
     let bad_ca = |e: String| ProvisionError::BadCa(e);
-    let builder = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    // The device's certificate and key, without rustls's check that the key matches the
+    // certificate (`with_client_auth_cert`): that check parses the certificate as a webpki end
+    // entity, which refuses X.509 v1 certificates, and devices do have v1 certificates (openssl's
+    // `x509 -req` without extensions makes them). A key that does not match fails the handshake.
+    let resolver = |c: &crate::credential::ClientCertificate| {
+        let key = provider
+            .key_provider
+            .load_private_key(c.key.clone_key())
+            .map_err(|e| ProvisionError::BadCertificate(e.to_string()))?;
+        Ok::<_, ProvisionError>(Arc::new(rustls::sign::SingleCertAndKey::from(
+            rustls::sign::CertifiedKey::new(c.chain.clone(), key),
+        )))
+    };
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| bad_ca(e.to_string()))?;
     let mut config = match ca_pem {
@@ -34,9 +48,7 @@ pub(crate) fn client_config(
             }
             let builder = builder.with_root_certificates(roots);
             match certificate {
-                Some(c) => builder
-                    .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
-                    .map_err(|e| ProvisionError::BadCertificate(e.to_string()))?,
+                Some(c) => builder.with_client_cert_resolver(resolver(c)?),
                 None => builder.with_no_client_auth(),
             }
         }
@@ -45,9 +57,7 @@ pub(crate) fn client_config(
                 .with_platform_verifier()
                 .map_err(|e| bad_ca(e.to_string()))?;
             match certificate {
-                Some(c) => builder
-                    .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
-                    .map_err(|e| ProvisionError::BadCertificate(e.to_string()))?,
+                Some(c) => builder.with_client_cert_resolver(resolver(c)?),
                 None => builder.with_no_client_auth(),
             }
         }

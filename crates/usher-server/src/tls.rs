@@ -95,13 +95,43 @@ impl ClientCertVerifier for DeferredClientCert {
         Ok(ClientCertVerified::assertion())
     }
 
+    // Possession is checked with the leaf's public key alone (rustls-webpki's raw-key
+    // verification), not by parsing the leaf as a webpki end entity: that refuses X.509 v1
+    // certificates, which devices do present (the Node SDK's own e2e test makes its self-signed
+    // device certificates v1, and DPS accepts them). Whether the certificate is trusted is decided
+    // later, against the enrollments.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        let spki = leaf_public_key(cert)?;
+        let key = webpki::RawPublicKeyEntity::try_from(&spki).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        let algorithms = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algs)| *algs)
+            .ok_or(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ))?;
+        // As rustls does for TLS 1.2: every algorithm of the scheme is tried.
+        if algorithms
+            .iter()
+            .any(|alg| key.verify_signature(*alg, message, dss.signature()).is_ok())
+        {
+            Ok(HandshakeSignatureValid::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadSignature,
+            ))
+        }
     }
 
     fn verify_tls13_signature(
@@ -110,12 +140,29 @@ impl ClientCertVerifier for DeferredClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &leaf_public_key(cert)?,
+            dss,
+            &self.algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The public key (SubjectPublicKeyInfo, DER) of a client's certificate, of any X.509 version.
+fn leaf_public_key(
+    cert: &CertificateDer<'_>,
+) -> Result<rustls_pki_types::SubjectPublicKeyInfoDer<'static>, rustls::Error> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    Ok(rustls_pki_types::SubjectPublicKeyInfoDer::from(
+        parsed.tbs_certificate.subject_pki.raw.to_vec(),
+    ))
 }
 
 /// How long one ticket key is used to make tickets; a ticket opens during its period and the next.

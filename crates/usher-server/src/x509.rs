@@ -88,18 +88,25 @@ impl std::fmt::Debug for ClientChain {
 }
 
 /// A certificate as an enrollment holds it: PEM (with or without the armour lines' line breaks),
-/// or base64 of the DER, as DPS accepts both.
+/// base64 of the DER, or base64 of the PEM text (what the Node SDK's own group e2e test sends),
+/// as DPS accepts all three.
 pub fn parse_stored(text: &str) -> Result<CertificateDer<'static>, X509Error> {
+    let pem = |bytes: &[u8]| {
+        CertificateDer::from_pem_slice(bytes).map_err(|e| X509Error::Malformed(format!("PEM: {e}")))
+    };
     let trimmed = text.trim();
     let der = if trimmed.starts_with("-----BEGIN") {
-        CertificateDer::from_pem_slice(trimmed.as_bytes())
-            .map_err(|e| X509Error::Malformed(format!("PEM: {e}")))?
+        pem(trimmed.as_bytes())?
     } else {
         let compact: String = trimmed.chars().filter(|c| !c.is_whitespace()).collect();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(compact)
             .map_err(|e| X509Error::Malformed(format!("neither PEM nor base64 DER ({e})")))?;
-        CertificateDer::from(bytes)
+        if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            pem(&bytes)?
+        } else {
+            CertificateDer::from(bytes)
+        }
     };
     parse(&der)?;
     Ok(der)

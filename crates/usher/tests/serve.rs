@@ -2015,6 +2015,84 @@ fn a_verified_ca_certificate_from_the_cli_with_an_openssl_proof_admits_its_devic
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
+    // A v1 self-signed device certificate (what `openssl x509 -req -signkey` makes without
+    // extensions, and what the Node SDK's own e2e test enrolls) provisions an individual
+    // enrollment on every transport.
+    let mut v1 = vec!["req", "-new"];
+    v1.extend(ec);
+    v1.extend([
+        "-keyout",
+        "old-dev.key",
+        "-out",
+        "old-dev.csr",
+        "-subj",
+        "/CN=old-dev",
+    ]);
+    openssl(dir, &v1);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "old-dev.csr",
+            "-signkey",
+            "old-dev.key",
+            "-days",
+            "30",
+            "-out",
+            "old-dev.pem",
+        ],
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-in", "old-dev.pem", "-noout", "-text"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+        "not a v1 certificate"
+    );
+    ok(&usher(
+        dir,
+        &[
+            "enrollment",
+            "create",
+            "--enrollment-id",
+            "old-dev",
+            "--attestation-type",
+            "x509",
+            "--certificate-path",
+            "old-dev.pem",
+        ],
+    ));
+    let mqtt = listener(dir, "mqttAddr");
+    let amqp = listener(dir, "amqpAddr");
+    for (transport, host) in [("https", &https), ("mqtt", &mqtt), ("amqp", &amqp)] {
+        let out = ok(&usher(
+            dir,
+            &[
+                "provision",
+                "--id-scope",
+                &scope,
+                "--cert",
+                "old-dev.pem",
+                "--cert-key",
+                "old-dev.key",
+                "--host",
+                host,
+                "--ca",
+                &ca,
+                "--transport",
+                transport,
+            ],
+        ));
+        assert!(
+            out.contains("deviceId old-dev, status assigned"),
+            "{transport}: {out}"
+        );
+    }
+
     ok(&usher(dir, &["certificate", "delete", "line-root"]));
     let shown = usher(dir, &["certificate", "show", "line-root"]);
     assert!(!shown.status.success());

@@ -71,6 +71,15 @@ function selfSigned(name, { ca = false } = {}) {
   return name;
 }
 
+// A v1 self-signed certificate (no extensions), as the Node SDK's own e2e test makes its
+// individual enrollments' device certificates.
+function selfSignedV1(name) {
+  openssl('req', '-new', ...EC, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
+  openssl('x509', '-req', '-in', `${name}.csr`, '-signkey', `${name}.key`, '-days', '30', '-out', `${name}.pem`);
+  assert.match(openssl('x509', '-in', `${name}.pem`, '-noout', '-text'), /Version: 1 \(0x0\)/);
+  return name;
+}
+
 function signed(name, issuer, { ca = false } = {}) {
   openssl('req', '-new', ...EC, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
   openssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${issuer}.pem`, '-CAkey', `${issuer}.key`, '-CAcreateserial', '-days', '30', '-extfile', ca ? 'ca.ext' : 'device.ext', '-out', `${name}.pem`);
@@ -171,6 +180,13 @@ for (const { name, tag, create } of transports) {
 
   test(`${name}: a device of a group naming a verified CA certificate provisions`, TIMEOUT, async () => {
     const regId = signed(uniqueId(`nx-${tag}-ca`), verifiedRoot);
+    const result = await registerX509(create(), regId, pem(regId), keyOf(regId));
+    assertAssigned(assert, result, regId);
+  });
+
+  test(`${name}: an individual enrollment's v1 self-signed device provisions`, TIMEOUT, async () => {
+    const regId = selfSignedV1(uniqueId(`nx-${tag}-v1`));
+    enroll(regId, regId);
     const result = await registerX509(create(), regId, pem(regId), keyOf(regId));
     assertAssigned(assert, result, regId);
   });

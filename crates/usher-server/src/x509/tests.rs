@@ -57,7 +57,7 @@ fn now() -> u64 {
 }
 
 #[test]
-fn stored_certificates_parse_as_pem_or_base64_der() {
+fn stored_certificates_parse_as_pem_base64_der_or_base64_pem() {
     let ca = root("root-1");
     let pem_text = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
@@ -66,6 +66,16 @@ fn stored_certificates_parse_as_pem_or_base64_der() {
     assert_eq!(parse_stored(&pem_text).unwrap(), ca.der);
     let b64 = base64::engine::general_purpose::STANDARD.encode(&ca.der);
     assert_eq!(parse_stored(&b64).unwrap(), ca.der);
+    // Base64 of the PEM text, as the Node SDK's group e2e test sends it.
+    let b64_pem = base64::engine::general_purpose::STANDARD.encode(&pem_text);
+    assert_eq!(parse_stored(&b64_pem).unwrap(), ca.der);
+    assert!(matches!(
+        parse_stored(
+            &base64::engine::general_purpose::STANDARD
+                .encode("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        ),
+        Err(X509Error::Malformed(_))
+    ));
     assert!(matches!(
         parse_stored("not a certificate"),
         Err(X509Error::Malformed(_))

@@ -391,16 +391,26 @@ pub struct DeviceWrite {
 impl DeviceWrite {
     /// The identity to store, given the one the registry has (if any) and the twin carried over
     /// from a previous identity (if any). An existing identity keeps its generation and document;
-    /// its status, keys and etag follow the assignment, its capabilities the enrollment, its twin
-    /// the decision. The same rule on every backend.
+    /// its status, keys and etag follow the assignment, its capabilities the enrollment, its
+    /// authentication (type and thumbprints) the credential the device attested with this time
+    /// (a renewed certificate replaces the old one's thumbprint), its twin the decision. The same
+    /// rule on every backend.
     pub fn onto(&self, existing: Option<HubDevice>, carried: Option<Value>) -> HubDevice {
         let d = &self.device;
         let mut device = match existing {
             Some(existing) => {
                 let replace = self.twin == TwinWrite::Replace;
                 let mut doc = existing.doc.clone();
-                if let (Some(obj), Some(caps)) = (doc.as_object_mut(), d.doc.get("capabilities")) {
-                    obj.insert("capabilities".into(), caps.clone());
+                if let Some(obj) = doc.as_object_mut() {
+                    if let Some(caps) = d.doc.get("capabilities") {
+                        obj.insert("capabilities".into(), caps.clone());
+                    }
+                    for field in ["authenticationType", "x509Thumbprint"] {
+                        match d.doc.get(field) {
+                            Some(value) => obj.insert(field.into(), value.clone()),
+                            None => obj.remove(field),
+                        };
+                    }
                 }
                 HubDevice {
                     status: d.status.clone(),

@@ -262,6 +262,33 @@ async fn groups_via_root_or_intermediate_and_a_disabled_individual_enrollment_bl
         record_of(&s, "grp-dev-mqtt").await["x509"]["certificateInfo"]["sha256Thumbprint"]
     );
 
+    // A renewed certificate (a new key, the same name) re-provisions the device, and the hub
+    // identity now carries the new certificate's thumbprint.
+    let renewed = Cert::new("grp-dev-mqtt", false, (-1, 60), Some(&intermediate));
+    s.client_over(Transport::Mqtt)
+        .provision(&renewed.credential(&[&intermediate]), None, |_| {})
+        .await
+        .unwrap();
+    let renewed_thumbprint =
+        record_of(&s, "grp-dev-mqtt").await["x509"]["certificateInfo"]["sha256Thumbprint"].clone();
+    assert_ne!(
+        renewed_thumbprint,
+        device["authentication"]["x509Thumbprint"]["primaryThumbprint"]
+    );
+    let (_, _, device) = crate::parity::hub_call(
+        &s,
+        &s.hub_key,
+        Method::GET,
+        "/devices/grp-dev-mqtt",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        device["authentication"]["x509Thumbprint"]["primaryThumbprint"], renewed_thumbprint,
+        "{device}"
+    );
+
     // A group on the root: the device sends its intermediate along.
     enroll_x509_group(&s, "grp-root", &root).await;
     let via_root = Cert::new("grp-root-dev", false, (-1, 30), Some(&intermediate));

@@ -63,8 +63,6 @@ pub enum DeviceAuth {
         primary: String,
         secondary: Option<String>,
     },
-    /// `certificateAuthority`: any certificate chaining to a CA the hub trusts (a group member).
-    CertificateAuthority,
 }
 
 impl DeviceAuth {
@@ -86,7 +84,6 @@ impl DeviceAuth {
                 "selfSigned",
                 json!({"primaryThumbprint": primary, "secondaryThumbprint": secondary}),
             ),
-            Self::CertificateAuthority => ("certificateAuthority", Value::Null),
         }
     }
 }

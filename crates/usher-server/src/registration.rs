@@ -1014,37 +1014,62 @@ async fn check_certificate(
             .iter()
             .map(|c| Ok(c.clone()))
             .chain(cas.iter().map(|c| c.certificate.clone()));
-        for anchor in anchors {
-            let checked = anchor.and_then(|cert| {
-                crate::x509::check_group(chain, registration_id.as_str(), &cert, now).map(|()| cert)
-            });
-            match checked {
-                Ok(cert) => {
-                    tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, "X.509 group member attested");
-                    return Ok(Attested {
-                        x509: Some(x509_result(
-                            chain,
-                            Some(&g.group.enrollment_group_id),
-                            Some(&cert),
-                        )),
-                        registration_id,
-                        enrollment: Enrollment::Group(Box::new(g.group.clone())),
-                        keys: random_keys()?,
-                        hub_auth: chain
-                            .leaf()
-                            .map_or(crate::hub::DeviceAuth::CertificateAuthority, |leaf| {
-                                crate::hub::DeviceAuth::of_certificate(leaf)
-                            }),
-                        cas,
-                    });
-                }
-                Err(e) => refusal = Some(e),
+        match chain_to_anchor(chain, registration_id.as_str(), anchors, now) {
+            Ok((hub_auth, cert)) => {
+                tracing::debug!(registration_id = %registration_id, group = %g.group.enrollment_group_id, "X.509 group member attested");
+                return Ok(Attested {
+                    x509: Some(x509_result(
+                        chain,
+                        Some(&g.group.enrollment_group_id),
+                        Some(&cert),
+                    )),
+                    registration_id,
+                    enrollment: Enrollment::Group(Box::new(g.group.clone())),
+                    keys: random_keys()?,
+                    hub_auth,
+                    cas,
+                });
             }
+            Err(Some(e)) => refusal = Some(e),
+            Err(None) => {}
         }
     }
     Err(refusal
         .map_or(AuthError::NoMatchingEnrollment, AuthError::Certificate)
         .into())
+}
+
+/// The first anchor (a signing certificate, or a CA certificate as resolved) the device's chain
+/// leads to, and the hub identity its certificate gets; or the last refusal (`None`: there was no
+/// anchor to try). The one check of a chain for groups and for enrollments naming CAs.
+fn chain_to_anchor(
+    chain: &ClientChain,
+    registration_id: &str,
+    anchors: impl IntoIterator<
+        Item = Result<rustls_pki_types::CertificateDer<'static>, crate::x509::X509Error>,
+    >,
+    now: u64,
+) -> Result<
+    (
+        crate::hub::DeviceAuth,
+        rustls_pki_types::CertificateDer<'static>,
+    ),
+    Option<crate::x509::X509Error>,
+> {
+    let mut last = None;
+    for anchor in anchors {
+        let reached = anchor.and_then(|cert| {
+            crate::x509::check_group(chain, registration_id, &cert, now)?;
+            // check_group has checked the leaf.
+            let leaf = chain.leaf().ok_or(crate::x509::X509Error::NoCertificate)?;
+            Ok((crate::hub::DeviceAuth::of_certificate(leaf), cert))
+        });
+        match reached {
+            Ok(found) => return Ok(found),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last)
 }
 
 /// The registration result's `x509`: the device certificate's info, and for a group member the
@@ -1103,23 +1128,13 @@ fn check_chain(
                         |c| c.certificate.clone(),
                     )
             }));
-        let mut last = crate::x509::X509Error::NotEnrolled;
-        for anchor in anchors {
-            match anchor.and_then(|cert| {
-                crate::x509::check_group(chain, registration_id, &cert, now).map(|()| cert)
-            }) {
-                Ok(cert) => {
-                    let auth = chain
-                        .leaf()
-                        .map_or(crate::hub::DeviceAuth::CertificateAuthority, |leaf| {
-                            crate::hub::DeviceAuth::of_certificate(leaf)
-                        });
-                    return Ok((auth, Some(cert)));
-                }
-                Err(e) => last = e,
-            }
-        }
-        return Err(AuthError::Certificate(last).into());
+        return match chain_to_anchor(chain, registration_id, anchors, now) {
+            Ok((auth, cert)) => Ok((auth, Some(cert))),
+            Err(last) => Err(AuthError::Certificate(
+                last.unwrap_or(crate::x509::X509Error::NotEnrolled),
+            )
+            .into()),
+        };
     }
     crate::x509::check_individual(
         chain,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::management::Precondition;
+use crate::management::{Precondition, PutRefused};
 use crate::store::CaCertificate;
 use crate::x509::{self, X509Error};
 
@@ -127,11 +127,12 @@ pub async fn put(app: &App, name: &str, body: &[u8], pre: Precondition) -> Resul
     let stored = app
         .store
         .put_ca_certificate(&name.clone(), move |current| {
-            match (&current, &pre) {
-                (Some(_), Precondition::None) => return Err(ApiError::CaCertificateExists(name)),
-                (None, Precondition::Etag(_)) => return Err(ApiError::CaCertificateNotFound(name)),
-                (Some(c), p) if !p.allows(&c.etag) => return Err(ApiError::EtagMismatch),
-                _ => {}
+            if let Err(refused) = pre.check_put(current.as_ref().map(|c| c.etag.as_str())) {
+                return Err(match refused {
+                    PutRefused::Exists => ApiError::CaCertificateExists(name),
+                    PutRefused::Missing => ApiError::CaCertificateNotFound(name),
+                    PutRefused::EtagMismatch => ApiError::EtagMismatch,
+                });
             }
             let same = current.as_ref().filter(|c| c.certificate == pem);
             Ok(CaCertificate {

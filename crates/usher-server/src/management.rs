@@ -58,6 +58,29 @@ impl Precondition {
             Self::Etag(e) => e == stored_etag,
         }
     }
+
+    /// The rule of a create-or-replace over a record whose etag is `stored` (`None`: there is no
+    /// record): replacing one needs `If-Match`, a named etag must be the stored one, and a named
+    /// etag needs a record. Each caller says the refusal in its own resource's words.
+    pub(crate) fn check_put(&self, stored: Option<&str>) -> Result<(), PutRefused> {
+        match (stored, self) {
+            (Some(_), Self::None) => Err(PutRefused::Exists),
+            (Some(etag), pre) if !pre.allows(etag) => Err(PutRefused::EtagMismatch),
+            (None, Self::Etag(_)) => Err(PutRefused::Missing),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why [`Precondition::check_put`] refused a create-or-replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PutRefused {
+    /// A record exists and the request gave no `If-Match`.
+    Exists,
+    /// The `If-Match` etag is not the stored one.
+    EtagMismatch,
+    /// The `If-Match` named an etag, but there is no record.
+    Missing,
 }
 
 /// The two enrollment collections differ only in names and codes.
@@ -281,12 +304,11 @@ impl PreparedPut {
             pre,
             fresh,
         } = self;
-        match (&current, &pre) {
-            (Some(_), Precondition::None) => return Err(kind.exists(&id)),
-            (Some(doc), pre) if !pre.allows(&doc.etag) => return Err(ApiError::EtagMismatch),
-            (None, Precondition::Etag(_)) => return Err(ApiError::EtagMismatch),
-            _ => {}
-        }
+        pre.check_put(current.as_ref().map(|d| d.etag.as_str()))
+            .map_err(|refused| match refused {
+                PutRefused::Exists => kind.exists(&id),
+                PutRefused::EtagMismatch | PutRefused::Missing => ApiError::EtagMismatch,
+            })?;
         let stored_keys = current
             .as_ref()
             .and_then(|d| d.json.get("attestation").cloned())

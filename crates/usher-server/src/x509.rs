@@ -175,11 +175,16 @@ pub fn info(der: &CertificateDer<'_>) -> Result<Value, X509Error> {
 
 /// A certificate as PEM, the way `openssl x509` writes it.
 pub fn to_pem(der: &CertificateDer<'_>) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    pem_of_base64(&base64::engine::general_purpose::STANDARD.encode(der))
+}
+
+/// A certificate given as base64 of its DER (as `issuedCertificateChain` holds them), as PEM:
+/// the armour lines around the base64 in lines of 64 characters.
+pub fn pem_of_base64(b64: &str) -> String {
     let mut pem = String::with_capacity(b64.len() + b64.len() / 64 + 60);
     pem.push_str("-----BEGIN CERTIFICATE-----\n");
     for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push_str(&String::from_utf8_lossy(line));
         pem.push('\n');
     }
     pem.push_str("-----END CERTIFICATE-----\n");

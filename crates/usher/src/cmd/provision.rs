@@ -143,14 +143,10 @@ fn read_csr(path: &std::path::Path) -> anyhow::Result<String> {
 fn write_chain(path: &std::path::Path, chain: &[String]) -> anyhow::Result<()> {
     let mut pem = String::new();
     for cert in chain {
-        pem.push_str("-----BEGIN CERTIFICATE-----\n");
-        for line in cert.as_bytes().chunks(64) {
-            pem.push_str(
-                std::str::from_utf8(line).context("the issued certificate is not base64")?,
-            );
-            pem.push('\n');
+        if !cert.is_ascii() {
+            anyhow::bail!("the issued certificate is not base64");
         }
-        pem.push_str("-----END CERTIFICATE-----\n");
+        pem.push_str(&usher_server::x509::pem_of_base64(cert));
     }
     std::fs::write(path, pem)
         .with_context(|| format!("cannot write --issued-cert-out {}", path.display()))

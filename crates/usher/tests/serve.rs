@@ -1479,23 +1479,14 @@ fn x509_enrollments_and_groups_from_the_cli_and_provision_with_a_certificate() {
         "{shown}"
     );
     for (transport, host) in [("https", &https), ("mqtt", &mqtt), ("amqp", &amqp)] {
-        let out = ok(&usher(
+        let out = ok(&provision_with_cert(
             dir,
-            &[
-                "provision",
-                "--id-scope",
-                &scope,
-                "--cert",
-                "cli-x509-dev.pem",
-                "--cert-key",
-                "cli-x509-dev.key",
-                "--host",
-                host,
-                "--ca",
-                &ca,
-                "--transport",
-                transport,
-            ],
+            &scope,
+            "cli-x509-dev.pem",
+            "cli-x509-dev.key",
+            host,
+            &ca,
+            Some(transport),
         ));
         assert!(
             out.contains("with an X.509 certificate")
@@ -1526,42 +1517,28 @@ fn x509_enrollments_and_groups_from_the_cli_and_provision_with_a_certificate() {
             "cli-root.pem",
         ],
     ));
-    let out = ok(&usher(
+    let out = ok(&provision_with_cert(
         dir,
-        &[
-            "provision",
-            "--id-scope",
-            &scope,
-            "--cert",
-            "chain.pem",
-            "--cert-key",
-            "cli-grp-dev.key",
-            "--host",
-            &https,
-            "--ca",
-            &ca,
-        ],
+        &scope,
+        "chain.pem",
+        "cli-grp-dev.key",
+        &https,
+        &ca,
+        None,
     ));
     assert!(
         out.contains("deviceId cli-grp-dev, status assigned"),
         "{out}"
     );
     // Without the intermediate the chain does not reach the group's root.
-    let out = usher(
+    let out = provision_with_cert(
         dir,
-        &[
-            "provision",
-            "--id-scope",
-            &scope,
-            "--cert",
-            "cli-grp-dev.pem",
-            "--cert-key",
-            "cli-grp-dev.key",
-            "--host",
-            &https,
-            "--ca",
-            &ca,
-        ],
+        &scope,
+        "cli-grp-dev.pem",
+        "cli-grp-dev.key",
+        &https,
+        &ca,
+        None,
     );
     assert!(!out.status.success());
     assert!(
@@ -1671,21 +1648,14 @@ fn provision_with_a_csr_writes_the_issued_certificate_which_then_provisions() {
         ],
     ));
     ok(&usher(dir, &["enrollment", "delete", "csr-cli-dev"]));
-    let out = ok(&usher(
+    let out = ok(&provision_with_cert(
         dir,
-        &[
-            "provision",
-            "--id-scope",
-            &scope,
-            "--cert",
-            "issued.pem",
-            "--cert-key",
-            "device.key",
-            "--host",
-            &https,
-            "--ca",
-            &server_ca,
-        ],
+        &scope,
+        "issued.pem",
+        "device.key",
+        &https,
+        &server_ca,
+        None,
     ));
     assert!(
         out.contains("deviceId csr-cli-dev, status assigned"),
@@ -1905,21 +1875,14 @@ fn a_verified_ca_certificate_from_the_cli_with_an_openssl_proof_admits_its_devic
         ],
     );
     let provision = |dir: &Path| {
-        usher(
+        provision_with_cert(
             dir,
-            &[
-                "provision",
-                "--id-scope",
-                &scope,
-                "--cert",
-                "line-dev-1.pem",
-                "--cert-key",
-                "line-dev-1.key",
-                "--host",
-                &https,
-                "--ca",
-                &ca,
-            ],
+            &scope,
+            "line-dev-1.pem",
+            "line-dev-1.key",
+            &https,
+            &ca,
+            None,
         )
     };
     let refused = provision(dir);
@@ -2069,23 +2032,14 @@ fn a_verified_ca_certificate_from_the_cli_with_an_openssl_proof_admits_its_devic
     let mqtt = listener(dir, "mqttAddr");
     let amqp = listener(dir, "amqpAddr");
     for (transport, host) in [("https", &https), ("mqtt", &mqtt), ("amqp", &amqp)] {
-        let out = ok(&usher(
+        let out = ok(&provision_with_cert(
             dir,
-            &[
-                "provision",
-                "--id-scope",
-                &scope,
-                "--cert",
-                "old-dev.pem",
-                "--cert-key",
-                "old-dev.key",
-                "--host",
-                host,
-                "--ca",
-                &ca,
-                "--transport",
-                transport,
-            ],
+            &scope,
+            "old-dev.pem",
+            "old-dev.key",
+            host,
+            &ca,
+            Some(transport),
         ));
         assert!(
             out.contains("deviceId old-dev, status assigned"),
@@ -2101,4 +2055,34 @@ fn a_verified_ca_certificate_from_the_cli_with_an_openssl_proof_admits_its_devic
         "{}",
         String::from_utf8_lossy(&shown.stderr)
     );
+}
+
+/// `usher provision` with a certificate: the device's chain and key, at `host` trusting `ca`,
+/// over `transport` (HTTPS when none is given).
+fn provision_with_cert(
+    dir: &Path,
+    scope: &str,
+    cert: &str,
+    key: &str,
+    host: &str,
+    ca: &str,
+    transport: Option<&str>,
+) -> Output {
+    let mut args = vec![
+        "provision",
+        "--id-scope",
+        scope,
+        "--cert",
+        cert,
+        "--cert-key",
+        key,
+        "--host",
+        host,
+        "--ca",
+        ca,
+    ];
+    if let Some(transport) = transport {
+        args.extend(["--transport", transport]);
+    }
+    usher(dir, &args)
 }
